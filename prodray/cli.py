@@ -1,0 +1,184 @@
+"""`prodray ...` commands. No logic here: parse arguments, call the package, print results.
+
+Expected failures (bad config, missing source, unreachable server) print one line and exit 2.
+"""
+
+import argparse
+import json
+import sys
+
+
+def _print_json(value) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def cmd_up(args) -> None:
+    from prodray import local
+    ports = local.Ports.from_env(dashboard=args.dashboard_port, s3=args.s3_port, ray=args.ray_port)
+    state = local.up(ports, bucket=args.bucket)
+    env = local.stack_env(state)
+    print("local stack is up:")
+    print(f"  Ray head:   {local.HOST}:{ports.ray}  (dashboard + job API {env['RAY_ADDRESS']})")
+    print(f"  S3 server:  {env['AWS_ENDPOINT_URL']}  bucket s3://{state['bucket']}  data {local.home() / 's3data'}")
+    print("export the environment with:")
+    print('  eval "$(prodray env)"')
+    print(f"  (sets RAY_ADDRESS={env['RAY_ADDRESS']} AWS_ENDPOINT_URL={env['AWS_ENDPOINT_URL']} "
+          "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION)")
+
+
+def cmd_down(args) -> None:
+    from prodray import local
+    local.down()
+
+
+def cmd_status(args) -> None:
+    from prodray import local
+    status = local.status()
+    if args.json:
+        _print_json(status)
+        return
+    if not status["running"]:
+        print("local stack: not running (start it with `prodray up`)")
+        return
+    ray, s3 = status["ray"], status["s3"]
+    print(f"Ray head: {'running' if ray['alive'] else 'DEAD'} pid {ray['pid']} at {ray['address']}, dashboard {ray['dashboard']}")
+    print(f"S3:       {'running' if s3['alive'] else 'DEAD'} pid {s3['pid']} at {s3['endpoint']}, bucket {s3['bucket']}, data {s3['data']}")
+
+
+def cmd_env(args) -> None:
+    """Print `export` lines for the running local stack (meant for eval, not for logs)."""
+    from prodray import local
+    state = local.read_state()
+    if not state:
+        raise local.StackError("local stack not running: start it with `prodray up`")
+    for key, value in local.stack_env(state).items():
+        print(f"export {key}={value}")
+
+
+def cmd_catalog_import(args) -> None:
+    from prodray import catalog
+    result = catalog.import_catalog(args.src, args.dest, attributes_csv=args.attributes)
+    print(f"imported {result['images']} images ({result['rejected']} rejected) to {args.dest}; manifest {result['manifest']}")
+
+
+def cmd_catalog_sample(args) -> None:
+    from prodray import catalog
+    catalog.sample_catalog(args.dest, fashion_count=args.fashion_mnist)
+
+
+def _upscalers(model_ref: str, scale: int, device: str):
+    from prodray.enhance import Enhancer
+    from prodray.evaluation import bicubic_upscale, unsharp_mask
+    enhancer = Enhancer.load(model_ref or f"enhancer-x{scale}", device=device)
+    if enhancer.scale != scale:
+        raise ValueError(f"model {enhancer.model_id} is x{enhancer.scale}, but --scale is {scale}")
+    return enhancer, {"model": lambda lr, s: enhancer.enhance(lr).rgb, "bicubic": bicubic_upscale,
+                      "bicubic+unsharp": lambda lr, s: unsharp_mask(bicubic_upscale(lr, s))}
+
+
+def cmd_eval_sr(args) -> None:
+    from prodray.evaluation import evaluate_sr
+    enhancer, upscalers = _upscalers(args.model, args.scale, args.device)
+    del upscalers["bicubic+unsharp"]
+    result = evaluate_sr(args.data, args.scale, upscalers)
+    result["model_id"] = enhancer.model_id
+    if args.json:
+        result.pop("per_image")
+        _print_json(result)
+        return
+    for row in result["per_image"]:
+        print(f"  {row['image']:<20} model {row['model']['psnr_y']:.2f} dB  bicubic {row['bicubic']['psnr_y']:.2f} dB")
+    print(f"{enhancer.model_id} x{args.scale} on {result['images']} images: "
+          f"model {result['model']['psnr_y']:.2f} dB / {result['model']['ssim_y']:.4f}, "
+          f"bicubic {result['bicubic']['psnr_y']:.2f} dB / {result['bicubic']['ssim_y']:.4f}")
+
+
+def cmd_eval_catalog(args) -> None:
+    from prodray.evaluation import evaluate_catalog
+    enhancer, upscalers = _upscalers(args.model, args.scale, args.device)
+    result = evaluate_catalog(args.data, args.scale, upscalers, seed=args.seed, limit=args.limit)
+    result["model_id"] = enhancer.model_id
+    _print_json(result) if args.json else print(json.dumps(result, indent=1))
+
+
+def cmd_enhance(args) -> None:
+    from prodray.bulk import BulkOptions, run_bulk
+    options = BulkOptions(input=args.input, output=args.output, model=args.model, scale=args.scale,
+                          format=args.format, quality=args.quality)
+    summary = run_bulk(options)
+    print(json.dumps(summary, indent=2))
+
+
+def cmd_report(args) -> None:
+    from prodray.report import write_report
+    print(f"report written to {write_report(args.output_uri, sample=args.sample)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prodray", description="Product images at catalog scale on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start the local Ray head and the embedded S3 server")
+    up.add_argument("--dashboard-port", type=int)
+    up.add_argument("--s3-port", type=int)
+    up.add_argument("--ray-port", type=int)
+    up.add_argument("--bucket", default="prodray")
+    up.set_defaults(func=cmd_up)
+    sub.add_parser("down", help="stop what `prodray up` started (data is kept)").set_defaults(func=cmd_down)
+    status = sub.add_parser("status", help="what runs where")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+    sub.add_parser("env", help="print export lines for the local stack").set_defaults(func=cmd_env)
+
+    catalog = sub.add_parser("catalog", help="catalogs in object storage").add_subparsers(dest="catalog_command", required=True)
+    imp = catalog.add_parser("import", help="copy images to DEST_URI and write _manifest.parquet")
+    imp.add_argument("src")
+    imp.add_argument("dest")
+    imp.add_argument("--attributes", help="CSV with a key/filename column and attribute columns")
+    imp.set_defaults(func=cmd_catalog_import)
+    sample = catalog.add_parser("sample", help="build the offline sample catalog at DEST_URI")
+    sample.add_argument("dest")
+    sample.add_argument("--fashion-mnist", type=int, default=100, help="how many Fashion-MNIST images")
+    sample.set_defaults(func=cmd_catalog_sample)
+
+    evaluate = sub.add_parser("eval", help="quality evaluation").add_subparsers(dest="eval_command", required=True)
+    sr = evaluate.add_parser("sr", help="standard SR protocol (PSNR/SSIM on Y) against bicubic")
+    catalog_eval = evaluate.add_parser("catalog", help="degraded product photos: PSNR/SSIM/CIEDE2000")
+    for command in (sr, catalog_eval):
+        command.add_argument("--model", help="export folder, s3:// URI or shipped name (default: shipped)")
+        command.add_argument("--data", required=True)
+        command.add_argument("--scale", type=int, default=2, choices=[2, 4])
+        command.add_argument("--device", default="cpu")
+        command.add_argument("--json", action="store_true")
+    catalog_eval.add_argument("--seed", type=int, default=0)
+    catalog_eval.add_argument("--limit", type=int, default=50)
+    sr.set_defaults(func=cmd_eval_sr)
+    catalog_eval.set_defaults(func=cmd_eval_catalog)
+
+    enhance = sub.add_parser("enhance", help="bulk-enhance a catalog with Ray Data")
+    enhance.add_argument("--input", required=True)
+    enhance.add_argument("--output", required=True)
+    enhance.add_argument("--model")
+    enhance.add_argument("--scale", type=int, default=2, choices=[1, 2, 4])
+    enhance.add_argument("--format", default="png", choices=["png", "jpeg", "webp"])
+    enhance.add_argument("--quality", type=int, default=90)
+    enhance.set_defaults(func=cmd_enhance)
+
+    report = sub.add_parser("report", help="before/after HTML gallery of a bulk run")
+    report.add_argument("output_uri")
+    report.add_argument("--sample", type=int, default=24)
+    report.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv=None) -> None:
+    from prodray.jobs_common import run_main
+    from prodray.local import apply_local_env
+
+    args = build_parser().parse_args(argv)
+    apply_local_env()
+    run_main(lambda: args.func(args))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

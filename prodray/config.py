@@ -1,0 +1,146 @@
+"""Typed, validated run configuration: pydantic models loaded from YAML with `a.b=c` overrides.
+
+Configs are plain data (pickled into Ray workers). A bad config fails here, before any work
+starts, with the offending field named.
+"""
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the field and the problem."""
+
+
+# ---------------------------------------------------------------- enhancer
+
+class EnhancerModelConfig(Strict):
+    arch: str = "rpsnet"
+    scale: Literal[1, 2, 4] = 2
+    channels: int = Field(48, ge=4, le=512)
+    blocks: int = Field(8, ge=1, le=64)
+
+
+class DegradationConfig(Strict):
+    """Probabilities and ranges of the training degradations; all zeros = benchmark bicubic."""
+
+    blur_prob: float = Field(0.0, ge=0, le=1)
+    blur_sigma: tuple[float, float] = (0.2, 2.0)
+    anisotropic_prob: float = Field(0.5, ge=0, le=1)
+    noise_prob: float = Field(0.0, ge=0, le=1)
+    noise_sigma: tuple[float, float] = (1.0, 10.0)
+    poisson_prob: float = Field(0.0, ge=0, le=1)
+    poisson_scale: tuple[float, float] = (0.05, 2.0)
+    jpeg_prob: float = Field(0.0, ge=0, le=1)
+    jpeg_quality: tuple[int, int] = (40, 95)
+    second_stage_prob: float = Field(0.0, ge=0, le=1)
+
+
+class EnhancerDataConfig(Strict):
+    sources: list[str] = Field(min_length=1)  # local folders or s3:// prefixes of HR images
+    patch_size: int = Field(96, ge=8)  # HR patch side; must be a multiple of the scale
+    patches_per_image: int = Field(8, ge=1)
+    batch_size: int = Field(16, ge=1)  # per worker
+    val_folder: Optional[str] = None  # HR images scored with the SR protocol each tick
+    val_max_images: int = Field(5, ge=1)
+
+
+class OptimConfig(Strict):
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_images: int = Field(2_000, ge=0)
+    total_images: int = Field(100_000, ge=1)  # the schedule is in images seen, not steps
+    grad_clip: float = Field(1.0, gt=0)
+
+
+class RunConfig(Strict):
+    """Where and how often: storage, ticks, checkpoints, workers."""
+
+    storage_path: str = "runs"  # local folder or s3:// prefix holding all runs
+    name: str = "enhancer"
+    num_workers: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)  # leave CPUs free for Ray Data on small machines
+    use_gpu: bool = False
+    amp: bool = True  # mixed precision; only used on GPU
+    tick_images: int = Field(5_000, ge=1)  # log / validate / sample every this many images
+    checkpoint_ticks: int = Field(1, ge=1)
+    max_failures: int = Field(2, ge=0)
+    ema_half_life_images: int = Field(10_000, ge=0)  # 0 disables EMA
+    seed: int = 0
+    threads_per_worker: Optional[int] = None
+
+
+class EnhancerTrainConfig(Strict):
+    kind: Literal["enhancer"] = "enhancer"
+    model: EnhancerModelConfig = EnhancerModelConfig()
+    degradation: DegradationConfig = DegradationConfig()
+    data: EnhancerDataConfig
+    optim: OptimConfig = OptimConfig()
+    run: RunConfig = RunConfig()
+
+    def check(self) -> "EnhancerTrainConfig":
+        if self.data.patch_size % self.model.scale:
+            raise ConfigError(f"data.patch_size ({self.data.patch_size}) must be a multiple of "
+                              f"model.scale ({self.model.scale})")
+        return self
+
+
+# ---------------------------------------------------------------- loading
+
+def _set_dotted(tree: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides) -> list[tuple[str, object]]:
+    parsed = []
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.field=value")
+        key, raw = item.split("=", 1)
+        parsed.append((key.strip(), yaml.safe_load(raw)))
+    return parsed
+
+
+def _format_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    return f"config field {field}: {first['msg']} (got {first.get('input')!r})"
+
+
+def load_config(cls, path=None, overrides=None):
+    """Load a config of type `cls` from YAML (or defaults) with `a.b=c` overrides applied."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    for key, value in parse_overrides(overrides):
+        _set_dotted(tree, key, value)
+    try:
+        config = cls.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None
+    return config.check() if hasattr(config, "check") else config
+
+
+def dump_config(config) -> str:
+    return config.model_dump_json(indent=2)

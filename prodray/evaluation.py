@@ -1,0 +1,106 @@
+"""Evaluation protocols: standard SR benchmark (Set5/Set14 style) and degraded catalog photos.
+
+Pure functions over uint8 images and an `upscale(rgb_uint8, scale) -> rgb_uint8` callable, so
+they run the same for the shipped model, an exported one, or a baseline.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prodray.codec import decode_image
+from prodray.degradations import DegradationRanges, degrade, from_uint8_hwc, imresize_uint8, to_uint8_hwc
+from prodray.metrics import mean_ciede2000, psnr_ssim_y
+
+IMAGE_SUFFIXES = {".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"}
+GREY_MODES = {"L", "1", "I", "I;16", "I;16B", "I;16L"}
+
+
+def list_images(folder) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
+    return paths
+
+
+def load_benchmark_image(path: Path) -> np.ndarray:
+    """uint8 HWC RGB, or HW for single-channel files (which the protocol scores as their own Y)."""
+    decoded = decode_image(path.read_bytes())
+    return decoded.rgb[..., 0].copy() if decoded.mode in GREY_MODES else decoded.rgb
+
+
+def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
+    return imresize_uint8(lr, scale)
+
+
+def _upscale_any(upscale, lr: np.ndarray, scale: int) -> np.ndarray:
+    """Run an RGB upscaler on grey input by replicating the channel and reading one back."""
+    if lr.ndim == 2:
+        return upscale(np.repeat(lr[..., None], 3, axis=2), scale).mean(axis=2).round().astype(np.uint8)
+    return upscale(lr, scale)
+
+
+def evaluate_sr(folder, scale: int, upscalers: dict) -> dict:
+    """Standard protocol: crop HR to a multiple of scale, bicubic-downscale (MATLAB), upscale,
+    score Y with `scale` pixels shaved. Returns {name: {"psnr_y", "ssim_y"}, "images": N, ...}."""
+    totals = {name: [0.0, 0.0] for name in upscalers}
+    per_image = []
+    paths = list_images(folder)
+    for path in paths:
+        hr = load_benchmark_image(path)
+        height, width = hr.shape[0] - hr.shape[0] % scale, hr.shape[1] - hr.shape[1] % scale
+        hr = hr[:height, :width]
+        lr = imresize_uint8(hr, 1.0 / scale)
+        row = {"image": path.name}
+        for name, upscale in upscalers.items():
+            out = _upscale_any(upscale, lr, scale)
+            p, s = psnr_ssim_y(out, hr, shave=scale)
+            totals[name][0] += p
+            totals[name][1] += s
+            row[name] = {"psnr_y": round(p, 4), "ssim_y": round(s, 5)}
+        per_image.append(row)
+    result = {"scale": scale, "images": len(paths)}
+    for name, (p, s) in totals.items():
+        result[name] = {"psnr_y": round(p / len(paths), 4), "ssim_y": round(s / len(paths), 5)}
+    result["per_image"] = per_image
+    return result
+
+
+CATALOG_RANGES = DegradationRanges(noise_prob=1.0, noise_sigma=(3.0, 3.0), jpeg_prob=1.0, jpeg_quality=(75, 75))
+
+
+def unsharp_mask(image: np.ndarray, amount: float = 0.6, sigma: float = 1.0) -> np.ndarray:
+    """The usual photo-editor sharpening, as a baseline: x + amount * (x - blur(x))."""
+    from prodray.degradations import gaussian_kernels
+    x = from_uint8_hwc(image)[None]
+    s = torch.tensor([sigma])
+    k = gaussian_kernels(s, s, torch.zeros(1), size=7)[0]
+    padded = torch.nn.functional.pad(x, [3] * 4, mode="reflect")
+    blurred = torch.nn.functional.conv2d(padded, k[None, None].repeat(3, 1, 1, 1), groups=3)
+    return to_uint8_hwc((x + amount * (x - blurred))[0])
+
+
+def evaluate_catalog(folder, scale: int, upscalers: dict, seed: int = 0, limit: int = 50) -> dict:
+    """Degrade real product photos at fixed seeds (downscale + noise + JPEG q75) and score
+    PSNR/SSIM (Y) and mean CIEDE2000 against the original, for each upscaler."""
+    paths = list_images(folder)[:limit]
+    sums = {name: np.zeros(3) for name in upscalers}
+    for index, path in enumerate(paths):
+        hr = decode_image(path.read_bytes()).rgb
+        height, width = hr.shape[0] - hr.shape[0] % scale, hr.shape[1] - hr.shape[1] % scale
+        hr = hr[:height, :width]
+        generator = torch.Generator().manual_seed(seed + index)
+        lr = to_uint8_hwc(degrade(from_uint8_hwc(hr)[None].double(), scale, CATALOG_RANGES, generator)[0])
+        for name, upscale in upscalers.items():
+            out = upscale(lr, scale)
+            p, s = psnr_ssim_y(out, hr, shave=scale)
+            sums[name] += (p, s, mean_ciede2000(out, hr))
+    result = {"scale": scale, "images": len(paths), "seed": seed}
+    for name, (p, s, de) in sums.items():
+        result[name] = {"psnr_y": round(p / len(paths), 4), "ssim_y": round(s / len(paths), 5),
+                        "ciede2000": round(de / len(paths), 4)}
+    return result

@@ -1,0 +1,65 @@
+"""The enhancer: a compact residual network working at input resolution, upscaled by PixelShuffle.
+
+It restores (scale 1) or super-resolves (scale 2, 4) any H x W RGB image. It owns the network
+only; degradations, losses and tiling live elsewhere.
+"""
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class ResidualBlock(nn.Module):
+    """conv-ReLU-conv with a scaled identity skip (EDSR-style, no batch norm)."""
+
+    def __init__(self, channels: int, res_scale: float):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.res_scale = res_scale
+
+    def forward(self, x):
+        return x + self.res_scale * self.conv2(F.relu(self.conv1(x), inplace=True))
+
+
+class ResidualPixelShuffleNet(nn.Module):
+    """Features at LR resolution, PixelShuffle upsampling, plus a bilinear global skip.
+
+    The global skip means the body learns only the missing detail, which trains much
+    faster on small compute than predicting the whole image.
+    """
+
+    def __init__(self, scale: int = 2, channels: int = 48, blocks: int = 8, res_scale: float = 1.0):
+        super().__init__()
+        if scale not in (1, 2, 3, 4):
+            raise ValueError(f"scale must be 1, 2, 3 or 4, got {scale}")
+        self.scale = scale
+        self.head = nn.Conv2d(3, channels, 3, padding=1)
+        self.body = nn.Sequential(*[ResidualBlock(channels, res_scale) for _ in range(blocks)])
+        self.body_tail = nn.Conv2d(channels, channels, 3, padding=1)
+        self.upsample = nn.Sequential(
+            nn.Conv2d(channels, 3 * scale * scale, 3, padding=1),
+            nn.PixelShuffle(scale),
+        )
+        # Start as "bilinear upscaling": the residual branch outputs ~0 at init.
+        nn.init.zeros_(self.upsample[0].weight)
+        nn.init.zeros_(self.upsample[0].bias)
+
+    def forward(self, x):
+        # x: (B, 3, H, W) in [0, 1] -> (B, 3, H*s, W*s) in [0, 1] (not clamped: losses see raw values)
+        features = self.head(x - 0.5)
+        features = features + self.body_tail(self.body(features))
+        detail = self.upsample(features)
+        if self.scale == 1:
+            base = x
+        else:
+            base = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        return base + detail
+
+    def flops_per_input_pixel(self) -> int:
+        """Multiply-adds x 2 per input (LR) pixel: every layer here is a 3x3 conv at LR size."""
+        total = 0
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                total += 2 * module.in_channels * module.out_channels * module.kernel_size[0] * module.kernel_size[1]
+        return total

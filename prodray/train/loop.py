@@ -1,0 +1,87 @@
+"""Pure-torch training pieces shared by every trainer: schedule, EMA, crops, grids, RNG state.
+
+No Ray here, so the same step runs in a plain process (benchmarks, GPU checks) and in a Ray
+Train worker.
+"""
+
+import copy
+import math
+
+import numpy as np
+import torch
+
+
+def lr_at(images_seen: int, base_lr: float, warmup_images: int, total_images: int) -> float:
+    """Linear warm-up then cosine decay to 1% of the base rate, counted in images seen."""
+    if warmup_images and images_seen < warmup_images:
+        return base_lr * max(images_seen, 1) / warmup_images
+    progress = min(1.0, (images_seen - warmup_images) / max(1, total_images - warmup_images))
+    return base_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_ema(model: torch.nn.Module) -> torch.nn.Module:
+    ema = copy.deepcopy(model).eval()
+    for parameter in ema.parameters():
+        parameter.requires_grad_(False)
+    return ema
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, batch_images: int, half_life_images: int) -> None:
+    """EMA whose half-life is in images (StyleGAN2-ADA style), so it is batch-size independent."""
+    beta = 0.5 ** (batch_images / max(half_life_images, 1e-8)) if half_life_images > 0 else 0.0
+    for ema_param, param in zip(ema.parameters(), model.parameters()):
+        ema_param.lerp_(param.detach(), 1.0 - beta)
+    for ema_buffer, buffer in zip(ema.buffers(), model.buffers()):
+        ema_buffer.copy_(buffer)
+
+
+def random_crops(image: np.ndarray, size: int, count: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """`count` random size x size crops of a uint8 HWC image (augmented by flips and 90° turns);
+    images smaller than the crop are skipped (returns [])."""
+    height, width = image.shape[:2]
+    if height < size or width < size:
+        return []
+    crops = []
+    for _ in range(count):
+        top, left = rng.integers(0, height - size + 1), rng.integers(0, width - size + 1)
+        crop = image[top:top + size, left:left + size]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        crop = np.rot90(crop, k=int(rng.integers(0, 4)))
+        crops.append(np.ascontiguousarray(crop))
+    return crops
+
+
+def charbonnier(prediction: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    return torch.sqrt((prediction - target) ** 2 + eps * eps).mean()
+
+
+def image_grid(rows: list[list[np.ndarray]]) -> np.ndarray:
+    """Tile uint8 HWC images (same size within the whole grid) into one image, 2 px white gaps."""
+    height, width = rows[0][0].shape[:2]
+    gap = 2
+    columns = max(len(r) for r in rows)
+    grid = np.full((len(rows) * (height + gap) - gap, columns * (width + gap) - gap, 3), 255, np.uint8)
+    for r, row in enumerate(rows):
+        for c, tile in enumerate(row):
+            grid[r * (height + gap):r * (height + gap) + height, c * (width + gap):c * (width + gap) + width] = tile
+    return grid
+
+
+def rng_state(generator: torch.Generator, numpy_rng: np.random.Generator) -> dict:
+    """RNG state as tensors only, so it round-trips through torch.load(weights_only=True)."""
+    numpy_state = numpy_rng.bit_generator.state
+    return {"torch": generator.get_state(), "torch_global": torch.get_rng_state(),
+            "numpy_pcg": torch.tensor(np.frombuffer(
+                int(numpy_state["state"]["state"]).to_bytes(16, "little") + int(numpy_state["state"]["inc"]).to_bytes(16, "little"),
+                dtype=np.uint8).copy())}
+
+
+def restore_rng(state: dict, generator: torch.Generator, numpy_rng: np.random.Generator) -> None:
+    generator.set_state(state["torch"])
+    torch.set_rng_state(state["torch_global"])
+    raw = state["numpy_pcg"].numpy().tobytes()
+    numpy_rng.bit_generator.state = {"bit_generator": "PCG64",
+                                     "state": {"state": int.from_bytes(raw[:16], "little"), "inc": int.from_bytes(raw[16:], "little")},
+                                     "has_uint32": 0, "uinteger": 0}
