@@ -9,7 +9,7 @@ from prodray.jobs_common import config_parser, connect_ray, run_main
 def main() -> None:
     args = config_parser(__doc__).parse_args()
     from prodray.config import EnhancerTrainConfig, dump_config, load_config
-    cfg = load_config(EnhancerTrainConfig, args.config, args.overrides)
+    cfg = load_config(EnhancerTrainConfig, args.config, args.overrides).resolved()
     if args.dry_run:
         print(dump_config(cfg))
         return

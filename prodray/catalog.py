@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ["t-shirt/top", "trouser", "pullover", "dress", "coat",
                          "sandal", "shirt", "sneaker", "bag", "ankle boot"]
-SKIMAGE_PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "hubble_deep_field",
+SKIMAGE_PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
                   "immunohistochemistry", "retina", "cat", "camera"]
 
 
@@ -50,7 +50,9 @@ def load_attributes(csv_path) -> dict[str, dict]:
 def write_manifest(dest_uri: str, rows: list[dict]) -> str:
     uri = storage.join(dest_uri, "_manifest.parquet")
     buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows), buffer)
+    # from_pylist takes its columns from the first row only: give every row every column.
+    columns = list(dict.fromkeys(name for row in rows for name in row))
+    pq.write_table(pa.Table.from_pylist([{name: row.get(name) for name in columns} for row in rows]), buffer)
     storage.put_bytes(uri, buffer.getvalue())
     return uri
 

@@ -23,7 +23,8 @@ def cmd_up(args) -> None:
     print("export the environment with:")
     print('  eval "$(prodray env)"')
     print(f"  (sets RAY_ADDRESS={env['RAY_ADDRESS']} AWS_ENDPOINT_URL={env['AWS_ENDPOINT_URL']} "
-          "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION)")
+          "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, and RAY_AUTH_MODE/RAY_AUTH_TOKEN_PATH:"
+          " the job API requires the token)")
 
 
 def cmd_down(args) -> None:

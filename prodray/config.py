@@ -91,6 +91,25 @@ class EnhancerTrainConfig(Strict):
                               f"model.scale ({self.model.scale})")
         return self
 
+    def resolved(self) -> "EnhancerTrainConfig":
+        """Local paths made absolute (workers run elsewhere) and checked to exist, in the driver."""
+        data = self.data.model_copy(update={
+            "sources": [resolve_local(s, f"data.sources[{i}]") for i, s in enumerate(self.data.sources)],
+            "val_folder": resolve_local(self.data.val_folder, "data.val_folder") if self.data.val_folder else None})
+        run = self.run.model_copy(update={"storage_path": resolve_local(self.run.storage_path, "run.storage_path",
+                                                                        must_exist=False)})
+        return self.model_copy(update={"data": data, "run": run})
+
+
+def resolve_local(uri: str, field: str, must_exist: bool = True) -> str:
+    """Absolute path for a local path (s3:// URIs pass through); a missing one names the field."""
+    if uri.startswith("s3://"):
+        return uri
+    path = Path(uri.removeprefix("file://")).expanduser().absolute()
+    if must_exist and not path.exists():
+        raise ConfigError(f"config field {field}: path {path} does not exist")
+    return str(path)
+
 
 # ---------------------------------------------------------------- loading
 

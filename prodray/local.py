@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -154,7 +155,9 @@ def start_seaweedfs(data_dir: Path, ports: Ports, access_key: str, secret_key: s
     command = [find_weed(), "server", f"-dir={data_dir}", "-s3", f"-s3.port={ports.s3}",
                f"-s3.config={identities}", f"-ip={HOST}", f"-ip.bind={HOST}",
                f"-master.port={ports.master}", f"-volume.port={ports.volume}", f"-filer.port={ports.filer}",
-               "-volume.max=0", "-master.volumeSizeLimitMB=256"]
+               "-volume.max=0", "-master.volumeSizeLimitMB=256",
+               # Extra listeners on fixed default ports (8181, 9101) would clash with a second stack.
+               "-s3.port.iceberg=0", "-s3.port.lance=0"]
     log_handle = open(log_path, "ab")
     return subprocess.Popen(command, stdout=log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True)
@@ -218,9 +221,20 @@ def credentials() -> tuple[str, str]:
     return access_key, secret_key
 
 
+def ray_token_path() -> Path:
+    """The local head's job-API token (Ray 2.60 token auth), generated once, mode 600."""
+    path = home() / "ray_auth_token"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path
+
+
 def stack_env(state: dict) -> dict:
     access_key, secret_key = credentials()
     return {"RAY_ADDRESS": f"http://{HOST}:{state['ports']['dashboard']}",
+            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(ray_token_path()),
             "AWS_ENDPOINT_URL": f"http://{HOST}:{state['ports']['s3']}",
             "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key,
             "AWS_REGION": "us-east-1", "PRODRAY_BUCKET": state["bucket"]}
@@ -252,10 +266,26 @@ def _wait_http(url: str, timeout_s: float, process, what: str) -> None:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
                     return
+        except urllib.error.HTTPError as exc:
+            if exc.code == 401:  # Ray 2.60 token auth is on: the API answers, it wants the token
+                return
         except OSError:
             pass
         time.sleep(0.5)
     raise StackError(f"{what} did not answer at {url} within {timeout_s:.0f}s (see {home() / 'logs'})")
+
+
+def _wait_log(path: Path, offset: int, marker: str, timeout_s: float, process, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            if marker.encode() in handle.read():
+                return
+        if process.poll() is not None:
+            raise StackError(f"{what} exited with code {process.returncode} during start-up (see {path})")
+        time.sleep(0.5)
+    raise StackError(f"{what} did not finish starting within {timeout_s:.0f}s (see {path})")
 
 
 def up(ports: Ports, bucket: str = DEFAULT_BUCKET, echo=print) -> dict:
@@ -287,14 +317,24 @@ def up(ports: Ports, bucket: str = DEFAULT_BUCKET, echo=print) -> dict:
         echo(f"starting Ray head (dashboard + job API on http://{HOST}:{ports.dashboard}) ...")
         env = {**os.environ, **stack_env(state)}
         env.pop("RAY_ADDRESS")  # `ray start --head` must not try to join an address
+        # Job entrypoints say `python ...`: make that this environment's Python, with prodray.
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         command = [ray_bin, "start", "--head", "--block", f"--node-ip-address={HOST}", f"--port={ports.ray}",
                    f"--dashboard-host={HOST}", f"--dashboard-port={ports.dashboard}", "--include-dashboard=true",
-                   "--disable-usage-stats", f"--ray-client-server-port={free_port()}"]
-        ray = subprocess.Popen(command, stdout=open(logs / "ray.log", "ab"), stderr=subprocess.STDOUT,
+                   "--disable-usage-stats", f"--ray-client-server-port={free_port()}",
+                   # The job API runs jobs through this agent; Ray's fixed default (52365) clashes
+                   # with any other Ray on the machine, which breaks `ray job submit`.
+                   f"--dashboard-agent-listen-port={free_port()}"]
+        ray_log = logs / "ray.log"
+        log_start = ray_log.stat().st_size if ray_log.exists() else 0
+        ray = subprocess.Popen(command, stdout=open(ray_log, "ab"), stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         state["ray_pid"] = ray.pid
         state_file().write_text(json.dumps(state, indent=2))
         _wait_http(f"http://{HOST}:{ports.dashboard}/api/version", 120, ray, "Ray head")
+        # The dashboard answers before the raylet has registered (which can still fail): wait for
+        # the line `ray start` prints once the node is up.
+        _wait_log(ray_log, log_start, "Ray runtime started.", 120, ray, "Ray head")
     except BaseException:
         down(echo=lambda *_: None)
         raise

@@ -143,7 +143,10 @@ def with_retries(operation, description: str, attempts: int = 8, base_delay: flo
 
 def _friendly(exc: BaseException, uri: str) -> StorageError:
     text = redact(str(exc))
-    code = _error_code(exc)
+    # s3fs turns botocore errors into OSError subclasses and keeps the original as __cause__.
+    code = _error_code(exc) or _error_code(exc.__cause__)
+    if isinstance(exc, PermissionError) and not code:
+        code = "AccessDenied"
     if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
         return StorageError(f"access to {uri} denied ({code}): check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
     if "Could not connect" in text or "EndpointConnectionError" in type(exc).__name__ or "Connect" in type(exc).__name__:
@@ -193,8 +196,12 @@ def put_if_absent(uri: str, data: bytes) -> bool:
         try:
             fs.pipe_file(path, data, IfNoneMatch="*")
             return True
+        except FileExistsError:  # s3fs's translation of a 412 that names the If-None-Match condition
+            return False
         except Exception as exc:  # noqa: BLE001
-            if _error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict") or "PreconditionFailed" in str(exc):
+            # s3fs wraps other 412s in an OSError; the botocore error is its __cause__.
+            code = _error_code(exc) or _error_code(exc.__cause__)
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict") or "PreconditionFailed" in str(exc):
                 return False
             raise
 

@@ -1,0 +1,34 @@
+"""Ray Job: enhance a whole catalog with Ray Data (resumable; one result per input).
+
+    ray job submit --working-dir . -- python jobs/enhance_catalog.py --input s3://prodray/catalog \
+        --output s3://prodray/enhanced [--model URI_OR_NAME] [--scale 2] [--format png] [--quality 90]
+"""
+
+import argparse
+import json
+
+from prodray.jobs_common import connect_ray, run_main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", required=True, help="s3:// prefix, local folder, or a .parquet manifest of keys")
+    parser.add_argument("--output", required=True, help="s3:// prefix or local folder for results + manifest")
+    parser.add_argument("--model", help="export folder, s3:// URI or shipped name (default: shipped for --scale)")
+    parser.add_argument("--scale", type=int, default=2)
+    parser.add_argument("--format", default="png")
+    parser.add_argument("--quality", type=int, default=90)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--actors", type=int, default=1, help="enhancer actors (model replicas)")
+    parser.add_argument("--max-error-fraction", type=float, help="fail if more than this share is rejected/error")
+    args = parser.parse_args()
+    from prodray.bulk import BulkOptions, run_bulk
+    options = BulkOptions(input=args.input, output=args.output, model=args.model, scale=args.scale, format=args.format,
+                          quality=args.quality, batch_size=args.batch_size, actors=args.actors,
+                          max_error_fraction=args.max_error_fraction).check()
+    connect_ray()
+    print(json.dumps(run_bulk(options), indent=2))
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,266 @@
+"""Bulk catalog enhancement on Ray Data: input prefix -> enhanced objects + manifest + _SUCCESS.
+
+Stages: fetch + decode (CPU tasks, per-image failures recorded, never dropping neighbours) ->
+enhance + encode + create-only write (actor pool, model loaded once per actor) -> manifest
+rows streamed back to the driver, which writes them in parquet shards and prints progress.
+Output keys are a pure function of (input key, model id, parameters), so reruns resume.
+"""
+
+import io
+import json
+import logging
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import PurePosixPath
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from prodray import storage
+from prodray.codec import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageRejected, decode_image, encode_image
+
+log = logging.getLogger(__name__)
+
+INPUT_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+MANIFEST_DIR = "_manifest"
+DONE_STATUSES = ("ok", "skipped", "rejected")
+
+
+@dataclass(frozen=True)
+class BulkOptions:
+    input: str
+    output: str
+    model: str | None = None  # export folder / s3:// URI / shipped name; default: shipped for `scale`
+    scale: int = 2
+    format: str = "png"
+    quality: int = 90
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    batch_size: int = 8
+    actors: int = 1
+    actor_cpus: float = 1.0  # CPUs reserved per enhancer actor (use num_gpus on GPU clusters)
+    max_error_fraction: float | None = None  # fail the job above this share of rejected+error
+    progress_every_s: float = 10.0
+
+    def check(self) -> "BulkOptions":
+        storage.split_uri(self.input)
+        storage.split_uri(self.output)
+        if self.format not in EXTENSIONS:
+            raise ValueError(f"--format must be one of {sorted(EXTENSIONS)}, got {self.format!r}")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"--quality must be 1..100, got {self.quality}")
+        if self.scale not in (1, 2, 4):
+            raise ValueError(f"--scale must be 1, 2 or 4, got {self.scale}")
+        if self.input.rstrip("/") == self.output.rstrip("/"):
+            raise ValueError("--output must differ from --input")
+        return self
+
+
+def output_key(input_key: str, model_id: str, options: BulkOptions) -> str:
+    """The result's key under the output prefix: a pure function of input key, model and parameters."""
+    params = f"x{options.scale}-{options.format}-q{options.quality}"
+    stem = str(PurePosixPath(input_key).with_suffix(""))
+    return f"{model_id}/{params}/{stem}.{EXTENSIONS[options.format]}"
+
+
+# ---------------------------------------------------------------- stage 1: fetch + decode (tasks)
+
+def fetch_and_decode(batch: dict, max_bytes: int, max_pixels: int) -> dict:
+    """Per row: get bytes, decode with limits. Failures become rows with a status, not exceptions."""
+    rows = {k: [] for k in ("input_uri", "input_key", "input_etag", "input_size", "status", "reason",
+                            "pixels", "alpha", "height", "width", "icc", "dpi", "decode_ms")}
+    for uri, key, etag, size in zip(batch["uri"], batch["key"], batch["etag"], batch["size"]):
+        started = time.perf_counter()
+        status, reason, decoded = "pending", "", None
+        try:
+            if int(size) > max_bytes:
+                raise ImageRejected("too_many_bytes", f"{size} bytes > limit {max_bytes}")
+            decoded = decode_image(storage.get_bytes(str(uri)), max_bytes=max_bytes, max_pixels=max_pixels)
+        except ImageRejected as exc:
+            status, reason = "rejected", f"{exc.reason}: {exc}"[:300]
+        except Exception as exc:  # noqa: BLE001 - recorded in the manifest, the job goes on
+            status, reason = "error", storage.redact(f"{type(exc).__name__}: {exc}")[:300]
+        rows["input_uri"].append(str(uri))
+        rows["input_key"].append(str(key))
+        rows["input_etag"].append(str(etag))
+        rows["input_size"].append(int(size))
+        rows["status"].append(status)
+        rows["reason"].append(reason)
+        rows["pixels"].append(decoded.rgb.tobytes() if decoded else b"")
+        rows["alpha"].append(decoded.alpha.tobytes() if decoded is not None and decoded.alpha is not None else b"")
+        rows["height"].append(decoded.height if decoded else 0)
+        rows["width"].append(decoded.width if decoded else 0)
+        rows["icc"].append((decoded.icc_profile or b"") if decoded is not None else b"")
+        rows["dpi"].append(json.dumps(list(decoded.dpi)) if decoded is not None and decoded.dpi else "")
+        rows["decode_ms"].append((time.perf_counter() - started) * 1000)
+    return rows
+
+
+# ---------------------------------------------------------------- stage 2: enhance + write (actors)
+
+class EnhanceWriter:
+    """Actor: loads the model once; enhances a batch (same-shape pieces batched), encodes, writes
+    create-only, and returns manifest rows."""
+
+    def __init__(self, model_ref: str, options: BulkOptions):
+        from prodray.enhance import Enhancer
+        self.enhancer = Enhancer.load(model_ref, max_batch=options.batch_size)
+        self.options = options
+
+    def __call__(self, batch: dict) -> dict:
+        options, enhancer = self.options, self.enhancer
+        count = len(batch["input_key"])
+        out = {"output_key": [""] * count, "width_out": [0] * count, "height_out": [0] * count,
+               "enhance_ms": [0.0] * count, "encode_ms": [0.0] * count, "model_id": [enhancer.model_id] * count}
+        status, reason = list(batch["status"]), list(batch["reason"])
+        todo = []
+        for i in range(count):
+            if status[i] != "pending":
+                continue
+            key = output_key(batch["input_key"][i], enhancer.model_id, options)
+            out["output_key"][i] = key
+            if storage.exists(storage.join(options.output, key)):
+                status[i], reason[i] = "skipped", "output exists"  # resumed after a crash
+                continue
+            todo.append(i)
+        images = [np.frombuffer(batch["pixels"][i], np.uint8).reshape(int(batch["height"][i]), int(batch["width"][i]), 3)
+                  for i in todo]
+        started = time.perf_counter()
+        try:
+            results = enhancer.enhance_many(images) if images else []
+        except Exception as exc:  # noqa: BLE001 - e.g. out of memory on one huge batch: record, go on
+            results = [None] * len(images)
+            for i in todo:
+                status[i], reason[i] = "error", f"enhance failed: {type(exc).__name__}: {exc}"[:300]
+        per_image_ms = (time.perf_counter() - started) * 1000 / max(len(images), 1)
+        for i, result in zip(todo, results):
+            if result is None:
+                continue
+            out["enhance_ms"][i] = per_image_ms
+            height, width = int(batch["height"][i]), int(batch["width"][i])
+            alpha = None
+            if len(batch["alpha"][i]):
+                from prodray.enhance import upscale_alpha
+                alpha = upscale_alpha(np.frombuffer(batch["alpha"][i], np.uint8).reshape(height, width), enhancer.scale)
+            started = time.perf_counter()
+            try:
+                dpi = tuple(json.loads(batch["dpi"][i])) if batch["dpi"][i] else None
+                data = encode_image(result, alpha=alpha, fmt=options.format, quality=options.quality,
+                                    icc_profile=bytes(batch["icc"][i]) or None, dpi=dpi)
+                written = storage.put_if_absent(storage.join(options.output, out["output_key"][i]), data)
+                status[i], reason[i] = ("ok", "") if written else ("skipped", "output exists")
+            except Exception as exc:  # noqa: BLE001
+                status[i], reason[i] = "error", storage.redact(f"write failed: {type(exc).__name__}: {exc}")[:300]
+            out["encode_ms"][i] = (time.perf_counter() - started) * 1000
+            out["height_out"][i], out["width_out"][i] = result.shape[:2]
+        return {"input_key": list(batch["input_key"]), "input_etag": list(batch["input_etag"]),
+                "input_size": list(batch["input_size"]), "status": status, "reason": reason,
+                "width_in": list(batch["width"]), "height_in": list(batch["height"]),
+                "decode_ms": list(batch["decode_ms"]), **out}
+
+
+# ---------------------------------------------------------------- driver
+
+def done_keys(output: str) -> set[str]:
+    """Input keys that already have a final manifest row (ok, skipped or rejected)."""
+    manifest_uri = storage.join(output, MANIFEST_DIR)
+    try:
+        shards = storage.list_files(manifest_uri, suffixes=(".parquet",))
+    except FileNotFoundError:
+        return set()
+    done = set()
+    for shard in shards:
+        table = pq.read_table(io.BytesIO(storage.get_bytes(shard["uri"])), columns=["input_key", "status"])
+        for key, status in zip(table["input_key"].to_pylist(), table["status"].to_pylist()):
+            if status in DONE_STATUSES:
+                done.add(key)
+    return done
+
+
+def list_inputs(options: BulkOptions) -> list[dict]:
+    """Input rows {uri, key, etag, size}: a prefix/folder listing or a parquet manifest of keys."""
+    if options.input.endswith(".parquet"):
+        table = pq.read_table(io.BytesIO(storage.get_bytes(options.input)))
+        base = options.input.rsplit("/", 1)[0]
+        return [{"uri": storage.join(base, key), "key": key, "etag": "", "size": int(size)}
+                for key, size in zip(table["key"].to_pylist(), table["bytes"].to_pylist())]
+    entries = storage.list_files(options.input, suffixes=INPUT_SUFFIXES)
+    return [{"uri": e["uri"], "key": storage.relative_key(e["uri"], options.input), "etag": e["etag"],
+             "size": e["size"]} for e in entries]
+
+
+def write_manifest_shard(output: str, rows: list[dict], run_id: str, index: int) -> None:
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buffer)
+    storage.put_bytes(storage.join(output, MANIFEST_DIR, f"{run_id}-{index:05d}.parquet"), buffer.getvalue())
+
+
+def resolve_model(options: BulkOptions) -> tuple[str, dict]:
+    from prodray.checkpoint import resolve_export
+    reference = options.model or f"enhancer-x{options.scale}"
+    _, config_uri = resolve_export(reference)
+    config = json.loads(storage.get_bytes(config_uri))
+    if int(config["scale"]) != options.scale:
+        raise ValueError(f"model {config.get('model_id')} is x{config['scale']}, but --scale is {options.scale}")
+    return reference, config
+
+
+def run_bulk(options: BulkOptions, echo=print) -> dict:
+    """Run the whole job; returns the _SUCCESS summary (or {'nothing_to_do': True, ...})."""
+    import ray
+    import ray.data
+
+    options.check()
+    model_ref, model_config = resolve_model(options)  # fails before any work on a bad model
+    model_id = model_config["model_id"]
+    started = time.perf_counter()
+    inputs = list_inputs(options)
+    if not inputs:
+        raise FileNotFoundError(f"no images found under {options.input}")
+    done = done_keys(options.output)
+    pending = [row for row in inputs if row["key"] not in done]
+    echo(f"{len(inputs)} inputs, {len(done)} already done, {len(pending)} to process with {model_id}")
+    if not pending:
+        return {"nothing_to_do": True, "inputs": len(inputs), "model_id": model_id}
+
+    dataset = ray.data.from_items(pending, override_num_blocks=max(1, min(len(pending) // 16, 2000)))
+    dataset = dataset.map_batches(fetch_and_decode, batch_size=16, num_cpus=0.25,
+                                  fn_kwargs={"max_bytes": options.max_bytes, "max_pixels": options.max_pixels})
+    dataset = dataset.map_batches(EnhanceWriter, fn_constructor_args=(model_ref, options),
+                                  batch_size=options.batch_size, num_cpus=options.actor_cpus,
+                                  compute=ray.data.ActorPoolStrategy(size=options.actors))
+    run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    counts: dict = {}
+    buffer, shard_index, processed = [], 0, 0
+    last_print = time.perf_counter()
+    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        rows = batch.to_pylist()
+        buffer.extend(rows)
+        for row in rows:
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+        processed += len(rows)
+        if len(buffer) >= 1000:
+            write_manifest_shard(options.output, buffer, run_id, shard_index)
+            buffer, shard_index = [], shard_index + 1
+        now = time.perf_counter()
+        if now - last_print >= options.progress_every_s:
+            rate = processed / (now - started)
+            eta = (len(pending) - processed) / rate if rate else float("inf")
+            echo(f"progress: {processed}/{len(pending)} images, {rate:.1f} images/s, ETA {eta:.0f}s, {counts}")
+            last_print = now
+    if buffer:
+        write_manifest_shard(options.output, buffer, run_id, shard_index)
+    wall = time.perf_counter() - started
+    summary = {"counts": counts, "inputs": len(inputs), "processed": processed,
+               "images_per_s": round(processed / wall, 3), "wall_s": round(wall, 3), "model_id": model_id,
+               "run_id": run_id, "config": asdict(options)}
+    failed = counts.get("rejected", 0) + counts.get("error", 0)
+    storage.put_bytes(storage.join(options.output, "_SUCCESS"), json.dumps(summary, indent=2).encode())
+    echo(f"done: {counts} in {wall:.1f}s ({summary['images_per_s']} images/s); manifest {storage.join(options.output, MANIFEST_DIR)}")
+    if options.max_error_fraction is not None and failed / max(processed, 1) > options.max_error_fraction:
+        raise RuntimeError(f"{failed} of {processed} images rejected or failed, above --max-error-fraction "
+                           f"{options.max_error_fraction}")
+    return summary

