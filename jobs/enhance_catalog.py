@@ -20,11 +20,12 @@ def main() -> None:
     parser.add_argument("--quality", type=int, default=90)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--actors", type=int, default=1, help="enhancer actors (model replicas)")
+    parser.add_argument("--actor-cpus", type=float, default=1.0, help="CPUs reserved per enhancer actor")
     parser.add_argument("--max-error-fraction", type=float, help="fail if more than this share is rejected/error")
     args = parser.parse_args()
     from prodray.bulk import BulkOptions, run_bulk
     options = BulkOptions(input=args.input, output=args.output, model=args.model, scale=args.scale, format=args.format,
-                          quality=args.quality, batch_size=args.batch_size, actors=args.actors,
+                          quality=args.quality, batch_size=args.batch_size, actors=args.actors, actor_cpus=args.actor_cpus,
                           max_error_fraction=args.max_error_fraction).check()
     connect_ray()
     print(json.dumps(run_bulk(options), indent=2))

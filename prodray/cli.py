@@ -112,7 +112,7 @@ def cmd_enhance(args) -> None:
 
 def cmd_report(args) -> None:
     from prodray.report import write_report
-    print(f"report written to {write_report(args.output_uri, sample=args.sample)}")
+    print(f"report written to {write_report(args.output_uri, sample=args.sample, local_path=args.local)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="before/after HTML gallery of a bulk run")
     report.add_argument("output_uri")
     report.add_argument("--sample", type=int, default=24)
+    report.add_argument("--local", help="also write the page to this local file")
     report.set_defaults(func=cmd_report)
     return parser
 

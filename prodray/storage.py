@@ -250,7 +250,8 @@ def list_files(uri: str, suffixes=None) -> list[dict]:
     entries = []
     for key, meta in sorted(found.items()):
         name = key.rsplit("/", 1)[-1]
-        if name.startswith(("_", ".")) or meta.get("type") == "directory":
+        relative = key[len(path):].lstrip("/")
+        if any(part.startswith(("_", ".")) for part in relative.split("/")) or meta.get("type") == "directory":
             continue
         if suffixes and not name.lower().endswith(tuple(suffixes)):
             continue

@@ -183,8 +183,8 @@ def train_worker(config: dict) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         scaler.step(optimizer)
         scaler.update()
-        update_ema(ema, model, global_batch, cfg.run.ema_half_life_images)
         images_seen += global_batch
+        update_ema(ema, model, global_batch, cfg.run.ema_half_life_images, images_seen)
         step += 1
         tick_images += global_batch
         loss_sum += float(loss.detach())

@@ -27,9 +27,14 @@ def make_ema(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def update_ema(ema: torch.nn.Module, model: torch.nn.Module, batch_images: int, half_life_images: int) -> None:
-    """EMA whose half-life is in images (StyleGAN2-ADA style), so it is batch-size independent."""
-    beta = 0.5 ** (batch_images / max(half_life_images, 1e-8)) if half_life_images > 0 else 0.0
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, batch_images: int, half_life_images: int,
+               images_seen: int, rampup: float = 0.05) -> None:
+    """EMA whose half-life is in images (StyleGAN2-ADA style), so it is batch-size independent.
+
+    The half-life ramps up with training (at most `rampup` x images seen), so the average
+    never drags the untrained initial weights along on short runs."""
+    half_life = min(half_life_images, images_seen * rampup)
+    beta = 0.5 ** (batch_images / max(half_life, 1e-8)) if half_life > 0 else 0.0
     for ema_param, param in zip(ema.parameters(), model.parameters()):
         ema_param.lerp_(param.detach(), 1.0 - beta)
     for ema_buffer, buffer in zip(ema.buffers(), model.buffers()):
