@@ -322,9 +322,12 @@ def up(ports: Ports, bucket: str = DEFAULT_BUCKET, echo=print) -> dict:
         command = [ray_bin, "start", "--head", "--block", f"--node-ip-address={HOST}", f"--port={ports.ray}",
                    f"--dashboard-host={HOST}", f"--dashboard-port={ports.dashboard}", "--include-dashboard=true",
                    "--disable-usage-stats", f"--ray-client-server-port={free_port()}",
-                   # The job API runs jobs through this agent; Ray's fixed default (52365) clashes
-                   # with any other Ray on the machine, which breaks `ray job submit`.
-                   f"--dashboard-agent-listen-port={free_port()}"]
+                   # Ports of our own for the agents: Ray's fixed default 52365 (the agent that runs
+                   # jobs) clashes with any other Ray on the machine and breaks `ray job submit`; and
+                   # with ports left to the agents the raylet waits only ~15 s for them to report,
+                   # then aborts, which a busy 2-core machine misses.
+                   *(f"--{flag}={free_port()}" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                           "metrics-export-port", "runtime-env-agent-port"))]
         ray_log = logs / "ray.log"
         log_start = ray_log.stat().st_size if ray_log.exists() else 0
         ray = subprocess.Popen(command, stdout=open(ray_log, "ab"), stderr=subprocess.STDOUT,
@@ -333,8 +336,9 @@ def up(ports: Ports, bucket: str = DEFAULT_BUCKET, echo=print) -> dict:
         state_file().write_text(json.dumps(state, indent=2))
         _wait_http(f"http://{HOST}:{ports.dashboard}/api/version", 120, ray, "Ray head")
         # The dashboard answers before the raylet has registered (which can still fail): wait for
-        # the line `ray start` prints once the node is up.
-        _wait_log(ray_log, log_start, "Ray runtime started.", 120, ray, "Ray head")
+        # the line `ray start` prints once the node is up. `ray start` exits by itself when its
+        # start-up fails, so this timeout is only a backstop (slow on a busy 2-core machine).
+        _wait_log(ray_log, log_start, "Ray runtime started.", 300, ray, "Ray head")
     except BaseException:
         down(echo=lambda *_: None)
         raise

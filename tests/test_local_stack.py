@@ -47,8 +47,9 @@ def _stack_env(home: Path, ports: dict, ray_tmp: Path) -> dict:
     env["RAY_TMPDIR"] = str(ray_tmp)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # as with an activated venv
     env["PRODRAY_HOME"] = str(home)
-    # Ray gives its dashboard 60 s to start; a busy 2-core machine can take longer.
+    # Ray gives its dashboard 60 s and the raylet 30-60 s to start; a busy 2-core machine can take longer.
     env.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "240")
+    env.setdefault("RAY_raylet_start_wait_time_s", "240")
     for name, port in ports.items():
         env[f"PRODRAY_{name.upper()}_PORT"] = str(port)
     return env
@@ -145,7 +146,7 @@ def test_local_stack_lifecycle(tmp_path, ray_tmp):
     dashboard = f"http://127.0.0.1:{ports['dashboard']}"
     try:
         # ---- up
-        up = _prodray(env, "up", timeout=300)
+        up = _prodray(env, "up", timeout=600)
         assert up.returncode == 0, f"up failed:\n{up.stdout}\n{up.stderr}\n{_logs(home)}"
         assert 'eval "$(prodray env)"' in up.stdout
         assert dashboard in up.stdout and f"http://127.0.0.1:{ports['s3']}" in up.stdout

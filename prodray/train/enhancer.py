@@ -168,7 +168,6 @@ def train_worker(config: dict) -> None:
     global_batch = cfg.data.batch_size * world
     next_tick = (images_seen // cfg.run.tick_images + 1) * cfg.run.tick_images
     tick_start, tick_images, loss_sum, loss_count = time.perf_counter(), 0, 0.0, 0
-    crash_marker = Path(tempfile.gettempdir()) / f"prodray-crash-{cfg.run.name}"
 
     while images_seen < cfg.optim.total_images:
         lr_now = lr_at(images_seen, cfg.optim.lr, cfg.optim.warmup_images, cfg.optim.total_images)
@@ -190,10 +189,8 @@ def train_worker(config: dict) -> None:
         loss_sum += float(loss.detach())
         loss_count += 1
 
-        crash_at = int(os.environ.get("PRODRAY_TEST_CRASH_AT_IMAGES", "0"))
-        if crash_at and rank == world - 1 and images_seen >= crash_at and not crash_marker.exists():
-            crash_marker.touch()  # fault-injection hook for the recovery test: die once, hard
-            os._exit(1)
+        if rank == world - 1:
+            maybe_crash_for_test(cfg.run.name, images_seen)
 
         if images_seen < next_tick and images_seen < cfg.optim.total_images:
             continue
@@ -222,6 +219,18 @@ def train_worker(config: dict) -> None:
         model_id = ckpt_io.export_model(storage.join(run_uri(cfg), "export"), "enhancer", ema,
                                         {**cfg.model.model_dump(), "kind": "enhancer", "images_seen": images_seen})
         log(f"exported {model_id} to {storage.join(run_uri(cfg), 'export')}")
+
+
+def maybe_crash_for_test(run_name: str, images_seen: int) -> None:
+    """Fault injection for the recovery test: PRODRAY_TEST_CRASH="<run name>:<images>" kills this
+    worker process once (hard, like a lost node) when it passes that many images."""
+    spec = os.environ.get("PRODRAY_TEST_CRASH", "")
+    if not spec.startswith(f"{run_name}:"):
+        return
+    marker = Path(tempfile.gettempdir()) / f"prodray-crashed-{run_name}"
+    if images_seen >= int(spec.rsplit(":", 1)[1]) and not marker.exists():
+        marker.touch()
+        os._exit(1)
 
 
 def evaluate_sr_images(images, scale, upscale) -> dict:

@@ -1,0 +1,167 @@
+"""The enhancer's functional core: model shapes, degradations, SR protocol, tiling, export."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from prodray.checkpoint import export_model
+from prodray.degradations import DegradationRanges, degrade, imresize, imresize_uint8
+from prodray.enhance import Enhancer, keep_white
+from prodray.metrics import psnr, psnr_ssim_y, rgb_to_y, ssim
+from prodray.models import build_model, count_parameters
+
+SMALL = {"arch": "rpsnet", "channels": 8, "blocks": 1, "kind": "enhancer"}
+
+
+@pytest.mark.parametrize("scale", [1, 2, 4])
+def test_model_output_shape_any_size(scale):
+    model = build_model("rpsnet", scale=scale, channels=8, blocks=1)
+    out = model(torch.rand(2, 3, 17, 23))
+    assert out.shape == (2, 3, 17 * scale, 23 * scale)
+
+
+def test_unknown_arch_names_known_ones():
+    with pytest.raises(ValueError, match="rpsnet"):
+        build_model("nope")
+
+
+def test_fresh_model_is_bilinear_upscaling():
+    model = build_model("rpsnet", scale=2, channels=8, blocks=1)
+    x = torch.rand(1, 3, 8, 8)
+    expected = torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    assert torch.allclose(model(x), expected, atol=1e-6)
+
+
+def test_parameter_count_and_flops():
+    model = build_model("rpsnet", scale=2, channels=48, blocks=8)
+    assert count_parameters(model) == 359_868
+    # 3x3 convs only: head 3->48, 17 x 48->48, upsample 48->12.
+    assert model.flops_per_input_pixel() == 2 * 9 * (3 * 48 + 17 * 48 * 48 + 48 * 12)
+
+
+def test_imresize_matches_hand_computed_matlab_values():
+    # MATLAB: imresize([0 0 255 255], 0.5, 'bicubic') on a 1x4 row -> antialiased kernel of width 8.
+    row = torch.tensor([[[[0.0, 0.0, 255.0, 255.0]]]], dtype=torch.float64)
+    out = imresize(row, 0.5)
+    assert out.shape == (1, 1, 1, 2)
+    # Symmetric output for a symmetric step, and values inside the range (antialiasing, no ringing
+    # beyond what the kernel allows).
+    assert out[0, 0, 0, 0] + out[0, 0, 0, 1] == pytest.approx(255.0)
+    assert 0 < out[0, 0, 0, 0] < 64
+    # Upscaling a constant gives the constant; downscale of a constant too.
+    const = torch.full((1, 3, 10, 12), 7.0, dtype=torch.float64)
+    assert torch.allclose(imresize(const, 2), torch.full((1, 3, 20, 24), 7.0, dtype=torch.float64))
+    assert torch.allclose(imresize(const, 0.5), torch.full((1, 3, 5, 6), 7.0, dtype=torch.float64))
+
+
+def test_imresize_upscale_weights_are_keys_cubic():
+    # x2 upscaling: the first output pixel sits at input coordinate 0.75 -> weights of the
+    # Keys cubic (a = -0.5) at distances 1.75, 0.75, 0.25, 1.25 with the border mirrored.
+    row = torch.tensor([[[[10.0, 20.0, 40.0, 80.0]]]], dtype=torch.float64)
+    out = imresize(row, 2)[0, 0, 0]
+
+    def keys(d):
+        d = abs(d)
+        return (1.5 * d**3 - 2.5 * d**2 + 1) if d <= 1 else (-0.5 * d**3 + 2.5 * d**2 - 4 * d + 2) if d < 2 else 0.0
+
+    # Taps at 1-based input positions -1, 0, 1, 2; MATLAB mirrors -1 -> 2 and 0 -> 1, so the
+    # values are 20, 10, 10, 20.
+    weights = [keys(0.75 - p) for p in (-1, 0, 1, 2)]
+    expected = sum(w * v for w, v in zip(weights, (20, 10, 10, 20))) / sum(weights)
+    assert float(out[0]) == pytest.approx(expected, abs=1e-9)
+
+
+def test_y_psnr_ssim_against_hand_computation():
+    image = np.zeros((4, 4, 3), np.uint8)
+    image[..., 0] = 255
+    assert rgb_to_y(image)[0, 0] == pytest.approx(16 + 65.481)
+    a = np.full((20, 20), 100.0)
+    b = a + 5.0
+    assert psnr(a, b) == pytest.approx(10 * np.log10(255**2 / 25))
+    assert ssim(a, a) == pytest.approx(1.0)
+    # Constant images: SSIM reduces to the luminance term (2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1).
+    c1 = (0.01 * 255) ** 2
+    assert ssim(a, b) == pytest.approx((2 * 100 * 105 + c1) / (100**2 + 105**2 + c1))
+    # Shave: a difference only in the border does not count.
+    ref = np.full((16, 16, 3), 80, np.uint8)
+    out = ref.copy()
+    out[:2] = 0
+    assert psnr_ssim_y(out, ref, shave=2)[0] == float("inf")
+
+
+def test_degradations_are_deterministic_under_a_seed():
+    hr = torch.rand(3, 3, 32, 32)
+    ranges = DegradationRanges(blur_prob=1.0, noise_prob=1.0, poisson_prob=0.5, jpeg_prob=1.0, second_stage_prob=0.5)
+    a = degrade(hr, 2, ranges, torch.Generator().manual_seed(7))
+    b = degrade(hr, 2, ranges, torch.Generator().manual_seed(7))
+    c = degrade(hr, 2, ranges, torch.Generator().manual_seed(8))
+    assert a.shape == (3, 3, 16, 16)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_bicubic_only_degradation_is_the_benchmark_one():
+    rng = np.random.default_rng(0)
+    hr = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    lr = degrade(torch.from_numpy(hr).permute(2, 0, 1)[None].double() / 255, 2, DegradationRanges(),
+                 torch.Generator().manual_seed(0))
+    expected = imresize_uint8(hr, 0.5)
+    got = (lr[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+
+
+def _trained_like_model(scale=2):
+    torch.manual_seed(0)
+    model = build_model("rpsnet", scale=scale, channels=8, blocks=2)
+    for parameter in model.parameters():  # non-trivial weights: the zero-initialised tail too
+        torch.nn.init.normal_(parameter, std=0.05)
+    return model
+
+
+def test_tiled_output_equals_whole_image_output():
+    model = _trained_like_model()
+    config = {**SMALL, "scale": 2, "blocks": 2}
+    yy, xx = np.mgrid[0:150, 0:170]
+    smooth = np.stack([(yy + xx) * 0.7, 128 + 60 * np.sin(xx / 20), 200 - yy * 0.5], axis=2).clip(0, 255).astype(np.uint8)
+    whole = Enhancer(model, config, tile=512).enhance(smooth).rgb
+    tiled = Enhancer(model, config, tile=48, pad=24).enhance(smooth).rgb
+    assert whole.shape == tiled.shape == (300, 340, 3)
+    assert np.abs(whole.astype(int) - tiled.astype(int)).max() <= 1
+
+
+def test_pure_white_background_stays_white():
+    model = _trained_like_model()
+    image = np.full((40, 40, 3), 255, np.uint8)
+    image[15:25, 15:25] = (200, 30, 30)
+    out = Enhancer(model, {**SMALL, "scale": 2, "blocks": 2}).enhance(image).rgb
+    assert (out[:20, :20] == 255).all()  # far from the product: exactly white
+    assert not (out[36:44, 36:44] == 255).all()  # the product itself is not painted white
+    assert keep_white(np.zeros((4, 4, 3), np.uint8), np.zeros((8, 8, 3), np.uint8), 2).max() == 0
+
+
+def test_alpha_is_upscaled_separately():
+    model = _trained_like_model()
+    alpha = np.zeros((10, 12), np.uint8)
+    alpha[:, 6:] = 255
+    result = Enhancer(model, {**SMALL, "scale": 2, "blocks": 2}).enhance(np.zeros((10, 12, 3), np.uint8), alpha=alpha)
+    assert result.alpha.shape == (20, 24)
+    assert result.alpha[:, :10].max() < 20 and result.alpha[:, 14:].min() > 235
+
+
+def test_export_loads_in_a_fresh_process_with_the_same_output(tmp_path):
+    model = _trained_like_model()
+    model_id = export_model(str(tmp_path / "export"), "enhancer", model, {**SMALL, "scale": 2, "blocks": 2})
+    assert (tmp_path / "export" / "enhancer.safetensors").is_file()
+    assert json.loads((tmp_path / "export" / "config.json").read_text())["model_id"] == model_id
+    image = np.random.default_rng(1).integers(0, 256, (30, 20, 3), dtype=np.uint8)
+    np.save(tmp_path / "in.npy", image)
+    here = Enhancer(model, {**SMALL, "scale": 2, "blocks": 2}).enhance(image).rgb
+    code = (f"import numpy as np; from prodray.enhance import Enhancer; e = Enhancer.load({str(tmp_path / 'export')!r}); "
+            f"np.save({str(tmp_path / 'out.npy')!r}, e.enhance(np.load({str(tmp_path / 'in.npy')!r})).rgb); print(e.model_id)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == model_id
+    assert np.array_equal(np.load(tmp_path / "out.npy"), here)
