@@ -5,6 +5,7 @@ S3 data, generated credentials (mode 600), logs and the pids of what `up` starte
 `down` stops exactly that and nothing else. Binds everything to 127.0.0.1.
 """
 
+import http.client
 import json
 import os
 import secrets
@@ -269,7 +270,7 @@ def _wait_http(url: str, timeout_s: float, process, what: str) -> None:
         except urllib.error.HTTPError as exc:
             if exc.code == 401:  # Ray 2.60 token auth is on: the API answers, it wants the token
                 return
-        except OSError:
+        except (OSError, http.client.HTTPException):  # not up yet (or, briefly, something else on the port)
             pass
         time.sleep(0.5)
     raise StackError(f"{what} did not answer at {url} within {timeout_s:.0f}s (see {home() / 'logs'})")

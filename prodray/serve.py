@@ -227,7 +227,7 @@ class Ingress:
         except ImageRejected as exc:
             return _error(REJECT_STATUS.get(exc.reason, 422), exc.reason, str(exc))
 
-        start = time.perf_counter()
+        start = time.perf_counter()  # x-enhance-ms: batching wait + model + transfer, not decode/encode
         try:
             result = await self.enhancer.enhance.remote(image.rgb, image.alpha)
         except (BackPressureError, DeploymentUnavailableError):

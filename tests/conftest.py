@@ -11,6 +11,7 @@ import secrets
 import socket
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,16 @@ from prodray import local
 # SeaweedFS also listens on port + 10000 (gRPC) for master, volume and filer.
 GRPC_OFFSET = 10000
 MAX_BASE_PORT = 55000
+# Ray keeps 10002-19999 for its workers (and 10001 for its client server) on every node.
+RANGE_START = 20000
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def _port_usable(port: int) -> bool:
@@ -27,17 +38,23 @@ def _port_usable(port: int) -> bool:
 
 
 def free_ports(count: int, taken=()) -> list[int]:
-    """`count` distinct free ports below 55000 whose port+10000 is free too."""
+    """`count` distinct free ports below 55000 whose port+10000 is free too.
+
+    Picked, where possible, below the kernel's ephemeral range (port and port+10000), so that no
+    process binding port 0 (Ray starts many) can take one between this check and the server's bind.
+    """
+    low, _ = _ephemeral_range()
+    top = min(MAX_BASE_PORT, low - GRPC_OFFSET)
     chosen: list[int] = []
     avoid = set(taken)
-    for _ in range(2000):
-        port = local.free_port()
-        if port >= MAX_BASE_PORT or port in avoid or port + GRPC_OFFSET in avoid:
-            # Ephemeral ports are often above 55000: try a random one in range instead.
-            port = 20000 + secrets.randbelow(MAX_BASE_PORT - 20000)
-            if port in avoid or port + GRPC_OFFSET in avoid:
+    for attempt in range(4000):
+        if top > RANGE_START + 500 and attempt < 3000:
+            port = RANGE_START + secrets.randbelow(top - RANGE_START)
+        else:  # no room below the ephemeral range: any free port will do
+            port = local.free_port()
+            if port >= MAX_BASE_PORT:
                 continue
-        if not _port_usable(port):
+        if port in avoid or port + GRPC_OFFSET in avoid or not _port_usable(port):
             continue
         chosen.append(port)
         avoid.update({port, port + GRPC_OFFSET})

@@ -67,6 +67,21 @@ def _png_header_only(width: int, height: int) -> bytes:
             + chunk(b"IEND", b""))
 
 
+def _start_local_ray(ray, attempts: int = 2) -> None:
+    """A fresh local cluster ("local": even when another runs on this machine).
+
+    On a starved box the raylet can abort at startup (it gives the dashboard agent ~15 s to
+    write its port files); that is Ray's startup race, not a Serve failure, so try twice."""
+    for attempt in range(attempts):
+        try:
+            ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+            return
+        except Exception:  # noqa: BLE001 - Ray raises a bare Exception for this
+            ray.shutdown()
+            if attempt == attempts - 1:
+                raise
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     import ray
@@ -79,8 +94,7 @@ def server(tmp_path_factory):
     model_b, id_b = _export(root / "b", seed=1)
     assert id_a != id_b
     port = _free_port()
-    # "local": a fresh cluster even when another one runs on this machine (ray_current_cluster).
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    _start_local_ray(ray)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
 
