@@ -25,7 +25,7 @@ from starlette.requests import Request as StarletteRequest
 
 from prodray.codec import ImageRejected, content_type, decode_image, encode_image
 
-logger = logging.getLogger("prodray.serve")
+logger = logging.getLogger("ray.serve")  # Serve routes it into each replica's log file
 
 DEFAULT_MODEL = "enhancer-x2"
 MODEL_ENV = "PRODRAY_MODEL"  # model reference when neither build_app nor user_config names one
@@ -52,6 +52,8 @@ def _error(status: int, reason: str, message: str | None = None, headers: dict |
     # >= max_batch_size so a full batch can form; beyond that callers queue, then get 503.
     max_ongoing_requests=16,
     max_queued_requests=64,
+    # Let in-flight batches of large images finish when a replica is scaled down or replaced.
+    graceful_shutdown_timeout_s=60,
 )
 class EnhancerDeployment:
     """Holds one loaded Enhancer; `enhance` calls from many requests are batched together."""
@@ -163,6 +165,8 @@ async def _multipart_file(request: Request, body: bytes) -> bytes | None:
     autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 16},
     max_ongoing_requests=32,
     max_queued_requests=64,
+    # An in-flight request may be waiting on a starting enhancer replica during a rollout.
+    graceful_shutdown_timeout_s=60,
 )
 @serve.ingress(api)
 class Ingress:
