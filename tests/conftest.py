@@ -97,7 +97,7 @@ def s3_server(tmp_path_factory):
         pytest.fail(f"SeaweedFS did not start on {endpoint}; log tail:\n{tail}")
     yield S3Server(endpoint=endpoint, access_key=access_key, secret_key=secret_key, pid=proc.pid,
                    log_path=str(log_path))
-    local.stop_group(proc.pid)
+    local.stop_group(proc.pid, grace_s=3.0)  # `weed server` tends to ignore SIGTERM for a while
 
 
 @pytest.fixture
