@@ -16,6 +16,10 @@ prodray catalog sample s3://prodray/catalog --fashion-mnist 40
 
 submit() { ray job submit --working-dir . -- "$@" 2>&1 | grep -v "Failed to query Ray Train Controller"; }
 
+# A rerun redeploys the endpoint at the end; take the old one down first so its replicas do not
+# hold the CPUs that the training workers need on a small machine.
+serve shutdown -y >/dev/null 2>&1 || true
+
 step "train (Ray Train, 2 workers, DDP) -> s3://prodray/runs/demo-enhancer"
 submit python jobs/train_enhancer.py --config prodray/configs/enhancer_demo.yaml
 

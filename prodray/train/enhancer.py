@@ -266,7 +266,7 @@ def build_dataset(sources: list[str]):
             raise FileNotFoundError(f"no training images under {source}")
         filesystem, _ = storage.pyarrow_filesystem(source)
         paths = [storage.split_uri(f)[1] for f in files]
-        datasets.append(ray.data.read_binary_files(paths, filesystem=filesystem, ray_remote_args={"num_cpus": 0.5}))
+        datasets.append(ray.data.read_binary_files(paths, filesystem=filesystem, num_cpus=0.5))
     dataset = datasets[0]
     for other in datasets[1:]:
         dataset = dataset.union(other)
