@@ -228,8 +228,17 @@ def _atomic_local_write(target: Path, data: bytes, exclusive: bool) -> bool:
 
 
 def exists(uri: str) -> bool:
+    """True if the object (or folder/prefix) exists; denied or unreachable raises, never False."""
     fs, path = fsspec_filesystem(uri)
-    return bool(_guarded(lambda: fs.exists(path), uri, "head"))
+
+    def head():
+        try:
+            fs.info(path)
+            return True
+        except FileNotFoundError:
+            return False
+
+    return bool(_guarded(head, uri, "head"))
 
 
 def info(uri: str) -> dict:

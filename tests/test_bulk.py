@@ -77,8 +77,8 @@ def test_bulk_job_end_to_end_with_bad_files_and_resume(bucket, local_ray, tmp_pa
 
     # Simulate a crash that wrote two results but no manifest: drop the manifest and one result.
     for shard in storage.list_files(f"{output}/_manifest"):
-        storage._s3fs().rm_file(storage.split_uri(shard["uri"])[1])
-    storage._s3fs().rm_file(storage.split_uri(f"{output}/{rows['shoes/0.jpg']['output_key']}")[1])
+        storage._s3fs().rm(storage.split_uri(shard["uri"])[1])
+    storage._s3fs().rm(storage.split_uri(f"{output}/{rows['shoes/0.jpg']['output_key']}")[1])
     resumed = run_bulk(options)
     assert resumed["counts"] == {"ok": 1, "skipped": 6, "rejected": 3}
     assert len([f for f in storage.list_files(output) if "/_" not in f["uri"]]) == 7
