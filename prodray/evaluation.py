@@ -44,18 +44,17 @@ def _upscale_any(upscale, lr: np.ndarray, scale: int) -> np.ndarray:
     return upscale(lr, scale)
 
 
-def evaluate_sr(folder, scale: int, upscalers: dict) -> dict:
-    """Standard protocol: crop HR to a multiple of scale, bicubic-downscale (MATLAB), upscale,
-    score Y with `scale` pixels shaved. Returns {name: {"psnr_y", "ssim_y"}, "images": N, ...}."""
+def score_sr(named_images, scale: int, upscalers: dict) -> dict:
+    """Standard protocol on in-memory HR images [(name, uint8 image)]: crop HR to a multiple of
+    scale, bicubic-downscale (MATLAB), upscale, score Y with `scale` pixels shaved.
+    Returns {name: {"psnr_y", "ssim_y"}, "images": N, "per_image": [...], ...}."""
     totals = {name: [0.0, 0.0] for name in upscalers}
     per_image = []
-    paths = list_images(folder)
-    for path in paths:
-        hr = load_benchmark_image(path)
+    for image_name, hr in named_images:
         height, width = hr.shape[0] - hr.shape[0] % scale, hr.shape[1] - hr.shape[1] % scale
         hr = hr[:height, :width]
-        lr = imresize_uint8(hr, 1.0 / scale)
-        row = {"image": path.name}
+        lr = imresize_uint8(hr, 1.0 / scale) if scale > 1 else hr
+        row = {"image": image_name}
         for name, upscale in upscalers.items():
             out = _upscale_any(upscale, lr, scale)
             p, s = psnr_ssim_y(out, hr, shave=scale)
@@ -63,11 +62,17 @@ def evaluate_sr(folder, scale: int, upscalers: dict) -> dict:
             totals[name][1] += s
             row[name] = {"psnr_y": round(p, 4), "ssim_y": round(s, 5)}
         per_image.append(row)
-    result = {"scale": scale, "images": len(paths)}
+    count = len(per_image)
+    result = {"scale": scale, "images": count}
     for name, (p, s) in totals.items():
-        result[name] = {"psnr_y": round(p / len(paths), 4), "ssim_y": round(s / len(paths), 5)}
+        result[name] = {"psnr_y": round(p / count, 4), "ssim_y": round(s / count, 5)}
     result["per_image"] = per_image
     return result
+
+
+def evaluate_sr(folder, scale: int, upscalers: dict) -> dict:
+    """The standard protocol (score_sr) over every image file in a folder."""
+    return score_sr(((p.name, load_benchmark_image(p)) for p in list_images(folder)), scale, upscalers)
 
 
 CATALOG_RANGES = DegradationRanges(noise_prob=1.0, noise_sigma=(3.0, 3.0), jpeg_prob=1.0, jpeg_quality=(75, 75))

@@ -19,7 +19,7 @@ from prodray import storage
 from prodray.codec import ImageRejected, decode_image, encode_image
 from prodray.config import EnhancerTrainConfig, dump_config
 from prodray.degradations import DegradationRanges, degrade, from_uint8_hwc, imresize_uint8, to_uint8_hwc
-from prodray.evaluation import IMAGE_SUFFIXES, bicubic_upscale, evaluate_sr
+from prodray.evaluation import IMAGE_SUFFIXES, bicubic_upscale, score_sr
 from prodray.models import build_model, count_parameters
 from prodray.train.loop import (charbonnier, image_grid, lr_at, make_ema, random_crops, restore_rng,
                                 rng_state, update_ema)
@@ -202,7 +202,7 @@ def train_worker(config: dict) -> None:
         checkpoint_dir = None
         if rank == 0:
             if val_images:
-                result = evaluate_sr_images(val_images, cfg.model.scale, upscale_with(ema, device))
+                result = score_sr(enumerate(val_images), cfg.model.scale, {"ema": upscale_with(ema, device)})["ema"]
                 metrics.update(val_psnr_y=result["psnr_y"], val_ssim_y=result["ssim_y"])
                 files.save_sample(f"tick-{tick_index:06d}.png", sample_grid(ema, val_images, cfg.model.scale, device))
             metrics["time"] = time.time()
@@ -231,19 +231,6 @@ def maybe_crash_for_test(run_name: str, images_seen: int) -> None:
     if images_seen >= int(spec.rsplit(":", 1)[1]) and not marker.exists():
         marker.touch()
         os._exit(1)
-
-
-def evaluate_sr_images(images, scale, upscale) -> dict:
-    """The SR protocol on in-memory HR images (the folder variant lives in evaluation.py)."""
-    from prodray.metrics import psnr_ssim_y
-    from prodray.evaluation import _upscale_any
-    scores = []
-    for hr in images:
-        h, w = hr.shape[0] - hr.shape[0] % scale, hr.shape[1] - hr.shape[1] % scale
-        hr = hr[:h, :w]
-        lr = imresize_uint8(hr, 1.0 / scale) if scale > 1 else hr
-        scores.append(psnr_ssim_y(_upscale_any(upscale, lr, scale), hr, shave=scale))
-    return {"psnr_y": float(np.mean([s[0] for s in scores])), "ssim_y": float(np.mean([s[1] for s in scores]))}
 
 
 def write_checkpoint(folder: Path, model, ema, optimizer, scaler, step, images_seen, generator, rng, world) -> None:
