@@ -19,6 +19,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request as StarletteRequest
@@ -37,6 +38,13 @@ MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file
 
 # codec.ImageRejected.reason -> HTTP status. Anything not listed is a 422 (bad content).
 REJECT_STATUS = {"unsupported_format": 415, "too_many_pixels": 413, "too_many_bytes": 413}
+# The largest side each output format can store (WebP: 14-bit sizes; JPEG: 16-bit).
+MAX_SIDE = {"png": 2**31 - 1, "jpeg": 65535, "webp": 16383}
+# A full queue (Serve's max_queued_requests) answers this at once, from the proxy or a handle.
+BACKPRESSURE = {"status_code": 503, "retry_after_s": 1}
+# Handle failures that mean "no capacity right now", not "this request is wrong": a full queue,
+# a deployment that is (re)starting, a replica that died or is unreachable mid-request.
+UNAVAILABLE = (BackPressureError, DeploymentUnavailableError, RayActorError)
 
 
 def _error(status: int, reason: str, message: str | None = None, headers: dict | None = None) -> JSONResponse:
@@ -52,6 +60,7 @@ def _error(status: int, reason: str, message: str | None = None, headers: dict |
     # >= max_batch_size so a full batch can form; beyond that callers queue, then get 503.
     max_ongoing_requests=16,
     max_queued_requests=64,
+    backpressure_config=BACKPRESSURE,
     # Let in-flight batches of large images finish when a replica is scaled down or replaced.
     graceful_shutdown_timeout_s=60,
 )
@@ -87,10 +96,16 @@ class EnhancerDeployment:
         await self._ensure_loaded(self._reference)
         return {"id": self._enhancer.model_id, "scale": self._enhancer.scale}
 
-    async def enhance(self, rgb: np.ndarray, alpha: np.ndarray | None = None) -> dict:
-        """(H, W, 3) uint8 (+ (H, W) alpha) -> {"rgb": (sH, sW, 3), "alpha", "model_id", "scale"}."""
+    async def enhance(self, rgb: np.ndarray, alpha: np.ndarray | None = None,
+                      scale: int | None = None) -> dict:
+        """(H, W, 3) uint8 (+ (H, W) alpha) -> {"rgb": (sH, sW, 3), "alpha", "model_id", "scale"}.
+
+        `scale` (optional) must be the loaded model's; otherwise the answer is
+        {"rejected": "unsupported_scale", "scale": s} and nothing runs."""
         if self._enhancer is None:  # only when deployed without any user_config
             await self._ensure_loaded()
+        if scale is not None and scale != self._enhancer.scale:
+            return {"rejected": "unsupported_scale", "scale": self._enhancer.scale}
         out, enhancer = await self._enhance_batch(rgb)
         if alpha is not None:
             from prodray.enhance import upscale_alpha
@@ -119,6 +134,11 @@ api = FastAPI(title="prodray", docs_url=None, redoc_url=None)
 async def _invalid_parameter(request, exc: RequestValidationError) -> JSONResponse:
     detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
     return JSONResponse({"error": "invalid_parameter", "detail": detail}, status_code=422)
+
+
+def _overloaded() -> JSONResponse:
+    return _error(503, "overloaded", "try again shortly",
+                  headers={"retry-after": str(BACKPRESSURE["retry_after_s"])})
 
 
 class BodyTooLarge(Exception):
@@ -165,6 +185,7 @@ async def _multipart_file(request: Request, body: bytes) -> bytes | None:
     autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 16},
     max_ongoing_requests=32,
     max_queued_requests=64,
+    backpressure_config=BACKPRESSURE,  # the proxy's own 503 carries Retry-After too
     # An in-flight request may be waiting on a starting enhancer replica during a rollout.
     graceful_shutdown_timeout_s=60,
 )
@@ -197,8 +218,8 @@ class Ingress:
     async def models(self):
         try:
             info = await self.enhancer.info.remote()
-        except (BackPressureError, DeploymentUnavailableError):
-            return _error(503, "overloaded", "try again shortly", headers={"retry-after": "1"})
+        except UNAVAILABLE:
+            return _overloaded()
         return {"models": [{"id": info["id"], "scale": info["scale"], "task": "enhance"}]}
 
     @api.post("/v1/enhance")
@@ -207,6 +228,7 @@ class Ingress:
         request: Request,
         fmt: Literal["png", "jpeg", "webp"] = Query("png", alias="format"),
         quality: int = Query(90, ge=1, le=100),
+        scale: int | None = Query(None, ge=1, le=16),
     ):
         multipart = request.headers.get("content-type", "").startswith("multipart/form-data")
         try:
@@ -225,18 +247,25 @@ class Ingress:
         if len(data) > self.max_bytes:
             return _error(413, "too_many_bytes", f"uploads are limited to {self.max_bytes} bytes")
 
+        start = time.perf_counter()
         try:
             image = await asyncio.to_thread(decode_image, data, max_bytes=self.max_bytes,
                                             max_pixels=self.max_pixels)
         except ImageRejected as exc:
             return _error(REJECT_STATUS.get(exc.reason, 422), exc.reason, str(exc))
+        decoded = time.perf_counter()
 
-        start = time.perf_counter()  # x-enhance-ms: batching wait + model + transfer, not decode/encode
-        try:
-            result = await self.enhancer.enhance.remote(image.rgb, image.alpha)
-        except (BackPressureError, DeploymentUnavailableError):
-            return _error(503, "overloaded", "try again shortly", headers={"retry-after": "1"})
-        enhance_ms = (time.perf_counter() - start) * 1000
+        try:  # x-enhance-ms: batching wait + model + transfer, not decode/encode
+            result = await self.enhancer.enhance.remote(image.rgb, image.alpha, scale)
+        except UNAVAILABLE:
+            return _overloaded()
+        enhanced = time.perf_counter()
+        if result.get("rejected"):
+            return _error(422, result["rejected"], f"this endpoint serves scale {result['scale']}")
+        height, width = result["rgb"].shape[:2]
+        if max(height, width) > MAX_SIDE[fmt]:
+            return _error(422, "too_large_for_format",
+                          f"a {width}x{height} result does not fit {fmt} (max side {MAX_SIDE[fmt]})")
 
         # Same physical print size at the higher resolution: DPI scales with the pixels.
         dpi = tuple(v * result["scale"] for v in image.dpi) if image.dpi else None
@@ -244,7 +273,10 @@ class Ingress:
                                           quality=quality, icc_profile=image.icc_profile, dpi=dpi)
         return Response(payload, media_type=content_type(fmt), headers={
             "x-model-id": result["model_id"],
-            "x-enhance-ms": f"{enhance_ms:.1f}",
+            "x-scale": str(result["scale"]),
+            "x-decode-ms": f"{(decoded - start) * 1000:.1f}",
+            "x-enhance-ms": f"{(enhanced - decoded) * 1000:.1f}",
+            "x-encode-ms": f"{(time.perf_counter() - enhanced) * 1000:.1f}",
         })
 
 

@@ -7,7 +7,9 @@ and headers, not for quality. One app serves every test; the last test redeploys
 import asyncio
 import io
 import json
+import os
 import random
+import shutil
 import socket
 import struct
 import threading
@@ -126,7 +128,9 @@ def test_png_in_png_out_at_twice_the_size(server):
     assert resp.status_code == 200, resp.text
     assert resp.headers["content-type"] == "image/png"
     assert resp.headers["x-model-id"] == server["id_a"]
-    assert float(resp.headers["x-enhance-ms"]) >= 0
+    assert resp.headers["x-scale"] == "2"
+    for timing in ("x-decode-ms", "x-enhance-ms", "x-encode-ms"):
+        assert float(resp.headers[timing]) >= 0
     im = _decode(resp)
     assert im.format == "PNG" and im.size == (80, 60) and im.mode == "RGB"
 
@@ -167,6 +171,23 @@ def test_concurrent_mixed_sizes_are_batched_correctly(server):
     assert [_decode(r).size for r in responses] == [(2 * w, 2 * h) for w, h in sizes]
 
 
+def test_scale_parameter(server):
+    ok = _post(server, _png(20, 10), params={"scale": "2"})
+    assert ok.status_code == 200 and _decode(ok).size == (40, 20)
+    other = _post(server, _png(20, 10), params={"scale": "4"})
+    assert other.status_code == 422, other.text
+    assert other.json()["error"] == "unsupported_scale" and "2" in other.json()["message"]
+
+
+def test_result_too_large_for_the_format(server):
+    """A 9000x8 strip is fine in PNG, but x2 is 18000 wide: past WebP's 16383 limit."""
+    strip = _png(9000, 8)
+    resp = _post(server, strip, params={"format": "webp"})
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["error"] == "too_large_for_format"
+    assert _decode(_post(server, strip)).size == (18000, 16)
+
+
 def test_models_health_and_page(server):
     models = requests.get(server["url"] + "/v1/models", timeout=30).json()
     assert models["models"] == [{"id": server["id_a"], "scale": 2, "task": "enhance"}]
@@ -175,6 +196,74 @@ def test_models_health_and_page(server):
     page = requests.get(server["url"] + "/", timeout=30)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "<form" in page.text and "/v1/enhance" in page.text
+
+
+# --- the web page in a real browser ------------------------------------------------------------
+
+
+def _chromium() -> str | None:
+    """A Chromium/Chrome binary: $PRODRAY_CHROMIUM, else the first on PATH (Debian: `chromium`)."""
+    if os.environ.get("PRODRAY_CHROMIUM"):
+        return os.environ["PRODRAY_CHROMIUM"]
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+SIZES_JS = """() => ["after", "before"].map((id) => {
+    const img = document.getElementById(id);
+    return [img.naturalWidth, img.naturalHeight];
+})"""
+
+
+def test_web_page_in_headless_chromium(server, tmp_path):
+    """Upload a file on GET / like a user, see the result and wipe the before/after slider."""
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="playwright is not installed (the dev extra has it)")
+    binary = _chromium()
+    if binary is None:
+        pytest.skip("no chromium binary on PATH (Debian: apt-get install chromium; .ci/run tries it)")
+    (tmp_path / "product.png").write_bytes(_png(48, 32))
+    (tmp_path / "anim.gif").write_bytes(b"GIF89a" + bytes(range(256)) * 4)
+
+    with sync_api.sync_playwright() as pw:
+        # --no-sandbox: Chromium's sandbox refuses to start as root (CI runs as root).
+        browser = pw.chromium.launch(executable_path=binary, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 800})
+            errors = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(server["url"] + "/")
+            assert not page.is_visible("#slider")  # nothing to compare yet
+
+            page.set_input_files("#file", str(tmp_path / "product.png"))
+            page.click("button[type=submit]")
+            page.wait_for_selector("#slider", state="visible", timeout=60_000)
+            assert page.evaluate(SIZES_JS) == [[96, 64], [48, 32]]
+            assert server["id_a"] in page.inner_text("#status")
+            assert page.inner_text("#after-size") == "after 96x64"
+            assert (page.get_attribute("#download", "href") or "").startswith("blob:")
+
+            # The before image covers the result, clipped at the slider: click at ~20% across.
+            box = page.locator("#compare").bounding_box()
+            assert box["width"] > 0 and box["height"] > 0
+            page.mouse.click(box["x"] + 0.2 * box["width"], box["y"] + box["height"] / 2)
+            value = float(page.input_value("#slider"))
+            assert 10 <= value <= 30, value
+            clip = page.evaluate("document.getElementById('before').style.clipPath")
+            assert clip == f"inset(0px {100 - value:g}% 0px 0px)", clip
+
+            # A rejected upload shows the server's reason and no stale comparison.
+            page.set_input_files("#file", str(tmp_path / "anim.gif"))
+            page.click("button[type=submit]")
+            page.wait_for_function("document.getElementById('status').className === 'error'",
+                                   timeout=60_000)
+            assert page.inner_text("#status") == "failed: 415 unsupported_format"
+            assert not page.is_visible("#slider")
+            assert not errors, errors
+        finally:
+            browser.close()
 
 
 # --- bad input ---------------------------------------------------------------------------------
@@ -232,15 +321,57 @@ def test_fuzz_never_5xx(server):
     assert all(s == 200 or 400 <= s < 500 for s in statuses), statuses
 
 
+def test_fuzz_multipart_and_parameters_never_5xx(server):
+    """Random multipart bodies, content types and query strings: always 200 or a JSON 4xx."""
+    rng = random.Random(99)
+    png = _png(16, 16)
+    boundary = "fuzzboundary"
+    part = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode() + png + f"\r\n--{boundary}--\r\n".encode()
+    cases = []
+    for _ in range(12):  # a valid multipart body, cut or with bytes flipped anywhere
+        body = bytearray(part)
+        if rng.random() < 0.5:
+            body = body[:rng.randrange(1, len(body))]
+        else:
+            for _ in range(3):
+                body[rng.randrange(len(body))] = rng.randrange(256)
+        cases.append((bytes(body), f"multipart/form-data; boundary={boundary}", None))
+    for _ in range(6):  # random bytes under multipart headers, with and without a boundary
+        cases.append((rng.randbytes(rng.randint(0, 2048)),
+                      rng.choice(["multipart/form-data", f"multipart/form-data; boundary={boundary}",
+                                  "multipart/form-data; boundary="]), None))
+    junk = ["", "-1", "1e9", "nan", "\u00e9", "png\x00", "9" * 40, "[]"]
+    for _ in range(12):  # random parameter values on a valid image
+        params = {rng.choice(["format", "quality", "scale", "other"]): rng.choice(junk)
+                  for _ in range(rng.randint(1, 3))}
+        cases.append((png, rng.choice(["image/png", "application/octet-stream", "text/plain"]), params))
+    for body, ctype, params in cases:
+        resp = _post(server, body, params=params, headers={"content-type": ctype})
+        assert resp.status_code == 200 or 400 <= resp.status_code < 500, (ctype, params, resp.text)
+        if resp.status_code != 200:
+            assert resp.headers["content-type"] == "application/json", resp.headers
+            assert resp.json()["error"], resp.text
+
+
 # --- overload and model swap -------------------------------------------------------------------
 
 
 def test_overload_gives_503(server):
+    """Twice the concurrency the ingress admits (2 running + 2 queued): the excess is refused at
+    once with 503 + Retry-After; every request gets an answer (a hang would hit the timeout)."""
     data = _png(384, 384)
     with ThreadPoolExecutor(16) as pool:
-        statuses = list(pool.map(lambda _: _post(server, data).status_code, range(32)))
+        responses = list(pool.map(lambda _: _post(server, data), range(32)))
+    statuses = [r.status_code for r in responses]
     assert set(statuses) <= {200, 503}, statuses
     assert 503 in statuses and 200 in statuses, statuses
+    for resp in responses:
+        if resp.status_code == 503:
+            assert resp.headers["retry-after"] == "1", resp.headers
+    # Once the burst is over the service answers normally again.
+    assert _post(server, _png(16, 16)).status_code == 200
+    assert requests.get(server["url"] + "/healthz", timeout=30).status_code == 200
 
 
 def test_reconfigure_swaps_model_in_process(server, tmp_path):
