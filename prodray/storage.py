@@ -5,6 +5,7 @@ put, and retries with backoff on throttling, 5xx and dropped connections. S3 set
 only from the standard AWS_* environment variables; secrets never reach logs or errors.
 """
 
+import hashlib
 import logging
 import os
 import random
@@ -182,9 +183,13 @@ def put_bytes(uri: str, data: bytes) -> None:
 
 
 def put_if_absent(uri: str, data: bytes) -> bool:
-    """Create-only write. Returns False (writing nothing) if the object already exists.
+    """Create-only write. Returns False (writing nothing) if the object already exists with other bytes.
 
-    S3: a conditional PUT (If-None-Match: *), so two racing writers cannot both win.
+    S3: a conditional PUT (If-None-Match: *), so two racing writers cannot both win. A PUT whose
+    response was lost (dropped connection) may have taken effect; its retry (ours or botocore's)
+    then meets a 412. So on a 412 the existing object's ETag is compared with our bytes' MD5:
+    equal means these very bytes are stored (our own earlier attempt, or an identical duplicate),
+    and that counts as written.
     Local: temp file + hard link, which fails atomically if the target exists.
     """
     scheme, path = split_uri(uri)
@@ -197,15 +202,21 @@ def put_if_absent(uri: str, data: bytes) -> bool:
             fs.pipe_file(path, data, IfNoneMatch="*")
             return True
         except FileExistsError:  # s3fs's translation of a 412 that names the If-None-Match condition
-            return False
+            return _holds_exactly(fs, path, data)
         except Exception as exc:  # noqa: BLE001
             # s3fs wraps other 412s in an OSError; the botocore error is its __cause__.
             code = _error_code(exc) or _error_code(exc.__cause__)
             if code in ("PreconditionFailed", "412", "ConditionalRequestConflict") or "PreconditionFailed" in str(exc):
-                return False
+                return _holds_exactly(fs, path, data)
             raise
 
     return _guarded(attempt, uri, "create")
+
+
+def _holds_exactly(fs, path: str, data: bytes) -> bool:
+    """True if the object at `path` was stored by a single PUT of exactly `data` (ETag == MD5)."""
+    etag = str(fs.info(path, refresh=True).get("ETag") or "").strip('"')
+    return etag == hashlib.md5(data, usedforsecurity=False).hexdigest()  # a multipart ETag ("...-N") never matches
 
 
 def _atomic_local_write(target: Path, data: bytes, exclusive: bool) -> bool:
