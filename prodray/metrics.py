@@ -3,6 +3,7 @@
 PSNR and SSIM on the Y channel of YCbCr (BT.601, as MATLAB's rgb2ycbcr), with `shave` pixels
 cut from each border and peak 255; SSIM with an 11x11 Gaussian window, sigma 1.5 (Wang et al.).
 Inputs are uint8 HWC RGB (or HW grey, which is its own Y). No Ray, no PIL.
+FID and KID for the GAN work on (N, D) feature arrays (see the end of the module).
 """
 
 import math
@@ -103,3 +104,71 @@ def ciede2000(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:
     s_h = 1 + 0.015 * cp_bar * t
     r_t = -np.sin(np.radians(2 * d_theta)) * r_c
     return np.sqrt((dl / s_l) ** 2 + (dc / s_c) ** 2 + (dH / s_h) ** 2 + r_t * (dc / s_c) * (dH / s_h))
+
+
+# ---------------------------------------------------------------- distribution metrics (GAN)
+# FID and KID on (N, D) feature arrays (classifier or Inception embeddings). numpy only: the
+# matrix square root is an eigen-decomposition, so scipy stays a dev-only dependency.
+
+def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, D) features -> mean (D,) and unbiased covariance (D, D), in float64."""
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or len(features) < 2:
+        raise ValueError(f"need (N >= 2, D) features, got shape {features.shape}")
+    return features.mean(axis=0), np.atleast_2d(np.cov(features, rowvar=False))
+
+
+def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
+    """Square root of a symmetric positive semi-definite matrix (negative round-off clipped)."""
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians.
+
+    Tr((S1 S2)^(1/2)) = Tr((A S2 A)^(1/2)) with A = S1^(1/2): S1 S2 is similar to the symmetric
+    PSD A S2 A, so the trace is the sum of the square roots of its (real, clipped) eigenvalues."""
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+        raise ValueError(f"shape mismatch: {mu1.shape}/{sigma1.shape} vs {mu2.shape}/{sigma2.shape}")
+    root1 = _psd_sqrt(sigma1)
+    middle = root1 @ sigma2 @ root1
+    eigenvalues = np.linalg.eigvalsh((middle + middle.T) / 2)
+    trace_sqrt = float(np.sum(np.sqrt(np.clip(eigenvalues, 0, None))))
+    diff = mu1 - mu2
+    return float(max(0.0, diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt))
+
+
+def fid_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
+    """Frechet distance between the Gaussians fitted to two (N, D) feature sets."""
+    return frechet_distance(*feature_statistics(features1), *feature_statistics(features2))
+
+
+def _mmd2_unbiased_poly(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased MMD^2 with the cubic polynomial kernel k(a, b) = (a.b / D + 1)^3."""
+    dim = x.shape[1]
+    kxx = (x @ x.T / dim + 1) ** 3
+    kyy = (y @ y.T / dim + 1) ** 3
+    kxy = (x @ y.T / dim + 1) ** 3
+    m, n = len(x), len(y)
+    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+                 - 2 * kxy.mean())
+
+
+def kid_from_features(features1: np.ndarray, features2: np.ndarray, subsets: int = 100, subset_size: int = 1000,
+                      seed: int = 0) -> tuple[float, float]:
+    """Kernel Inception Distance (Binkowski et al. 2018): the unbiased polynomial-kernel MMD^2
+    averaged over `subsets` random subsets of min(subset_size, N1, N2) rows of each set, drawn
+    without replacement within a subset. Returns (mean, standard deviation over subsets)."""
+    x, y = np.asarray(features1, np.float64), np.asarray(features2, np.float64)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f"need (N, D) features with equal D, got {x.shape} and {y.shape}")
+    size = min(subset_size, len(x), len(y))
+    if size < 2:
+        raise ValueError("KID needs at least 2 samples in each set")
+    rng = np.random.default_rng(seed)
+    values = [_mmd2_unbiased_poly(x[rng.choice(len(x), size, replace=False)],
+                                  y[rng.choice(len(y), size, replace=False)]) for _ in range(subsets)]
+    return float(np.mean(values)), float(np.std(values))
