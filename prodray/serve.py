@@ -77,8 +77,14 @@ class EnhancerDeployment:
 
         Requests keep using the old model while the new one loads (the load runs in a thread),
         so a model change through `serve deploy` / `serve.run` has no downtime. A failed load
-        raises and the old model stays."""
-        await self._ensure_loaded((user_config or {}).get("model"))
+        raises and the old model stays. Optional `max_batch_size` / `batch_wait_timeout_s`
+        retune batching in place (1 turns it off; the benchmark compares both)."""
+        config = user_config or {}
+        await self._ensure_loaded(config.get("model"))
+        if config.get("max_batch_size") is not None:
+            self._enhance_batch.set_max_batch_size(int(config["max_batch_size"]))
+        if config.get("batch_wait_timeout_s") is not None:
+            self._enhance_batch.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
 
     async def _ensure_loaded(self, reference: str | None = None) -> None:
         reference = reference or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
@@ -290,7 +296,9 @@ def build_app(model: str | None = None, *, max_bytes: int = DEFAULT_MAX_BYTES,
     *_options: `Deployment.options(...)` overrides, e.g. `{"ray_actor_options": {"num_cpus": 0}}`.
     """
     model = model or os.environ.get(MODEL_ENV) or None  # None: resolved in the replica
-    enhancer = EnhancerDeployment.options(user_config={"model": model}, **(enhancer_options or {})).bind()
+    enhancer_options = dict(enhancer_options or {})
+    user_config = {"model": model, **enhancer_options.pop("user_config", {})}  # e.g. batching knobs
+    enhancer = EnhancerDeployment.options(user_config=user_config, **enhancer_options).bind()
     ingress = Ingress.options(**(ingress_options or {}))
     return ingress.bind(enhancer, max_bytes=max_bytes, max_pixels=max_pixels)
 

@@ -389,7 +389,13 @@ def test_reconfigure_swaps_model_in_process(server, tmp_path):
             await replica.reconfigure({"model": str(tmp_path / "missing")})
         kept = await replica.info()
         await replica.reconfigure({"model": server["model_b"]})
-        return kept, await replica.info()
+        swapped = await replica.info()
+        await replica.reconfigure({"model": server["model_b"], "max_batch_size": 1,
+                                   "batch_wait_timeout_s": 0.05})
+        assert replica._enhance_batch._get_max_batch_size() == 1
+        assert replica._enhance_batch._get_batch_wait_timeout_s() == 0.05
+        assert replica._enhancer.model_id == server["id_b"]  # same model: not reloaded
+        return kept, swapped
 
     kept, swapped = asyncio.run(run())
     assert kept == {"id": server["id_a"], "scale": 2}
