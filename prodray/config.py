@@ -77,6 +77,26 @@ class RunConfig(Strict):
     threads_per_worker: Optional[int] = None
 
 
+class AdversarialConfig(Strict):
+    """Optional second stage: fine-tune a PSNR-trained enhancer with a discriminator.
+
+    Loss of the enhancer = pixel_weight x L1 + perceptual_weight x perceptual + adversarial_weight
+    x GAN. The perceptual term uses VGG19 features only when `vgg19_weights` names a local (or
+    s3://) torchvision VGG19 weights file; otherwise a fixed multi-scale edge loss (Laplacian
+    bands + gradients), so nothing is ever downloaded. See prodray/enhancer_losses.py."""
+
+    init_from: str  # exported PSNR model to start from: shipped name (enhancer-x2), export folder or s3:// URI
+    export_name: str = Field("enhancer-gan", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # model id = <name>-<hash>
+    discriminator: Literal["unet", "patch"] = "unet"
+    d_channels: int = Field(64, ge=4, le=256)
+    d_lr: Optional[float] = Field(None, gt=0)  # None: same as optim.lr
+    gan_loss: Literal["hinge", "nonsaturating"] = "hinge"
+    pixel_weight: float = Field(1.0, ge=0)
+    perceptual_weight: float = Field(1.0, ge=0)
+    adversarial_weight: float = Field(0.1, ge=0)
+    vgg19_weights: Optional[str] = None  # torchvision vgg19 state dict (.pth or .safetensors); None = edge loss
+
+
 class EnhancerTrainConfig(Strict):
     kind: Literal["enhancer"] = "enhancer"
     model: EnhancerModelConfig = EnhancerModelConfig()
@@ -84,6 +104,7 @@ class EnhancerTrainConfig(Strict):
     data: EnhancerDataConfig
     optim: OptimConfig = OptimConfig()
     run: RunConfig = RunConfig()
+    adversarial: Optional[AdversarialConfig] = None  # set = run the adversarial fine-tuning stage
 
     def check(self) -> "EnhancerTrainConfig":
         if self.data.patch_size % self.model.scale:
@@ -98,7 +119,14 @@ class EnhancerTrainConfig(Strict):
             "val_folder": resolve_local(self.data.val_folder, "data.val_folder") if self.data.val_folder else None})
         run = self.run.model_copy(update={"storage_path": resolve_local(self.run.storage_path, "run.storage_path",
                                                                         must_exist=False)})
-        return self.model_copy(update={"data": data, "run": run})
+        update = {"data": data, "run": run}
+        if self.adversarial is not None:
+            adv = self.adversarial
+            shipped = (Path(__file__).parent / "weights" / adv.init_from / "config.json").is_file()
+            update["adversarial"] = adv.model_copy(update={
+                "init_from": adv.init_from if shipped else resolve_local(adv.init_from, "adversarial.init_from"),
+                "vgg19_weights": resolve_local(adv.vgg19_weights, "adversarial.vgg19_weights") if adv.vgg19_weights else None})
+        return self.model_copy(update=update)
 
 
 def resolve_local(uri: str, field: str, must_exist: bool = True) -> str:

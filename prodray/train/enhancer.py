@@ -261,15 +261,21 @@ def build_dataset(sources: list[str]):
 
 
 def build_trainer(cfg: EnhancerTrainConfig):
-    """A TorchTrainer for `cfg`: DDP over num_workers, checkpoints to run.storage_path, retries."""
+    """A TorchTrainer for `cfg`: DDP over num_workers, checkpoints to run.storage_path, retries.
+    With an `adversarial:` section it runs the fine-tuning stage (train/finetune.py) instead."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    worker = train_worker
+    if cfg.adversarial is not None:  # the optional second stage: adversarial fine-tuning
+        from prodray.train.finetune import check_init_model, finetune_worker
+        check_init_model(cfg)
+        worker = finetune_worker
     filesystem, storage_path = storage.pyarrow_filesystem(cfg.run.storage_path)
     if not storage.is_s3(cfg.run.storage_path):
         Path(storage_path).mkdir(parents=True, exist_ok=True)
     return TorchTrainer(
-        train_worker,
+        worker,
         train_loop_config=cfg.model_dump(mode="json"),
         scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu,
                                      resources_per_worker={"CPU": cfg.run.cpus_per_worker}),
