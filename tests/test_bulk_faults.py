@@ -43,6 +43,7 @@ def put_catalog(bucket: str, count: int, size: int = 40) -> tuple[str, set[str]]
 
 def manifest_rows(output: str) -> list[dict]:
     rows = []
+    storage._s3fs().invalidate_cache()
     for shard in storage.list_files(storage.join(output, "_manifest"), suffixes=(".parquet",)):
         rows += pq.read_table(io.BytesIO(storage.get_bytes(shard["uri"]))).to_pylist()
     return rows
@@ -50,6 +51,7 @@ def manifest_rows(output: str) -> list[dict]:
 
 def result_keys(output: str) -> list[str]:
     """Every result object under the output prefix (manifest, _SUCCESS and temp files excluded)."""
+    storage._s3fs().invalidate_cache()  # s3fs caches listings; we want what is there now
     return [storage.relative_key(f["uri"], output) for f in storage.list_files(output)]
 
 
@@ -103,3 +105,76 @@ def test_create_only_put_whose_response_was_lost_counts_as_written(bucket, s3_en
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_env.endpoint)
     storage._FS_CACHE.clear()
     assert storage.get_bytes(uri) == b"first"
+
+
+# ---------------------------------------------------------------- b. a worker node killed mid-job
+
+def _node_of_enhancer_actor() -> str | None:
+    """Node id (hex) of the live Ray Data actor that runs EnhanceWriter, read from the GCS."""
+    for actor in ray._private.state.actors().values():
+        if actor.get("State") == "ALIVE" and "MapWorker" in str(actor.get("ActorClassName", "")):
+            return actor["Address"]["NodeID"]
+    return None
+
+
+def count_results(boto_client, bucket: str, prefix: str) -> int:
+    """Result objects written so far (read with boto3, uncached, safe from a second thread)."""
+    pages = boto_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/")
+    return sum(1 for page in pages for obj in page.get("Contents", []) if "/_" not in obj["Key"])
+
+
+def test_worker_node_killed_mid_job_every_input_one_result(bucket, s3_env, boto_client):
+    import threading
+
+    from ray.cluster_utils import Cluster
+
+    model_uri, _ = tiny_model(bucket)
+    source, keys = put_catalog(bucket, 40, size=64)
+    output = f"s3://{bucket}/enhanced"
+    # Head: 1 CPU (driver side, decode tasks). Two workers: 2 CPUs each. The enhancer actor asks for
+    # 1.5 CPUs, so it can only live on a worker node; when that node dies Ray restarts it on the other.
+    # Fast health checks so the dead node is noticed in seconds, not the default ~30 s.
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "object_store_memory": 100 * 2**20, "include_dashboard": False,
+        "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000,
+                           "health_check_failure_threshold": 3}})
+    workers = [cluster.add_node(num_cpus=2, object_store_memory=100 * 2**20) for _ in range(2)]
+    killed: dict = {}
+    try:
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, logging_level="ERROR")
+
+        def kill_actor_node_after_first_outputs():
+            try:
+                _kill_actor_node_after_first_outputs()
+            except BaseException as exc:  # noqa: BLE001 - surfaced by the assertion below
+                killed.setdefault("error", repr(exc))
+
+        def _kill_actor_node_after_first_outputs():
+            deadline = time.time() + 300
+            while time.time() < deadline and not killed:
+                done = count_results(boto_client, bucket, "enhanced")
+                node_id = _node_of_enhancer_actor()
+                if done >= 4 and node_id:
+                    for node in workers:
+                        if node.node_id == node_id:
+                            killed.update(node=node_id, outputs_before=done)
+                            cluster.remove_node(node, allow_graceful=False)
+                    if "node" not in killed:
+                        killed["error"] = f"enhancer actor on {node_id}, not on a worker node"
+                    return
+                time.sleep(0.2)
+
+        killer = threading.Thread(target=kill_actor_node_after_first_outputs, daemon=True)
+        killer.start()
+        summary = run_bulk(BulkOptions(input=source, output=output, model=model_uri, scale=2, batch_size=2,
+                                       actor_cpus=1.5, progress_every_s=1e9))
+        killer.join(timeout=10)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    print(f"killed {killed}; summary counts {summary['counts']}")
+    assert "node" in killed and killed["outputs_before"] < len(keys), f"the node must die mid-job: {killed}"
+    assert sum(summary["counts"].values()) == len(keys)
+    # Results written by the dead node's last batch are found on the retry: `skipped`, never doubled.
+    assert_one_result_per_input(output, keys, allowed=("ok", "skipped"))
