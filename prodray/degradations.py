@@ -161,7 +161,7 @@ def jpeg_roundtrip(images, ranges: DegradationRanges, generator) -> torch.Tensor
     for image, quality in zip(images, qualities):
         rgb = to_uint8_hwc(image)
         out.append(from_uint8_hwc(decode_image(encode_image(rgb, fmt="jpeg", quality=quality)).rgb))
-    return torch.stack(out).to(images.device)
+    return torch.stack(out).to(images.device, images.dtype)  # keep the caller's dtype (eval uses float64)
 
 
 def _maybe(stage, images, prob, ranges, generator):

@@ -1,0 +1,76 @@
+"""`prodray eval catalog`: the JSON it prints, its determinism, and pure white staying 255."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from prodray.cli import _upscalers
+from prodray.evaluation import evaluate_catalog
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = ("model", "bicubic", "bicubic+unsharp")
+
+
+def product_photo(size: int = 96, seed: int = 0) -> np.ndarray:
+    """A catalog-style photo: pure white background, a textured coloured product in the middle."""
+    rng = np.random.default_rng(seed)
+    image = np.full((size, size, 3), 255, np.uint8)
+    yy, xx = np.mgrid[0:size // 2, 0:size // 2]
+    product = np.stack([120 + 60 * np.sin(xx / 3.0), 60 + 2 * yy, 180 - 2 * xx], axis=2)
+    product += rng.normal(0, 6, product.shape)
+    image[size // 4:size // 4 + size // 2, size // 4:size // 4 + size // 2] = product.clip(0, 254).astype(np.uint8)
+    return image
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("catalog")
+    for i in range(2):
+        Image.fromarray(product_photo(seed=i)).save(folder / f"product{i}.png")
+    return folder
+
+
+def test_eval_catalog_json_keys_and_determinism(photos, tmp_path):
+    completed = subprocess.run([sys.executable, "-m", "prodray.cli", "eval", "catalog", "--data", str(photos),
+                                "--scale", "2", "--json", "--limit", "2"],
+                               cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    result = json.loads(completed.stdout)
+    assert set(result) == {"scale", "images", "seed", "model_id", *METHODS}
+    assert result["scale"] == 2 and result["images"] == 2 and result["seed"] == 0
+    shipped = json.loads((REPO / "prodray/weights/enhancer-x2/config.json").read_text())
+    assert result["model_id"] == shipped["model_id"]
+    for method in METHODS:
+        scores = result[method]
+        assert set(scores) == {"psnr_y", "ssim_y", "ciede2000"}, method
+        assert all(math.isfinite(v) for v in scores.values()), method
+        assert scores["psnr_y"] > 15 and 0 < scores["ssim_y"] <= 1 and scores["ciede2000"] >= 0, method
+
+    # Fixed seeds: the same figures again, in-process through the same upscalers.
+    _, upscalers = _upscalers(None, 2, "cpu")
+    again = evaluate_catalog(photos, 2, upscalers, seed=0, limit=2)
+    assert {m: again[m] for m in METHODS} == {m: result[m] for m in METHODS}
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_pure_white_background_stays_255(scale):
+    """The model upscaler that `eval catalog` scores keeps a 255 background exactly 255."""
+    _, upscalers = _upscalers(None, scale, "cpu")
+    lr = product_photo(48)
+    out = upscalers["model"](lr, scale)
+    assert out.shape == (48 * scale, 48 * scale, 3)
+    # LR rows/columns 0..10 are white with white neighbours (the product starts at 12).
+    border = 11 * scale
+    background = np.concatenate([out[:border].reshape(-1, 3), out[-border:].reshape(-1, 3),
+                                 out[:, :border].reshape(-1, 3), out[:, -border:].reshape(-1, 3)])
+    assert background.min() == 255
+    assert upscalers["model"](np.full((20, 30, 3), 255, np.uint8), scale).min() == 255
+    # The product itself is not whitened.
+    centre = out[24 * scale - 4:24 * scale + 4, 24 * scale - 4:24 * scale + 4]
+    assert centre.max() < 255
