@@ -178,3 +178,44 @@ def test_worker_node_killed_mid_job_every_input_one_result(bucket, s3_env, boto_
     assert sum(summary["counts"].values()) == len(keys)
     # Results written by the dead node's last batch are found on the retry: `skipped`, never doubled.
     assert_one_result_per_input(output, keys, allowed=("ok", "skipped"))
+
+
+# ---------------------------------------------------------------- c. the driver killed mid-job
+
+def test_driver_killed_mid_job_rerun_completes_the_rest(bucket, s3_env, boto_client):
+    from ray.cluster_utils import Cluster
+
+    model_uri, _ = tiny_model(bucket)
+    source, keys = put_catalog(bucket, 40, size=64)
+    output = f"s3://{bucket}/enhanced"
+    # A running cluster the job is submitted to (as with `ray job submit`); the driver is a separate
+    # process that connects to it, so killing it leaves the cluster up, as a crashed job would.
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 2, "object_store_memory": 100 * 2**20, "include_dashboard": False})
+    env = {**os.environ, "RAY_ADDRESS": cluster.address}  # AWS_* set by s3_env
+    command = [sys.executable, "jobs/enhance_catalog.py", "--input", source, "--output", output, "--model", model_uri,
+               "--scale", "2", "--batch-size", "2", "--actor-cpus", "0.5"]
+    try:
+        first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 start_new_session=True)
+        deadline, written = time.time() + 300, 0
+        while time.time() < deadline and first.poll() is None:
+            written = count_results(boto_client, bucket, "enhanced")
+            if written >= 4:
+                break
+            time.sleep(0.2)
+        assert first.poll() is None, "the first run must still be going when it is killed"
+        os.killpg(first.pid, signal.SIGKILL)  # the driver's own process group (start_new_session)
+        first.wait(timeout=30)
+        partial = count_results(boto_client, bucket, "enhanced")
+        assert 4 <= partial < len(keys), partial
+        assert not storage.exists(f"{output}/_SUCCESS")
+
+        rerun = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+    finally:
+        cluster.shutdown()
+    print(f"killed after {written} results ({partial} when it died); rerun:\n{rerun.stdout[-600:]}")
+    rows = assert_one_result_per_input(output, keys, allowed=("ok", "skipped"))
+    skipped = sum(r["status"] == "skipped" for r in rows)
+    assert skipped >= partial  # what the killed run wrote is found again, never written twice
