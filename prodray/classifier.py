@@ -89,7 +89,7 @@ def train_classifier(split: GanSplit, epochs: float = 3.0, batch_size: int = 128
             loss.backward()
             optimizer.step()
             schedule.step()
-            running = 0.98 * running + 0.02 * float(loss) if step else float(loss)
+            running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
             if echo and (step + 1) % 100 == 0:
                 seen = (step + 1) * batch_size
                 echo(f"  step {step + 1}/{total_steps} loss {running:.3f} "

@@ -115,6 +115,16 @@ def cmd_report(args) -> None:
     print(f"report written to {write_report(args.output_uri, sample=args.sample, local_path=args.local)}")
 
 
+def cmd_gan_train_classifier(args) -> None:
+    from prodray.classifier import train_and_export
+    command = (f"prodray gan train-classifier --data {args.data} --out {args.out} --epochs {args.epochs:g} "
+               f"--seed {args.seed} --threads {args.threads}" + (f" --limit {args.limit}" if args.limit else ""))
+    result = train_and_export(args.data, args.out, epochs=args.epochs, limit=args.limit, seed=args.seed,
+                              threads=args.threads, command=command)
+    print(f"{result['model_id']}: test accuracy "
+          + ", ".join(f"{k} {v:.4f}" for k, v in result["test_accuracy"].items()) + f" -> {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prodray", description="Product images at catalog scale on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -155,6 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
     catalog_eval.add_argument("--limit", type=int, default=50)
     sr.set_defaults(func=cmd_eval_sr)
     catalog_eval.set_defaults(func=cmd_eval_catalog)
+
+    gan = sub.add_parser("gan", help="conditional product GAN").add_subparsers(dest="gan_command", required=True)
+    train_classifier = gan.add_parser("train-classifier",
+                                      help="train the attribute classifier used by `eval gan` (features, CAS)")
+    train_classifier.add_argument("--data", required=True, help="prepared dataset folder or s3:// prefix")
+    train_classifier.add_argument("--out", required=True, help="export folder or s3:// prefix")
+    train_classifier.add_argument("--epochs", type=float, default=3.0)
+    train_classifier.add_argument("--limit", type=int, help="train on a seeded random subset of this many images")
+    train_classifier.add_argument("--seed", type=int, default=0)
+    train_classifier.add_argument("--threads", type=int, default=1, help="torch threads")
+    train_classifier.set_defaults(func=cmd_gan_train_classifier)
 
     enhance = sub.add_parser("enhance", help="bulk-enhance a catalog with Ray Data")
     enhance.add_argument("--input", required=True)
