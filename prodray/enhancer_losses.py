@@ -91,11 +91,12 @@ class VGGPerceptualLoss(nn.Module):
         from torchvision.models import vgg19  # only this path needs torchvision
 
         last = max(VGG19_LAYERS.values())
-        self.features = vgg19(weights=None).features[:last + 1].eval()
-        wanted = {k.removeprefix("features."): v for k, v in state_dict.items()
+        with torch.device("meta"):  # shapes only: no random init of 20M weights about to be replaced
+            self.features = vgg19(weights=None).features[:last + 1].eval()
+        wanted = {k.removeprefix("features."): v.float() for k, v in state_dict.items()
                   if not k.startswith("classifier.")}
         wanted = {k: v for k, v in wanted.items() if int(k.split(".")[0]) <= last}
-        self.features.load_state_dict(wanted, strict=True)
+        self.features.load_state_dict(wanted, strict=True, assign=True)
         for parameter in self.features.parameters():
             parameter.requires_grad_(False)
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
