@@ -1,6 +1,6 @@
 """The adversarial fine-tuning stage through Ray Train on a real local Ray: 2-worker DDP on CPU
 (gloo), a few steps from an exported PSNR model, a checkpoint with the discriminator, and an
-export under its own name that the existing Enhancer loads unchanged."""
+export under its own name that the existing Enhancer loads unchanged; a resubmission resumes."""
 
 import json
 import os
