@@ -153,7 +153,8 @@ def shipped_classifier_for(vocab: dict[str, list[str]], resolution: int) -> str:
 
 
 def train_and_export(data: str, out: str, epochs: float = 3.0, limit: int | None = None, seed: int = 0,
-                     threads: int | None = 1, batch_size: int = 128, command: str | None = None, echo=print) -> dict:
+                     threads: int | None = 1, batch_size: int = 128, widths=None, command: str | None = None,
+                     echo=print) -> dict:
     """Train on the `train` split of a prepared dataset, score on `test`, export; returns the config."""
     from prodray.gan_data import load_split, read_vocab
     meta = read_vocab(data)
@@ -163,7 +164,8 @@ def train_and_export(data: str, out: str, epochs: float = 3.0, limit: int | None
     echo(f"classifier on {data}: {len(train)} train / {len(test)} test images at {meta['resolution']} px, "
          f"attributes {', '.join(f'{k} ({len(v)})' for k, v in train.vocab.items())}")
     loaded = time.time()
-    model = train_classifier(train, epochs=epochs, batch_size=batch_size, seed=seed, threads=threads, echo=echo)
+    model = train_classifier(train, epochs=epochs, batch_size=batch_size, seed=seed, threads=threads, widths=widths,
+                             echo=echo)
     trained = time.time()
     test_accuracy = accuracy(model, test, threads=threads)
     echo("test accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in test_accuracy.items()))

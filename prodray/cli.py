@@ -102,6 +102,35 @@ def cmd_eval_catalog(args) -> None:
     _print_json(result) if args.json else print(json.dumps(result, indent=1))
 
 
+def cmd_eval_gan(args) -> None:
+    from prodray.classifier import shipped_classifier_for
+    from prodray.gan_data import read_vocab
+    from prodray.gan_eval import evaluate_gan, generator_sample_fn
+    from prodray.generate import ProductGenerator
+    meta = read_vocab(args.data)
+    vocab, resolution = meta["attributes"], int(meta["resolution"])
+    generator = ProductGenerator.load(args.model, device=args.device)
+    if int(generator.resolution) != resolution:
+        raise ValueError(f"generator {generator.model_id} makes {generator.resolution} px images, "
+                         f"{args.data} is {resolution} px")
+    classifier = args.classifier or shipped_classifier_for(vocab, resolution)
+    echo = (lambda message: print(message, file=sys.stderr)) if args.json else print
+    result = evaluate_gan(generator_sample_fn(generator, vocab), args.data, classifier, n=args.n, seed=args.seed,
+                          inception_weights=args.inception_weights, cas_epochs=args.cas_epochs,
+                          threads=args.threads, echo=echo)
+    result["model_id"] = generator.model_id
+    if args.json:
+        _print_json(result)
+        return
+    print(f"{generator.model_id} on {args.data} (n={result['n']}, features {result['features']}):")
+    print(f"  FID {result['fid']:.3f} (floor {result['fid_floor']:.3f})  KID {result['kid']:.5f} "
+          f"(floor {result['kid_floor']:.5f})")
+    print(f"  CAS {result['cas']:.4f} vs real_acc {result['real_acc']:.4f} ({result['primary']})")
+    for name, share in result["attr_acc"].items():
+        print(f"  attr_acc {name}: {share:.4f} (classifier on real test: {result['classifier_acc'][name]:.4f}; "
+              f"CAS {result['cas_by_attr'][name]:.4f}, real {result['real_acc_by_attr'][name]:.4f})")
+
+
 def cmd_enhance(args) -> None:
     from prodray.bulk import BulkOptions, run_bulk
     options = BulkOptions(input=args.input, output=args.output, model=args.model, scale=args.scale,
@@ -118,9 +147,11 @@ def cmd_report(args) -> None:
 def cmd_gan_train_classifier(args) -> None:
     from prodray.classifier import train_and_export
     command = (f"prodray gan train-classifier --data {args.data} --out {args.out} --epochs {args.epochs:g} "
-               f"--seed {args.seed} --threads {args.threads}" + (f" --limit {args.limit}" if args.limit else ""))
+               f"--seed {args.seed} --threads {args.threads}" + (f" --limit {args.limit}" if args.limit else "")
+               + (f" --widths {args.widths}" if args.widths else ""))
+    widths = [int(w) for w in args.widths.split(",")] if args.widths else None
     result = train_and_export(args.data, args.out, epochs=args.epochs, limit=args.limit, seed=args.seed,
-                              threads=args.threads, command=command)
+                              threads=args.threads, widths=widths, command=command)
     print(f"{result['model_id']}: test accuracy "
           + ", ".join(f"{k} {v:.4f}" for k, v in result["test_accuracy"].items()) + f" -> {args.out}")
 
@@ -165,6 +196,19 @@ def build_parser() -> argparse.ArgumentParser:
     catalog_eval.add_argument("--limit", type=int, default=50)
     sr.set_defaults(func=cmd_eval_sr)
     catalog_eval.set_defaults(func=cmd_eval_catalog)
+    gan_eval = evaluate.add_parser("gan", help="GAN: FID/KID against a real-data floor, CAS, attribute accuracy")
+    gan_eval.add_argument("--model", required=True, help="generator export folder, s3:// URI or shipped name")
+    gan_eval.add_argument("--data", required=True, help="prepared dataset (folder or s3:// prefix)")
+    gan_eval.add_argument("--classifier", help="attribute classifier export (default: the shipped one for the data)")
+    gan_eval.add_argument("--n", type=int, default=2000, help="real test images, and generated images per set")
+    gan_eval.add_argument("--seed", type=int, default=0)
+    gan_eval.add_argument("--cas-epochs", type=float, default=10.0)
+    gan_eval.add_argument("--inception-weights", help="torchvision inception_v3 state dict (.pt or .safetensors) "
+                          "for FID/KID features instead of the classifier's; nothing is downloaded")
+    gan_eval.add_argument("--threads", type=int, default=1, help="torch threads")
+    gan_eval.add_argument("--device", default="cpu", help="generator device")
+    gan_eval.add_argument("--json", action="store_true")
+    gan_eval.set_defaults(func=cmd_eval_gan)
 
     gan = sub.add_parser("gan", help="conditional product GAN").add_subparsers(dest="gan_command", required=True)
     train_classifier = gan.add_parser("train-classifier",
@@ -175,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_classifier.add_argument("--limit", type=int, help="train on a seeded random subset of this many images")
     train_classifier.add_argument("--seed", type=int, default=0)
     train_classifier.add_argument("--threads", type=int, default=1, help="torch threads")
+    train_classifier.add_argument("--widths", help="channels per stage, e.g. 16,32,64 (default: 32,64,128[,128])")
     train_classifier.set_defaults(func=cmd_gan_train_classifier)
 
     enhance = sub.add_parser("enhance", help="bulk-enhance a catalog with Ray Data")

@@ -188,12 +188,12 @@ def test_cli_train_classifier(prepared, tmp_path):
     from prodray.cli import build_parser
     out = tmp_path / "cli-export"
     args = build_parser().parse_args(["gan", "train-classifier", "--data", prepared, "--out", str(out),
-                                      "--epochs", "0.2", "--limit", "100"])
+                                      "--epochs", "0.2", "--limit", "100", "--widths", "4,8"])
     args.func(args)
     config = json.loads((out / "config.json").read_text())
     assert set(config["test_accuracy"]) == {"shape", "colour"}
     assert config["data"]["train_images"] == 100 and config["command"].startswith("prodray gan train-classifier")
-    assert (out / "classifier.safetensors").is_file()
+    assert (out / "classifier.safetensors").is_file() and config["widths"] == [4, 8]
 
 
 @pytest.mark.parametrize("name,attributes,resolution", [
@@ -211,3 +211,35 @@ def test_shipped_classifiers(name, attributes, resolution):
     assert shipped_classifier_for(config["attributes"], resolution) == name
     x = np.zeros((2, resolution, resolution, 3), np.uint8)
     assert set(predict(model, x)) == set(attributes)
+
+
+def test_cli_eval_gan_with_a_stand_in_generator(prepared, classifier, tmp_path, monkeypatch, capsys):
+    """`prodray eval gan` end to end, ProductGenerator replaced by real images (so no GAN is needed)."""
+    import sys
+    import types
+
+    from prodray.cli import build_parser
+    sample = real_sampler(prepared)
+
+    class StandIn:
+        model_id, resolution = "stand-in-real", 32
+        vocab = {"shape": SHAPES, "colour": COLOURS}
+
+        @classmethod
+        def load(cls, reference, device="cpu"):
+            assert reference == "my-gan"
+            return cls()
+
+        def generate_indices(self, attributes, seed):
+            return sample(attributes, seed)
+
+    monkeypatch.setitem(sys.modules, "prodray.generate", types.SimpleNamespace(ProductGenerator=StandIn))
+    export = str(tmp_path / "classifier")
+    save_classifier(export, classifier, {"shape": SHAPES, "colour": COLOURS})
+    args = build_parser().parse_args(["eval", "gan", "--model", "my-gan", "--data", prepared, "--classifier", export,
+                                      "--n", "60", "--cas-epochs", "1", "--json"])
+    args.func(args)
+    result = json.loads(capsys.readouterr().out)
+    assert result["model_id"] == "stand-in-real" and result["n"] == 60
+    assert {"fid", "kid", "fid_floor", "cas", "real_acc", "attr_acc"} <= set(result)
+    assert result["classifier"].startswith("classifier-")
