@@ -139,6 +139,55 @@ def resolve_local(uri: str, field: str, must_exist: bool = True) -> str:
     return str(path)
 
 
+# ---------------------------------------------------------------- product GAN
+
+class GanModelConfig(Strict):
+    z_dim: int = Field(128, ge=1, le=1024)
+    embed_dim: int = Field(64, ge=1, le=1024)  # per attribute
+    g_channels: int = Field(256, ge=8, le=2048)  # generator width at 4x4, halved per upsampling
+    d_channels: int = Field(32, ge=8, le=1024)  # discriminator width at full size, doubled per step
+
+
+class GanDataConfig(Strict):
+    prepared: str  # a prepared dataset (folder or s3:// prefix): manifest.parquet + vocab.json
+    attributes: Optional[list[str]] = None  # conditioning attributes; default: all in vocab.json
+    batch_size: int = Field(64, ge=2)  # per worker
+
+
+class GanOptimConfig(Strict):
+    loss: Literal["hinge", "nonsaturating"] = "hinge"
+    lr_g: float = Field(2e-4, gt=0)
+    lr_d: float = Field(2e-4, gt=0)
+    betas: tuple[float, float] = (0.5, 0.999)
+    total_images: int = Field(200_000, ge=1)  # images shown to the discriminator as real
+    r1_gamma: float = Field(0.1, ge=0)  # 0 disables R1
+    r1_interval: int = Field(16, ge=1)  # lazy regularisation: every this many steps, scaled up
+    augment: str = "translation,cutout"  # DiffAugment policy: any of color, translation, cutout
+    grad_clip: Optional[float] = None
+
+
+class GanTrainConfig(Strict):
+    kind: Literal["gan"] = "gan"
+    model: GanModelConfig = GanModelConfig()
+    data: GanDataConfig
+    optim: GanOptimConfig = GanOptimConfig()
+    run: RunConfig = RunConfig(name="gan", tick_images=10_000)
+
+    def check(self) -> "GanTrainConfig":
+        from prodray.augment import parse_policy
+        try:
+            parse_policy(self.optim.augment)
+        except ValueError as exc:
+            raise ConfigError(f"config field optim.augment: {exc}") from None
+        return self
+
+    def resolved(self) -> "GanTrainConfig":
+        data = self.data.model_copy(update={"prepared": resolve_local(self.data.prepared, "data.prepared")})
+        run = self.run.model_copy(update={"storage_path": resolve_local(self.run.storage_path, "run.storage_path",
+                                                                        must_exist=False)})
+        return self.model_copy(update={"data": data, "run": run})
+
+
 # ---------------------------------------------------------------- loading
 
 def _set_dotted(tree: dict, dotted: str, value) -> None:

@@ -35,9 +35,16 @@ def test_shipped_configs_load():
     import prodray
 
     folder = Path(prodray.__file__).parent / "configs"
-    for path in sorted(folder.glob("*.yaml")):
+    from prodray.config import GanTrainConfig
+
+    for path in sorted(folder.glob("enhancer*.yaml")):
         cfg = load_config(EnhancerTrainConfig, path)
         assert cfg.data.patch_size % cfg.model.scale == 0, path.name
+    gan_configs = sorted(folder.glob("gan_*.yaml"))
+    assert gan_configs
+    for path in gan_configs:
+        assert load_config(GanTrainConfig, path).data.batch_size >= 2, path.name
+    assert {p.name for p in folder.glob("*.yaml")} == {p.name for p in [*folder.glob("enhancer*.yaml"), *gan_configs]}
 
 
 def test_unknown_field_is_named():

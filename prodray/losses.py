@@ -1,0 +1,32 @@
+"""GAN losses: hinge and non-saturating (logistic), and the R1 gradient penalty.
+
+Sign conventions: the discriminator outputs a real-valued score, higher = more real. Both
+discriminator losses fall as real scores rise and fake scores fall; the generator losses fall
+as fake scores rise.
+"""
+
+import torch
+from torch.nn import functional as F
+
+
+def d_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor, kind: str = "hinge") -> torch.Tensor:
+    if kind == "hinge":
+        return F.relu(1 - real_scores).mean() + F.relu(1 + fake_scores).mean()
+    if kind == "nonsaturating":
+        return F.softplus(-real_scores).mean() + F.softplus(fake_scores).mean()
+    raise ValueError(f"unknown GAN loss {kind!r}; known: hinge, nonsaturating")
+
+
+def g_loss(fake_scores: torch.Tensor, kind: str = "hinge") -> torch.Tensor:
+    if kind == "hinge":
+        return -fake_scores.mean()
+    if kind == "nonsaturating":
+        return F.softplus(-fake_scores).mean()
+    raise ValueError(f"unknown GAN loss {kind!r}; known: hinge, nonsaturating")
+
+
+def r1_penalty(real_scores: torch.Tensor, real_images: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of |d score / d image|^2 on real images (Mescheder et al. 2018).
+    `real_images` must have requires_grad set before the discriminator saw them."""
+    (gradient,) = torch.autograd.grad(real_scores.sum(), real_images, create_graph=True)
+    return gradient.pow(2).flatten(1).sum(1).mean()

@@ -1,0 +1,209 @@
+"""Pure-torch GAN core: shapes, conditioning, loss signs, augmentation, checkpoint round trip,
+generation by attributes (no Ray)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from prodray import checkpoint as ckpt_io
+from prodray.augment import diff_augment, parse_policy
+from prodray.config import ConfigError, GanTrainConfig, load_config
+from prodray.generate import ProductGenerator, UnknownAttribute
+from prodray.losses import d_loss, g_loss, r1_penalty
+from prodray.models.gan import build_discriminator, build_generator
+from prodray.train.gan import grid_conditions, read_checkpoint, state_digest, write_checkpoint
+from prodray.train.loop import make_ema
+
+VOCAB = {"articleType": ["Shirts", "Tshirts", "Watches"], "baseColour": ["Black", "Red", "Blue", "White"]}
+
+
+def model_config(resolution=32):
+    return {"vocab": VOCAB, "resolution": resolution, "z_dim": 16, "embed_dim": 8, "g_channels": 32, "d_channels": 8}
+
+
+def attrs(n, a=0, b=0):
+    return {"articleType": torch.full((n,), a), "baseColour": torch.full((n,), b)}
+
+
+@pytest.mark.parametrize("resolution", [8, 32, 64])
+def test_shapes(resolution):
+    generator, discriminator = build_generator(model_config(resolution)), build_discriminator(model_config(resolution))
+    images = generator(torch.randn(5, 16), attrs(5))
+    assert images.shape == (5, 3, resolution, resolution)
+    assert images.min() >= -1 and images.max() <= 1
+    assert discriminator(images, attrs(5)).shape == (5,)
+
+
+def test_bad_resolution_and_missing_attribute():
+    with pytest.raises(ValueError, match="power of two"):
+        build_generator(model_config(48))
+    with pytest.raises(KeyError, match="baseColour"):
+        build_generator(model_config())(torch.randn(2, 16), {"articleType": torch.zeros(2, dtype=torch.long)})
+
+
+def test_changing_either_attribute_changes_the_output():
+    torch.manual_seed(0)
+    generator = build_generator(model_config()).eval()
+    # Conditional BN starts as plain BN (zero-initialised gains): give the condition some weight.
+    with torch.no_grad():
+        for module in generator.modules():
+            if isinstance(module, torch.nn.Linear) and module.out_features != generator.stem.out_features:
+                module.weight.normal_(0, 0.5)
+    z = torch.randn(4, 16)
+    base = generator(z, attrs(4, 0, 0))
+    assert (generator(z, attrs(4, 1, 0)) - base).abs().mean() > 1e-3
+    assert (generator(z, attrs(4, 0, 2)) - base).abs().mean() > 1e-3
+    assert torch.equal(generator(z, attrs(4, 0, 0)), base)  # eval mode: deterministic
+
+
+@pytest.mark.parametrize("kind", ["hinge", "nonsaturating"])
+def test_loss_signs(kind):
+    confident = d_loss(torch.full((8,), 3.0), torch.full((8,), -3.0), kind)
+    fooled = d_loss(torch.full((8,), -3.0), torch.full((8,), 3.0), kind)
+    assert confident < fooled
+    assert g_loss(torch.full((8,), 3.0), kind) < g_loss(torch.full((8,), -3.0), kind)
+    if kind == "hinge":
+        assert confident == 0  # margins met: no loss
+    with pytest.raises(ValueError, match="unknown GAN loss"):
+        d_loss(torch.zeros(1), torch.zeros(1), "wasserstein")
+
+
+def test_discriminator_learns_to_separate_real_from_fake():
+    torch.manual_seed(0)
+    discriminator = build_discriminator(model_config(8))
+    optimizer = torch.optim.Adam(discriminator.parameters(), 1e-3)
+    real, fake = torch.rand(16, 3, 8, 8) * 0.2 + 0.7, torch.rand(16, 3, 8, 8) * 0.2 - 0.9
+    both = {k: torch.cat([v, v]) for k, v in attrs(16).items()}
+    losses = []
+    for _ in range(30):
+        scores = discriminator(torch.cat([real, fake]), both)
+        loss = d_loss(scores[:16], scores[16:], "nonsaturating")  # hinge can start at 0 (margins met)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    scores = discriminator(torch.cat([real, fake]), both)
+    assert losses[-1] < losses[0]
+    assert scores[:16].mean() > scores[16:].mean()
+
+
+def test_r1_penalty_matches_a_hand_gradient():
+    images = torch.randn(3, 3, 4, 4, requires_grad=True)
+    scores = (images ** 2).sum(dim=(1, 2, 3))  # d score / d x = 2x
+    expected = (2 * images.detach()).pow(2).flatten(1).sum(1).mean()
+    assert torch.allclose(r1_penalty(scores, images), expected)
+
+
+def test_augmentation_is_seeded_differentiable_and_shape_preserving():
+    policy = parse_policy("color,translation,cutout")
+    x = (torch.rand(4, 3, 16, 16) * 2 - 1).requires_grad_(True)
+    a = diff_augment(x, policy, torch.Generator().manual_seed(1))
+    b = diff_augment(x, policy, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b)
+    assert not torch.equal(a, diff_augment(x, policy, torch.Generator().manual_seed(2)))
+    a.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        parse_policy("translation,mixup")
+
+
+def test_translation_moves_content_by_whole_pixels():
+    x = torch.zeros(1, 1, 8, 8)
+    x[0, 0, 4, 4] = 1
+    shifted = diff_augment(x, ["translation"], torch.Generator().manual_seed(3))
+    assert shifted.sum() == 1  # one bright pixel, somewhere within 1 px (8 * 0.125)
+    row, col = [int(v) for v in torch.nonzero(shifted[0, 0])[0]]
+    assert abs(row - 4) <= 1 and abs(col - 4) <= 1
+
+
+def test_checkpoint_round_trip_restores_every_tensor(tmp_path):
+    torch.manual_seed(0)
+    cfg = model_config(8)
+    networks = {"generator": build_generator(cfg), "discriminator": build_discriminator(cfg)}
+    networks["generator_ema"] = make_ema(networks["generator"])
+    optimizers = {"g": torch.optim.Adam(networks["generator"].parameters()),
+                  "d": torch.optim.Adam(networks["discriminator"].parameters())}
+    for name, net in (("g", "generator"), ("d", "discriminator")):  # give the optimizers real state
+        out = networks[net](*((torch.randn(2, 16), attrs(2)) if net == "generator" else (torch.randn(2, 3, 8, 8), attrs(2))))
+        out.sum().backward()
+        optimizers[name].step()
+    scalers = {"g": torch.amp.GradScaler("cuda", enabled=False), "d": torch.amp.GradScaler("cuda", enabled=False)}
+    rng = {"torch": torch.Generator().get_state()}
+    digest = state_digest(networks, optimizers)
+    write_checkpoint(tmp_path, networks, optimizers, scalers, {"step": 7, "images_seen": 448}, rng, "translation")
+
+    torch.manual_seed(1)
+    fresh = {"generator": build_generator(cfg), "discriminator": build_discriminator(cfg)}
+    fresh["generator_ema"] = make_ema(fresh["generator"])
+    fresh_opt = {"g": torch.optim.Adam(fresh["generator"].parameters()), "d": torch.optim.Adam(fresh["discriminator"].parameters())}
+    assert state_digest(fresh, fresh_opt) != digest
+    state = read_checkpoint(tmp_path, fresh, fresh_opt, scalers)
+    assert state["step"] == 7 and state["images_seen"] == 448 and state["augment"] == "translation"
+    for name in networks:
+        for (key, a), (_, b) in zip(networks[name].state_dict().items(), fresh[name].state_dict().items()):
+            assert torch.equal(a, b), f"{name}.{key}"
+    for name in optimizers:
+        for slot_a, slot_b in zip(optimizers[name].state_dict()["state"].values(), fresh_opt[name].state_dict()["state"].values()):
+            for key in slot_a:
+                assert torch.equal(slot_a[key], slot_b[key])
+    assert state_digest(fresh, fresh_opt) == digest
+
+
+def test_grid_rows_cover_several_combinations():
+    rows = grid_conditions(VOCAB)
+    assert len(rows) == 4  # min(10, longest vocabulary)
+    assert {r["articleType"] for r in rows} == {0, 1, 2}
+    assert len({(r["articleType"], r["baseColour"]) for r in rows}) == 4
+
+
+@pytest.fixture
+def exported(tmp_path):
+    torch.manual_seed(0)
+    cfg = model_config(16)
+    model_id = ckpt_io.export_model(str(tmp_path / "export"), "generator", build_generator(cfg).eval(),
+                                    {**cfg, "kind": "generator"})
+    return str(tmp_path / "export"), model_id
+
+
+def test_generator_export_loads_and_same_seed_gives_same_image(exported):
+    folder, model_id = exported
+    generator = ProductGenerator.load(folder)
+    assert generator.model_id == model_id and generator.resolution == 16
+    request = {"articleType": "Watches", "baseColour": "Red"}
+    first = generator.generate(request, n=3, seed=42)
+    assert len(first) == 3 and first[0].shape == (16, 16, 3) and first[0].dtype == np.uint8
+    assert all(np.array_equal(a, b) for a, b in zip(first, generator.generate(request, n=3, seed=42)))
+    assert np.array_equal(generator.generate(request, n=1, seed=42)[0], first[0])  # independent of n
+    assert not np.array_equal(generator.generate(request, n=1, seed=43)[0], first[0])
+
+
+def test_generator_rejects_unknown_attributes_and_seeds(exported):
+    generator = ProductGenerator.load(exported[0])
+    with pytest.raises(UnknownAttribute, match="unknown baseColour 'Mauve'"):
+        generator.generate({"articleType": "Watches", "baseColour": "Mauve"})
+    with pytest.raises(UnknownAttribute, match="unknown attribute"):
+        generator.generate({"articleType": "Watches", "baseColour": "Red", "size": "XL"})
+    with pytest.raises(UnknownAttribute, match="missing"):
+        generator.generate({"articleType": "Watches"})
+    with pytest.raises(ValueError, match="seed"):
+        generator.generate({"articleType": "Watches", "baseColour": "Red"}, seed=-1)
+
+
+def test_enhancer_export_is_not_a_generator(tmp_path):
+    from prodray.models import build_model
+    ckpt_io.export_model(str(tmp_path), "enhancer", build_model("rpsnet", scale=2, channels=8, blocks=1),
+                         {"kind": "enhancer", "arch": "rpsnet", "scale": 2, "channels": 8, "blocks": 1,
+                          "vocab": {}, "resolution": 8, "z_dim": 1, "embed_dim": 1, "g_channels": 8})
+    with pytest.raises(ValueError, match="not a generator"):
+        ProductGenerator.load(str(tmp_path))
+
+
+def test_config_errors_name_the_field(tmp_path):
+    with pytest.raises(ConfigError, match="optim.augment"):
+        load_config(GanTrainConfig, None, ["data.prepared=x", "optim.augment=mixup"])
+    with pytest.raises(ConfigError, match="data.prepared"):
+        load_config(GanTrainConfig, None, [f"data.prepared={tmp_path}/missing"]).resolved()
+    with pytest.raises(ConfigError, match="optim.loss"):
+        load_config(GanTrainConfig, None, ["data.prepared=x", "optim.loss=wgan"])
