@@ -174,9 +174,9 @@ def evaluate_gan(sample_fn: SampleFn, prepared: str, classifier: str | Attribute
     }
 
 
-def generator_sample_fn(generator, vocab: dict[str, list[str]], batch_size: int = 500) -> SampleFn:
-    """Adapt a ProductGenerator (`.vocab`, `.generate_indices`) to a dataset's vocabulary: indices
-    are translated by value name, and large requests go in batches (seed + batch number)."""
+def generator_sample_fn(generator, vocab: dict[str, list[str]]) -> SampleFn:
+    """Adapt a ProductGenerator (`.vocab`, `.generate_indices`) to a dataset's vocabulary: the
+    dataset's value indices are translated to the generator's by value name."""
     missing = {name: sorted(set(values) - set(generator.vocab.get(name, [])))
                for name, values in vocab.items() if set(values) - set(generator.vocab.get(name, []))}
     if missing:
@@ -186,10 +186,6 @@ def generator_sample_fn(generator, vocab: dict[str, list[str]], batch_size: int 
                  for name, values in vocab.items()}
 
     def sample(attributes: dict[str, np.ndarray], seed: int) -> np.ndarray:
-        mapped = {name: translate[name][np.asarray(attributes[name], dtype=np.int64)] for name in vocab}
-        count = len(next(iter(mapped.values())))
-        parts = [generator.generate_indices({k: v[i:i + batch_size] for k, v in mapped.items()},
-                                            seed=seed + i // batch_size) for i in range(0, count, batch_size)]
-        return np.concatenate(parts) if parts else np.zeros((0, generator.resolution, generator.resolution, 3),
-                                                              np.uint8)
+        return generator.generate_indices(
+            {name: translate[name][np.asarray(attributes[name], dtype=np.int64)] for name in vocab}, seed=seed)
     return sample

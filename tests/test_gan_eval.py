@@ -171,15 +171,15 @@ class FakeGenerator:
         return out
 
 
-def test_generator_sample_fn_translates_and_batches():
+def test_generator_sample_fn_translates_vocabularies():
     generator = FakeGenerator()
-    sample = generator_sample_fn(generator, {"shape": SHAPES, "colour": COLOURS}, batch_size=4)
+    sample = generator_sample_fn(generator, {"shape": SHAPES, "colour": COLOURS})
     shape, colour = np.array([0, 1, 2, 3, 0, 1, 2, 3, 0, 1]), np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
     images = sample({"shape": shape, "colour": colour}, seed=7)
     assert images.shape == (10, 32, 32, 3)
     np.testing.assert_array_equal(images[:, 0, 0, 0], 3 - shape)  # reversed vocabulary
     np.testing.assert_array_equal(images[:, 0, 0, 1], 2 - colour)
-    assert generator.calls == [(4, 7), (4, 8), (2, 9)]
+    assert generator.calls == [(10, 7)]
     with pytest.raises(ValueError, match="cannot produce"):
         generator_sample_fn(generator, {"shape": SHAPES + ["star"], "colour": COLOURS})
 
