@@ -374,6 +374,33 @@ def test_overload_gives_503(server):
     assert requests.get(server["url"] + "/healthz", timeout=30).status_code == 200
 
 
+def test_enhancer_overload_gives_json_503(server):
+    """When the enhancer's queue is the one that fills (ingress admits more than the enhancer),
+    the ingress answers a JSON 503 "overloaded" with Retry-After, not a 500."""
+    from ray import serve
+
+    from prodray.serve import build_app
+
+    tight = {"ray_actor_options": {"num_cpus": 0}, "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
+             "max_ongoing_requests": 1, "max_queued_requests": 1}
+    wide = dict(INGRESS_OPTIONS, max_ongoing_requests=32, max_queued_requests=32)
+    serve.run(build_app(server["model_a"], max_bytes=MAX_BYTES, enhancer_options=tight, ingress_options=wide),
+              name="tight", route_prefix="/tight")
+    try:
+        data = _png(512, 512)  # 786 kB, under MAX_BYTES; tiles keep the enhancer busy a while
+        url = server["url"] + "/tight/v1/enhance"
+        with ThreadPoolExecutor(12) as pool:
+            responses = list(pool.map(lambda _: requests.post(url, data=data, timeout=120), range(12)))
+        statuses = [r.status_code for r in responses]
+        assert set(statuses) <= {200, 503} and 503 in statuses and 200 in statuses, statuses
+        for resp in responses:
+            if resp.status_code == 503:
+                assert resp.json()["error"] == "overloaded", resp.text
+                assert resp.headers["retry-after"] == "1"
+    finally:
+        serve.delete("tight")
+
+
 def test_reconfigure_swaps_model_in_process(server, tmp_path):
     """The replica class alone (no Ray): same model is not reloaded, a bad one keeps the old."""
     from prodray.serve import EnhancerDeployment
