@@ -295,6 +295,10 @@ def test_byte_cap_before_decode(server):
     files = {"file": ("big.png", big, "image/png")}
     resp = requests.post(server["url"] + "/v1/enhance", files=files, timeout=60)
     assert resp.status_code == 413 and resp.json()["error"] == "too_many_bytes"
+    # Chunked, so no content-length to refuse up front: the cap applies while reading.
+    chunks = (big[i:i + 65536] for i in range(0, len(big), 65536))
+    resp = _post(server, chunks)
+    assert resp.status_code == 413 and resp.json()["error"] == "too_many_bytes"
 
 
 @pytest.mark.parametrize("params", [{"format": "gif"}, {"quality": "0"}, {"quality": "101"},
