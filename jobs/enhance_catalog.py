@@ -22,11 +22,15 @@ def main() -> None:
     parser.add_argument("--actors", type=int, default=1, help="enhancer actors (model replicas)")
     parser.add_argument("--actor-cpus", type=float, default=1.0, help="CPUs reserved per enhancer actor")
     parser.add_argument("--max-error-fraction", type=float, help="fail if more than this share is rejected/error")
+    parser.add_argument("--min-longest-side", type=int, help="reject outputs whose longest side is below this (px)")
+    parser.add_argument("--pad-square", action="store_true", help="centre outputs on a pure-white square")
+    parser.add_argument("--max-output-bytes", type=int, help="lower JPEG/WebP quality until outputs fit (PNG: reject)")
     args = parser.parse_args()
     from prodray.bulk import BulkOptions, run_bulk
     options = BulkOptions(input=args.input, output=args.output, model=args.model, scale=args.scale, format=args.format,
                           quality=args.quality, batch_size=args.batch_size, actors=args.actors, actor_cpus=args.actor_cpus,
-                          max_error_fraction=args.max_error_fraction).check()
+                          max_error_fraction=args.max_error_fraction, min_longest_side=args.min_longest_side,
+                          pad_square=args.pad_square, max_output_bytes=args.max_output_bytes).check()
     connect_ray()
     print(json.dumps(run_bulk(options), indent=2))
 

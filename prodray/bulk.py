@@ -44,6 +44,13 @@ class BulkOptions:
     actor_cpus: float = 1.0  # CPUs reserved per enhancer actor (use num_gpus on GPU clusters)
     max_error_fraction: float | None = None  # fail the job above this share of rejected+error
     progress_every_s: float = 10.0
+    # Marketplace constraints (None/False: off). An output whose longest side is below
+    # min_longest_side is `rejected` (pick a larger --scale; we do not invent pixels by resizing);
+    # pad_square centres it on pure white; max_output_bytes lowers JPEG/WebP quality in steps until
+    # it fits (PNG cannot shrink losslessly: `rejected`).
+    min_longest_side: int | None = None
+    pad_square: bool = False
+    max_output_bytes: int | None = None
 
     def check(self) -> "BulkOptions":
         storage.split_uri(self.input)
@@ -56,14 +63,69 @@ class BulkOptions:
             raise ValueError(f"--scale must be 1, 2 or 4, got {self.scale}")
         if self.input.rstrip("/") == self.output.rstrip("/"):
             raise ValueError("--output must differ from --input")
+        if self.min_longest_side is not None and self.min_longest_side < 1:
+            raise ValueError(f"--min-longest-side must be positive, got {self.min_longest_side}")
+        if self.max_output_bytes is not None and self.max_output_bytes < 1:
+            raise ValueError(f"--max-output-bytes must be positive, got {self.max_output_bytes}")
         return self
 
 
 def output_key(input_key: str, model_id: str, options: BulkOptions) -> str:
     """The result's key under the output prefix: a pure function of input key, model and parameters."""
     params = f"x{options.scale}-{options.format}-q{options.quality}"
+    # Constraints change the bytes, so they are part of the key (only when set: old keys stay valid).
+    if options.min_longest_side:
+        params += f"-min{options.min_longest_side}"
+    if options.pad_square:
+        params += "-square"
+    if options.max_output_bytes:
+        params += f"-max{options.max_output_bytes}b"
     stem = str(PurePosixPath(input_key).with_suffix(""))
     return f"{model_id}/{params}/{stem}.{EXTENSIONS[options.format]}"
+
+
+class ConstraintFailed(ValueError):
+    """The enhanced image cannot meet a marketplace constraint; recorded as `rejected`."""
+
+
+MIN_FIT_QUALITY = 30
+
+
+def pad_to_square(rgb: np.ndarray, alpha: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Centre (H, W, 3) on a pure-white square canvas; padded alpha is opaque (white shows as white)."""
+    height, width = rgb.shape[:2]
+    side = max(height, width)
+    top, left = (side - height) // 2, (side - width) // 2
+    canvas = np.full((side, side, 3), 255, np.uint8)
+    canvas[top:top + height, left:left + width] = rgb
+    if alpha is not None:
+        padded = np.full((side, side), 255, np.uint8)
+        padded[top:top + height, left:left + width] = alpha
+        alpha = padded
+    return canvas, alpha
+
+
+def encode_for_marketplace(rgb: np.ndarray, alpha: np.ndarray | None, options: BulkOptions, icc_profile=None,
+                           dpi=None) -> tuple[bytes, str, tuple[int, int]]:
+    """Apply the constraints in `options` and encode. -> (bytes, note for the manifest's reason, (H, W) out).
+
+    Raises ConstraintFailed when the image cannot meet them."""
+    longest = max(rgb.shape[:2])
+    if options.min_longest_side and longest < options.min_longest_side:
+        raise ConstraintFailed(f"too_small: longest side {longest} px < {options.min_longest_side} px after "
+                               f"x{options.scale}")
+    if options.pad_square:
+        rgb, alpha = pad_to_square(rgb, alpha)
+    quality = options.quality
+    while True:
+        data = encode_image(rgb, alpha=alpha, fmt=options.format, quality=quality, icc_profile=icc_profile, dpi=dpi)
+        if not options.max_output_bytes or len(data) <= options.max_output_bytes:
+            note = f"quality lowered to {quality} to fit {options.max_output_bytes} bytes" if quality != options.quality else ""
+            return data, note, rgb.shape[:2]
+        if options.format == "png" or quality <= MIN_FIT_QUALITY:
+            raise ConstraintFailed(f"too_many_output_bytes: {len(data)} > {options.max_output_bytes} "
+                                   f"({options.format}, quality {quality})")
+        quality = max(MIN_FIT_QUALITY, quality - 10)
 
 
 # ---------------------------------------------------------------- stage 1: fetch + decode (tasks)
@@ -148,14 +210,17 @@ class EnhanceWriter:
             started = time.perf_counter()
             try:
                 dpi = tuple(json.loads(batch["dpi"][i])) if batch["dpi"][i] else None
-                data = encode_image(result, alpha=alpha, fmt=options.format, quality=options.quality,
-                                    icc_profile=bytes(batch["icc"][i]) or None, dpi=dpi)
+                data, note, shape = encode_for_marketplace(result, alpha, options, dpi=dpi,
+                                                           icc_profile=bytes(batch["icc"][i]) or None)
                 written = storage.put_if_absent(storage.join(options.output, out["output_key"][i]), data)
-                status[i], reason[i] = ("ok", "") if written else ("skipped", "output exists")
+                status[i], reason[i] = ("ok", note) if written else ("skipped", "output exists")
+                out["height_out"][i], out["width_out"][i] = shape
+            except ConstraintFailed as exc:
+                status[i], reason[i] = "rejected", str(exc)[:300]
+                out["output_key"][i] = ""  # nothing written
             except Exception as exc:  # noqa: BLE001
                 status[i], reason[i] = "error", storage.redact(f"write failed: {type(exc).__name__}: {exc}")[:300]
             out["encode_ms"][i] = (time.perf_counter() - started) * 1000
-            out["height_out"][i], out["width_out"][i] = result.shape[:2]
         return {"input_key": list(batch["input_key"]), "input_etag": list(batch["input_etag"]),
                 "input_size": list(batch["input_size"]), "status": status, "reason": reason,
                 "width_in": list(batch["width"]), "height_in": list(batch["height"]),
