@@ -11,9 +11,10 @@ and the same torch threads:
 It also samples peak RSS (driver, and driver + all its descendant processes: Ray's raylet, GCS
 and workers) during the pipeline at two catalog sizes (images/3 first, then images).
 
-Threads: the pipeline runs `--actors` enhancer actors with `--threads` CPUs each (Ray sets
-OMP_NUM_THREADS, so torch uses that many); the plain loop and the compute bound use
-actors x threads torch threads. Ray gets all `nproc` CPUs, so the fetch/decode tasks use the rest.
+Threads: the pipeline runs `--actors` enhancer actors with `--threads` torch threads each (Ray
+sets OMP_NUM_THREADS from the actor's CPUs; where actors x threads would take every CPU, each
+actor reserves a fraction so the fetch/decode tasks can run, see actor_cpus); the plain loop and
+the compute bound use actors x threads torch threads. Ray gets all `nproc` CPUs.
 
     .venv/bin/python benchmarks/bulk_throughput.py [--images 150] [--channels 16] [--blocks 2] [--model REF]
 """
@@ -150,7 +151,7 @@ def run_pipeline(source: str, output: str, model: str, args) -> tuple[float, flo
     from prodray.bulk import BulkOptions, run_bulk
 
     options = BulkOptions(input=source, output=output, model=model, scale=2, format="jpeg", quality=90,
-                          batch_size=args.batch_size, actors=args.actors, actor_cpus=float(args.threads),
+                          batch_size=args.batch_size, actors=args.actors, actor_cpus=actor_cpus(args),
                           progress_every_s=1e9)
     with PeakRss() as memory:
         started = time.perf_counter()
@@ -195,11 +196,21 @@ def run_compute_bound(keys: list[str], model: str, threads: int, batch_size: int
     return len(images) / wall, wall
 
 
-def actor_torch_threads(threads: int) -> int:
-    """torch's thread count inside a Ray actor that asks for `threads` CPUs (what the pipeline gets)."""
+def actor_cpus(args) -> float:
+    """CPUs each enhancer actor reserves: `threads`, unless the actors would then take every CPU and
+    leave none for the fetch/decode tasks (0.25 CPU each); then a share that leaves half a CPU free.
+    Ray sets OMP_NUM_THREADS from it (1 for a fraction); actor_torch_threads() shows what torch gets."""
+    cpus = os.cpu_count() or 1
+    if args.actors * args.threads <= cpus - 0.5:
+        return float(args.threads)
+    return min(float(args.threads), (cpus - 0.5) / args.actors)
+
+
+def actor_torch_threads(cpus: float) -> int:
+    """torch's thread count inside a Ray actor that asks for `cpus` CPUs (what the pipeline gets)."""
     import ray
 
-    @ray.remote(num_cpus=threads)
+    @ray.remote(num_cpus=cpus)
     class Probe:
         def threads(self):
             import torch
@@ -248,7 +259,8 @@ def main() -> None:
 
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
         try:
-            print(f"torch threads in an actor with {args.threads} CPU(s): {actor_torch_threads(args.threads)}")
+            print(f"{args.actors} enhancer actor(s) with {actor_cpus(args):g} CPU(s) each; torch threads in such an "
+                  f"actor: {actor_torch_threads(actor_cpus(args))}")
             rate_small, wall_small, memory_small = run_pipeline("s3://bench/catalog-small", "s3://bench/out-small",
                                                                 model, args)
             rate_pipe, wall_pipe, memory = run_pipeline("s3://bench/catalog", "s3://bench/out-pipeline", model, args)
@@ -262,7 +274,7 @@ def main() -> None:
 
     print(f"\n{'measurement':<34}{'images':>8}{'wall s':>9}{'images/s':>10}")
     for name, count, wall, rate in (
-            (f"pipeline (run_bulk, {args.actors} actor x {args.threads} CPU)", args.images, wall_pipe, rate_pipe),
+            (f"pipeline ({args.actors} actor(s) x {args.threads} thr)", args.images, wall_pipe, rate_pipe),
             (f"pipeline, small catalog", small, wall_small, rate_small),
             (f"plain loop ({torch_threads} torch threads)", args.images, wall_plain, rate_plain),
             (f"compute bound ({torch_threads} torch threads)", args.images, wall_compute, rate_compute)):
