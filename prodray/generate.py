@@ -54,20 +54,28 @@ class ProductGenerator:
             result[name] = self.vocab[name].index(value)
         return result
 
-    @torch.no_grad()
-    def generate_indices(self, attributes: dict[str, np.ndarray], seed: int, chunk: int = 256) -> np.ndarray:
-        """uint8 (N, R, R, 3) for N attribute index rows; noise row i is the i-th draw from `seed`."""
-        if not 0 <= int(seed) <= MAX_SEED:
+    def noise(self, count: int, seed: int) -> torch.Tensor:
+        """(count, z_dim) float32 on the CPU: the first `count` draws from `seed`."""
+        if isinstance(seed, bool) or not 0 <= int(seed) <= MAX_SEED:
             raise ValueError(f"seed must be an integer in [0, 2**63 - 1], got {seed}")
-        count = len(next(iter(attributes.values())))
-        noise = torch.randn(count, self.z_dim, generator=torch.Generator().manual_seed(int(seed)))
+        return torch.randn(count, self.z_dim, generator=torch.Generator().manual_seed(int(seed)))
+
+    @torch.no_grad()
+    def generate_noise(self, attributes: dict[str, np.ndarray], noise: torch.Tensor, chunk: int = 256) -> np.ndarray:
+        """uint8 (N, R, R, 3) for N attribute index rows and N noise rows (callers batching
+        several requests concatenate each one's `noise(n, seed)`)."""
         out = []
-        for start in range(0, count, chunk):
+        for start in range(0, len(noise), chunk):
             part = {name: torch.as_tensor(np.asarray(values[start:start + chunk]), dtype=torch.long, device=self.device)
                     for name, values in attributes.items()}
             images = self.model(noise[start:start + chunk].to(self.device), part)
             out.append(images.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
         return np.concatenate(out)
+
+    def generate_indices(self, attributes: dict[str, np.ndarray], seed: int, chunk: int = 256) -> np.ndarray:
+        """uint8 (N, R, R, 3) for N attribute index rows; noise row i is the i-th draw from `seed`."""
+        count = len(next(iter(attributes.values())))
+        return self.generate_noise(attributes, self.noise(count, seed), chunk)
 
     def generate(self, attributes: dict[str, str], n: int = 1, seed: int = 0) -> list[np.ndarray]:
         """n images of one attribute combination, as uint8 HWC RGB."""

@@ -1,16 +1,22 @@
-"""Ray Serve application: an HTTP ingress (FastAPI) in front of a batched, autoscaled enhancer.
+"""Ray Serve application: an HTTP ingress (FastAPI) in front of a batched, autoscaled enhancer
+and a batched, autoscaled product generator.
 
 Owns request handling (byte cap before decode, codec rejections -> 4xx, overload -> 503), the
-enhancer replica (one model per replica, hot-swapped by `user_config`) and `build_app`. It does
-not own decoding rules (`codec.py`) or inference (`enhance.py`); importing it loads no weights.
+model replicas (one model per replica, hot-swapped by `user_config`) and `build_app`. It does
+not own decoding rules (`codec.py`) or inference (`enhance.py`, `generate.py`); importing it
+loads no weights.
 """
 
 # No `from __future__ import annotations` here: FastAPI must see real types on the ingress
 # methods, and Serve re-wraps them outside this module's globals.
 import asyncio
+import io
+import json
 import logging
 import os
+import secrets
 import time
+import zipfile
 from importlib import resources
 from typing import Literal
 
@@ -18,6 +24,7 @@ import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
@@ -31,7 +38,13 @@ logger = logging.getLogger("ray.serve")  # Serve routes it into each replica's l
 DEFAULT_MODEL = "enhancer-x2"
 MODEL_ENV = "PRODRAY_MODEL"  # model reference when neither build_app nor user_config names one
 DEVICE_ENV = "PRODRAY_DEVICE"  # "cpu" / "cuda"; default: cuda when the replica has a GPU
+GENERATOR_ENV = "PRODRAY_GENERATOR"  # generator reference, or "none" for an enhancer-only app
+DEFAULT_GENERATOR = "gan-fashion-products"
+NO_GENERATOR = "none"
 DEFAULT_MAX_BYTES = 20 * 2**20
+MAX_GENERATE_N = 16  # images per /v1/generate request
+MAX_GENERATE_BYTES = 64 * 1024  # a /v1/generate JSON body
+MAX_SEED = 2**63 - 1  # = prodray.generate.MAX_SEED (not imported: it would pull in torch)
 # A 2x result of 16 MP is 64 MP (192 MB of RGB): the biggest we accept per request.
 DEFAULT_MAX_PIXELS = 4096 * 4096
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file
@@ -128,6 +141,104 @@ class EnhancerDeployment:
         return [(out, enhancer) for out in outputs]
 
 
+@serve.deployment(
+    ray_actor_options={"num_cpus": 1},
+    autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 4},
+    # >= max_batch_size so a full batch can form; beyond that callers queue, then get 503.
+    max_ongoing_requests=16,
+    max_queued_requests=64,
+    backpressure_config=BACKPRESSURE,
+    graceful_shutdown_timeout_s=30,
+)
+class GeneratorDeployment:
+    """Holds one loaded ProductGenerator; `generate` calls from many requests run as one forward pass."""
+
+    def __init__(self):
+        self._generator = None  # prodray.generate.ProductGenerator, swapped whole (never mutated)
+        self._reference: str | None = None
+        self._load_lock = asyncio.Lock()
+
+    async def reconfigure(self, user_config: dict | None) -> None:
+        """`{"model": URI}`: load the new generator beside the old one, then swap (no downtime;
+        a failed load raises and the old one stays). Optional `max_batch_size` /
+        `batch_wait_timeout_s` retune batching in place."""
+        config = user_config or {}
+        await self._ensure_loaded(config.get("model"))
+        if config.get("max_batch_size") is not None:
+            self._generate_batch.set_max_batch_size(int(config["max_batch_size"]))
+        if config.get("batch_wait_timeout_s") is not None:
+            self._generate_batch.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
+
+    async def _ensure_loaded(self, reference: str | None = None) -> None:
+        reference = reference or os.environ.get(GENERATOR_ENV) or DEFAULT_GENERATOR
+        async with self._load_lock:
+            if reference == self._reference and self._generator is not None:
+                return
+            from prodray.generate import ProductGenerator  # torch is imported by model replicas only
+            device = os.environ.get(DEVICE_ENV) or _default_device()
+            generator = await asyncio.to_thread(ProductGenerator.load, reference, device)
+            self._generator, self._reference = generator, reference
+            logger.info("serving generator %s (%dpx, %s) from %s on %s", generator.model_id,
+                        generator.resolution, list(generator.vocab), reference, device)
+
+    async def info(self) -> dict:
+        await self._ensure_loaded(self._reference)
+        generator = self._generator
+        return {"id": generator.model_id, "resolution": generator.resolution, "attributes": generator.vocab}
+
+    async def generate(self, attributes: dict, n: int, seed: int) -> dict:
+        """-> {"images": uint8 (n, R, R, 3), "model_id"}, or {"rejected": reason, "message",
+        "known": vocabularies} for attributes this model does not know (nothing runs then).
+
+        The images are exactly ProductGenerator.generate(attributes, n, seed): the noise is this
+        request's own draws from `seed`, whatever else shares the batch."""
+        if self._generator is None:  # only when deployed without any user_config
+            await self._ensure_loaded()
+        generator = self._generator
+        from prodray.generate import UnknownAttribute
+        try:
+            index = generator.indices(attributes)
+            noise = generator.noise(n, seed)
+        except UnknownAttribute as exc:
+            missing = any(name not in attributes for name in generator.vocab)
+            unknown = any(name not in generator.vocab for name in attributes)
+            reason = "missing_attribute" if missing and not unknown else "unknown_attribute"
+            return {"rejected": reason, "message": str(exc), "known": generator.vocab}
+        images, generator = await self._generate_batch((generator, index, noise))
+        return {"images": images, "model_id": generator.model_id}
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _generate_batch(self, requests: list[tuple]) -> list[tuple]:
+        # Rows of all requests concatenated into one forward pass (eval mode: no row depends on
+        # another). Requests validated against a model that was swapped out meanwhile are run by
+        # the model they were validated against, so indices always match their vocabulary.
+        import torch
+        results = [None] * len(requests)
+        groups: dict[int, list[int]] = {}
+        for i, (generator, _, _) in enumerate(requests):
+            groups.setdefault(id(generator), []).append(i)
+        for members in groups.values():
+            generator = requests[members[0]][0]
+            noise = torch.cat([requests[i][2] for i in members])
+            index = {name: np.concatenate([np.full(len(requests[i][2]), requests[i][1][name]) for i in members])
+                     for name in generator.vocab}
+            images = await asyncio.to_thread(generator.generate_noise, index, noise)
+            start = 0
+            for i in members:
+                count = len(requests[i][2])
+                results[i] = (images[start:start + count], generator)
+                start += count
+        return results
+
+
+def _generator_reference(generator) -> str | None:
+    """build_app's `generator` -> a reference, or None for no generator deployment."""
+    if generator is False:
+        return None
+    reference = generator or os.environ.get(GENERATOR_ENV) or DEFAULT_GENERATOR
+    return None if str(reference).lower() == NO_GENERATOR else str(reference)
+
+
 def _default_device() -> str:
     import torch
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -186,6 +297,43 @@ async def _multipart_file(request: Request, body: bytes) -> bytes | None:
         await form.close()
 
 
+class GenerateRequest(BaseModel):
+    """The JSON body of POST /v1/generate. Strict: 1.0, "1" and true are not integers."""
+    model_config = ConfigDict(extra="forbid")
+    attributes: dict[StrictStr, StrictStr]
+    n: StrictInt = Field(1, ge=1, le=MAX_GENERATE_N)
+    seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED)  # None: a random seed, sent back in x-seed
+
+
+def _parse_generate(body: bytes) -> GenerateRequest | JSONResponse:
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, absurd nesting or digits
+        return _error(422, "invalid_json", "the body must be a JSON object")
+    if not isinstance(doc, dict):
+        return _error(422, "invalid_json", "the body must be a JSON object")
+    try:
+        return GenerateRequest.model_validate(doc)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        first = errors[0]
+        field = str(first["loc"][0]) if first.get("loc") else None
+        body = {"error": "invalid_parameter", "field": field, "message": f"{field}: {first['msg']}",
+                "detail": [{"loc": [str(part) for part in e.get("loc", ())], "msg": e.get("msg", "")}
+                           for e in errors]}
+        return JSONResponse(body, status_code=422)
+
+
+def _zip(files: list[tuple[str, bytes]]) -> bytes:
+    """Uncompressed (PNGs are compressed already) and with fixed timestamps, so the same seed
+    gives the same bytes; sizes sit in each local header (the page reads them without a library)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in files:
+            archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
+    return buf.getvalue()
+
+
 @serve.deployment(
     ray_actor_options={"num_cpus": 0.5},
     autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 16},
@@ -203,8 +351,8 @@ class Ingress:
     and images travel to it as arrays through Ray's object store, not as JSON."""
 
     def __init__(self, enhancer: DeploymentHandle, max_bytes: int = DEFAULT_MAX_BYTES,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
-        self.enhancer = enhancer
+                 max_pixels: int = DEFAULT_MAX_PIXELS, generator: DeploymentHandle | None = None):
+        self.enhancer, self.generator = enhancer, generator  # generator None: enhancer-only app
         self.max_bytes, self.max_pixels = int(max_bytes), int(max_pixels)
         self.page = (resources.files("prodray") / "web" / "index.html").read_text(encoding="utf-8")
 
@@ -214,19 +362,84 @@ class Ingress:
 
     @api.get("/healthz")
     async def healthz(self):
-        try:
-            info = await asyncio.wait_for(self.enhancer.info.remote(), timeout=10)
-        except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
-            return _error(503, "enhancer_unavailable", type(exc).__name__)
-        return {"status": "ok", "model_id": info["id"]}
+        """200 when every configured model answers; 503 (with each one's state) otherwise."""
+        async def probe(name: str, handle: DeploymentHandle | None) -> dict:
+            if handle is None:
+                return {"status": "disabled"}
+            try:
+                info = await asyncio.wait_for(handle.info.remote(), timeout=10)
+            except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+                return {"status": "unavailable", "reason": type(exc).__name__}
+            return {"status": "ok", "model_id": info["id"]}
+
+        enhancer, generator = await asyncio.gather(probe("enhancer", self.enhancer),
+                                                   probe("generator", self.generator))
+        parts = {"enhancer": enhancer, "generator": generator}
+        down = [name for name, part in parts.items() if part["status"] == "unavailable"]
+        if down:
+            return JSONResponse({"error": f"{down[0]}_unavailable", "status": "unavailable", **parts},
+                                status_code=503)
+        return {"status": "ok", "model_id": enhancer["model_id"], **parts}
 
     @api.get("/v1/models")
     async def models(self):
         try:
-            info = await self.enhancer.info.remote()
+            calls = [self.enhancer.info.remote()]
+            if self.generator is not None:
+                calls.append(self.generator.info.remote())
+            infos = await asyncio.gather(*calls)
         except UNAVAILABLE:
             return _overloaded()
-        return {"models": [{"id": info["id"], "scale": info["scale"], "task": "enhance"}]}
+        models = [{"id": infos[0]["id"], "scale": infos[0]["scale"], "task": "enhance"}]
+        if self.generator is not None:
+            info = infos[1]
+            models.append({"id": info["id"], "task": "generate", "resolution": info["resolution"],
+                           "attributes": info["attributes"], "max_n": MAX_GENERATE_N})
+        return {"models": models}
+
+    @api.post("/v1/generate")
+    async def generate(self, request: Request):
+        """JSON {"attributes": {name: value}, "n": 1..MAX_GENERATE_N, "seed": 0..2**63-1} ->
+        one PNG (n = 1) or a zip of n PNGs. The same body gives the same bytes."""
+        if self.generator is None:
+            return _error(404, "no_generator", "this deployment serves no generator")
+        try:
+            body = await _read_capped(request, MAX_GENERATE_BYTES)
+        except BodyTooLarge:
+            return _error(413, "too_many_bytes", f"the JSON body is limited to {MAX_GENERATE_BYTES} bytes")
+        parsed = _parse_generate(body)
+        if isinstance(parsed, JSONResponse):
+            return parsed
+        seed = parsed.seed if parsed.seed is not None else secrets.randbelow(MAX_SEED + 1)
+
+        start = time.perf_counter()
+        try:
+            result = await self.generator.generate.remote(parsed.attributes, parsed.n, seed)
+        except UNAVAILABLE:
+            return _overloaded()
+        generated = time.perf_counter()
+        if result.get("rejected"):
+            return JSONResponse({"error": result["rejected"], "message": result["message"],
+                                 "known": result["known"]}, status_code=422)
+
+        def encode() -> bytes:
+            pngs = [encode_image(image, fmt="png") for image in result["images"]]
+            if len(pngs) == 1:
+                return pngs[0]
+            return _zip([(f"seed{seed}-{i:02d}.png", png) for i, png in enumerate(pngs)])
+
+        payload = await asyncio.to_thread(encode)
+        headers = {
+            "x-model-id": result["model_id"],
+            "x-seed": str(seed),
+            "x-n": str(parsed.n),
+            "x-generate-ms": f"{(generated - start) * 1000:.1f}",
+            "x-encode-ms": f"{(time.perf_counter() - generated) * 1000:.1f}",
+        }
+        if parsed.n == 1:
+            return Response(payload, media_type="image/png", headers=headers)
+        headers["content-disposition"] = f'attachment; filename="generated-seed{seed}.zip"'
+        return Response(payload, media_type="application/zip", headers=headers)
 
     @api.post("/v1/enhance")
     async def enhance(
@@ -286,21 +499,31 @@ class Ingress:
         })
 
 
-def build_app(model: str | None = None, *, max_bytes: int = DEFAULT_MAX_BYTES,
-              max_pixels: int = DEFAULT_MAX_PIXELS, enhancer_options: dict | None = None,
+def build_app(model: str | None = None, *, generator: str | bool | None = None,
+              max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
+              enhancer_options: dict | None = None, generator_options: dict | None = None,
               ingress_options: dict | None = None):
     """The bound Serve application (nothing is loaded until Serve starts the replicas).
 
-    model: export folder, s3:// URI or shipped name; None means $PRODRAY_MODEL, else
-    "enhancer-x2". It is the enhancer's `user_config`, so a config file can swap it later.
+    model: enhancer export folder, s3:// URI or shipped name; None means $PRODRAY_MODEL, else
+    "enhancer-x2". generator: the same for the product generator; None means
+    $PRODRAY_GENERATOR, else "gan-fashion-products"; False or "none" (also as
+    $PRODRAY_GENERATOR) builds an enhancer-only app (no generator replica; /v1/generate
+    answers 404). Each is its deployment's `user_config`, so a config file can swap it later.
     *_options: `Deployment.options(...)` overrides, e.g. `{"ray_actor_options": {"num_cpus": 0}}`.
     """
     model = model or os.environ.get(MODEL_ENV) or None  # None: resolved in the replica
     enhancer_options = dict(enhancer_options or {})
     user_config = {"model": model, **enhancer_options.pop("user_config", {})}  # e.g. batching knobs
     enhancer = EnhancerDeployment.options(user_config=user_config, **enhancer_options).bind()
+    generator_ref = _generator_reference(generator)
+    generator_app = None
+    if generator_ref is not None:
+        generator_options = dict(generator_options or {})
+        generator_config = {"model": generator_ref, **generator_options.pop("user_config", {})}
+        generator_app = GeneratorDeployment.options(user_config=generator_config, **generator_options).bind()
     ingress = Ingress.options(**(ingress_options or {}))
-    return ingress.bind(enhancer, max_bytes=max_bytes, max_pixels=max_pixels)
+    return ingress.bind(enhancer, max_bytes=max_bytes, max_pixels=max_pixels, generator=generator_app)
 
 
 # Import path for `serve deploy serve_config.yaml` / `serve run prodray.serve:app`.

@@ -1,7 +1,8 @@
-"""prodray.serve over real HTTP: a local Ray cluster, Serve on a free 127.0.0.1 port, a tiny model.
+"""prodray.serve over real HTTP: a local Ray cluster, Serve on a free 127.0.0.1 port, tiny models.
 
-The model is exported untrained (8 channels, 1 block), so outputs are checked for shape, format
-and headers, not for quality. One app serves every test; the last test redeploys it from serve_config.yaml.
+The enhancer (8 channels, 1 block) and the generator (32 px) are exported untrained, so outputs
+are checked for shape, format, headers and seed semantics, not for quality. One app serves every
+test; the last test redeploys it from serve_config.yaml.
 """
 
 import asyncio
@@ -14,6 +15,7 @@ import socket
 import struct
 import threading
 import time
+import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,6 +35,11 @@ TINY = {"arch": "rpsnet", "scale": 2, "channels": 8, "blocks": 1, "kind": "enhan
 # Fit a busy 2-core box: no CPU reservation, one replica each, a short queue so overload shows.
 ENHANCER_OPTIONS = {"ray_actor_options": {"num_cpus": 0},
                     "autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}
+GENERATOR_OPTIONS = ENHANCER_OPTIONS
+GEN_VOCAB = {"articleType": ["Tshirts", "Watches", "Handbags"], "baseColour": ["Black", "Red"]}
+GEN_CONFIG = {"vocab": GEN_VOCAB, "resolution": 32, "z_dim": 16, "embed_dim": 8, "g_channels": 32,
+              "d_channels": 8}
+WATCH = {"articleType": "Watches", "baseColour": "Red"}
 INGRESS_OPTIONS = {"ray_actor_options": {"num_cpus": 0},
                    "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
                    "max_ongoing_requests": 2, "max_queued_requests": 2}
@@ -43,6 +50,15 @@ def _export(path: Path, seed: int) -> tuple[str, str]:
     torch.manual_seed(seed)
     model = build_model("rpsnet", scale=2, channels=8, blocks=1)
     return str(path), export_model(str(path), "enhancer", model, TINY)
+
+
+def _export_generator(path: Path, seed: int) -> tuple[str, str]:
+    import torch
+
+    from prodray.models.gan import build_generator
+    torch.manual_seed(seed)
+    model = build_generator(GEN_CONFIG).eval()
+    return str(path), export_model(str(path), "generator", model, {**GEN_CONFIG, "kind": "generator"})
 
 
 def _free_port() -> int:
@@ -94,15 +110,19 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     model_a, id_a = _export(root / "a", seed=0)
     model_b, id_b = _export(root / "b", seed=1)
-    assert id_a != id_b
+    gen_a, gen_id_a = _export_generator(root / "gen_a", seed=0)
+    gen_b, gen_id_b = _export_generator(root / "gen_b", seed=1)
+    assert id_a != id_b and gen_id_a != gen_id_b
     port = _free_port()
     _start_local_ray(ray)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(model_a, max_bytes=MAX_BYTES, enhancer_options=ENHANCER_OPTIONS,
-                            ingress_options=INGRESS_OPTIONS), name="prodray", route_prefix="/")
+        serve.run(build_app(model_a, generator=gen_a, max_bytes=MAX_BYTES, enhancer_options=ENHANCER_OPTIONS,
+                            generator_options=GENERATOR_OPTIONS, ingress_options=INGRESS_OPTIONS),
+                  name="prodray", route_prefix="/")
         yield {"url": f"http://127.0.0.1:{port}",
-               "model_a": model_a, "id_a": id_a, "model_b": model_b, "id_b": id_b}
+               "model_a": model_a, "id_a": id_a, "model_b": model_b, "id_b": id_b,
+               "gen_a": gen_a, "gen_id_a": gen_id_a, "gen_b": gen_b, "gen_id_b": gen_id_b}
     finally:
         try:
             serve.shutdown()
@@ -190,12 +210,221 @@ def test_result_too_large_for_the_format(server):
 
 def test_models_health_and_page(server):
     models = requests.get(server["url"] + "/v1/models", timeout=30).json()
-    assert models["models"] == [{"id": server["id_a"], "scale": 2, "task": "enhance"}]
+    assert models["models"] == [
+        {"id": server["id_a"], "scale": 2, "task": "enhance"},
+        {"id": server["gen_id_a"], "task": "generate", "resolution": 32, "attributes": GEN_VOCAB, "max_n": 16},
+    ]
     health = requests.get(server["url"] + "/healthz", timeout=30)
-    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert health.status_code == 200, health.text
+    assert health.json() == {"status": "ok", "model_id": server["id_a"],
+                             "enhancer": {"status": "ok", "model_id": server["id_a"]},
+                             "generator": {"status": "ok", "model_id": server["gen_id_a"]}}
     page = requests.get(server["url"] + "/", timeout=30)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert "<form" in page.text and "/v1/enhance" in page.text
+    assert "<form" in page.text and "/v1/enhance" in page.text and "/v1/generate" in page.text
+
+
+# --- generation --------------------------------------------------------------------------------
+
+
+def _generate(server, body, prefix="") -> requests.Response:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return requests.post(server["url"] + prefix + "/v1/generate", data=data, timeout=60,
+                         headers={"content-type": "application/json"})
+
+
+def _unzip(resp: requests.Response) -> list[tuple[str, np.ndarray]]:
+    with zipfile.ZipFile(io.BytesIO(resp.content)) as archive:
+        return [(name, np.asarray(Image.open(io.BytesIO(archive.read(name))))) for name in archive.namelist()]
+
+
+@pytest.fixture(scope="module")
+def local_generator(server):
+    from prodray.generate import ProductGenerator
+    return ProductGenerator.load(server["gen_a"], "cpu")
+
+
+def test_generate_one_png(server, local_generator):
+    resp = _generate(server, {"attributes": WATCH, "n": 1, "seed": 7})
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"] == "image/png"
+    assert resp.headers["x-model-id"] == server["gen_id_a"]
+    assert resp.headers["x-seed"] == "7" and resp.headers["x-n"] == "1"
+    for timing in ("x-generate-ms", "x-encode-ms"):
+        assert float(resp.headers[timing]) >= 0
+    im = _decode(resp)
+    assert im.format == "PNG" and im.size == (32, 32) and im.mode == "RGB"
+    # Exactly what the generator gives in-process for this seed (noise is per request).
+    assert np.array_equal(np.asarray(im), local_generator.generate(WATCH, 1, 7)[0])
+
+
+def test_generate_zip_of_n(server, local_generator):
+    attributes = {"articleType": "Handbags", "baseColour": "Black"}
+    resp = _generate(server, {"attributes": attributes, "n": 3, "seed": 2**63 - 1})
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"] == "application/zip"
+    assert resp.headers["x-seed"] == str(2**63 - 1) and resp.headers["x-n"] == "3"
+    assert "attachment" in resp.headers["content-disposition"]
+    files = _unzip(resp)
+    assert [name for name, _ in files] == [f"seed{2**63 - 1}-{i:02d}.png" for i in range(3)]
+    expected = local_generator.generate(attributes, 3, 2**63 - 1)
+    for (_, image), want in zip(files, expected):
+        assert image.shape == (32, 32, 3) and np.array_equal(image, want)
+    assert not np.array_equal(files[0][1], files[1][1])  # different draws within one request
+
+
+def test_generate_seed_semantics(server):
+    body = {"attributes": WATCH, "n": 2, "seed": 123}
+    first, again = _generate(server, body), _generate(server, body)
+    other = _generate(server, dict(body, seed=124))
+    assert first.status_code == again.status_code == other.status_code == 200
+    assert first.content == again.content  # same seed, same bytes (the zip too)
+    assert first.content != other.content
+    # No seed: a random one, sent back, that reproduces the answer.
+    chosen = _generate(server, {"attributes": WATCH})
+    assert chosen.status_code == 200 and chosen.headers["content-type"] == "image/png"
+    seed = int(chosen.headers["x-seed"])
+    assert 0 <= seed < 2**63
+    assert _generate(server, {"attributes": WATCH, "seed": seed}).content == chosen.content
+
+
+def test_generate_concurrent_requests_keep_their_seeds(server, local_generator):
+    cases = [({"articleType": t, "baseColour": c}, n, seed)
+             for (t, c, n, seed) in [("Tshirts", "Black", 1, 1), ("Watches", "Red", 3, 1),
+                                     ("Handbags", "Red", 2, 99), ("Tshirts", "Red", 1, 5),
+                                     ("Watches", "Black", 4, 0), ("Handbags", "Black", 1, 1)]]
+    with ThreadPoolExecutor(2) as pool:  # 2 = the test ingress's max_ongoing_requests
+        responses = list(pool.map(lambda c: _generate(server, {"attributes": c[0], "n": c[1], "seed": c[2]}),
+                                  cases))
+    for (attributes, n, seed), resp in zip(cases, responses):
+        assert resp.status_code == 200, resp.text
+        images = [np.asarray(_decode(resp))] if n == 1 else [image for _, image in _unzip(resp)]
+        expected = local_generator.generate(attributes, n, seed)
+        assert len(images) == n and all(np.array_equal(a, b) for a, b in zip(images, expected)), (attributes, n, seed)
+
+
+def test_generator_batch_merges_requests_exactly(server, local_generator):
+    """The replica class alone (no Ray): concurrent calls run as one forward pass, and each
+    request still gets exactly ProductGenerator.generate(attributes, n, seed)."""
+    from prodray.serve import GeneratorDeployment
+
+    replica = GeneratorDeployment.func_or_class()
+    cases = [(WATCH, 3, 11), ({"articleType": "Tshirts", "baseColour": "Black"}, 1, 11),
+             ({"articleType": "Handbags", "baseColour": "Red"}, 16, 2**40), (WATCH, 2, 0)]
+
+    async def run():
+        await replica.reconfigure({"model": server["gen_a"], "batch_wait_timeout_s": 0.5})
+        calls = []
+        original = replica._generator.generate_noise
+        replica._generator.generate_noise = lambda index, noise: calls.append(len(noise)) or original(index, noise)
+        results = await asyncio.gather(*(replica.generate(a, n, s) for a, n, s in cases))
+        return results, calls
+
+    results, calls = asyncio.run(run())
+    assert calls == [sum(n for _, n, _ in cases)]  # one merged call
+    for (attributes, n, seed), result in zip(cases, results):
+        assert result["model_id"] == server["gen_id_a"] and result["images"].shape == (n, 32, 32, 3)
+        assert all(np.array_equal(a, b) for a, b in zip(result["images"], local_generator.generate(attributes, n, seed)))
+
+
+def test_generator_reconfigure_in_process(server, tmp_path):
+    from prodray.serve import GeneratorDeployment
+
+    replica = GeneratorDeployment.func_or_class()
+
+    async def run():
+        await replica.reconfigure({"model": server["gen_a"]})
+        loaded = replica._generator
+        await replica.reconfigure({"model": server["gen_a"]})
+        assert replica._generator is loaded  # same model: not reloaded
+        with pytest.raises(FileNotFoundError):
+            await replica.reconfigure({"model": str(tmp_path / "missing")})
+        with pytest.raises(ValueError, match="not a generator"):
+            await replica.reconfigure({"model": server["model_a"]})  # an enhancer export
+        kept = await replica.info()
+        await replica.reconfigure({"model": server["gen_b"], "max_batch_size": 2})
+        assert replica._generate_batch._get_max_batch_size() == 2
+        return kept, await replica.info()
+
+    kept, swapped = asyncio.run(run())
+    assert kept["id"] == server["gen_id_a"] and swapped["id"] == server["gen_id_b"]
+    assert swapped["attributes"] == GEN_VOCAB and swapped["resolution"] == 32
+
+
+@pytest.mark.parametrize("body,status,reason,field", [
+    ({"attributes": {**WATCH, "size": "XL"}}, 422, "unknown_attribute", None),
+    ({"attributes": {"articleType": "Watches", "baseColour": "Mauve"}}, 422, "unknown_attribute", None),
+    ({"attributes": {"articleType": "Watches"}}, 422, "missing_attribute", None),
+    ({"attributes": {}}, 422, "missing_attribute", None),
+    ({"attributes": WATCH, "n": 0}, 422, "invalid_parameter", "n"),
+    ({"attributes": WATCH, "n": 17}, 422, "invalid_parameter", "n"),
+    ({"attributes": WATCH, "n": -3}, 422, "invalid_parameter", "n"),
+    ({"attributes": WATCH, "n": "3"}, 422, "invalid_parameter", "n"),
+    ({"attributes": WATCH, "n": 2.0}, 422, "invalid_parameter", "n"),
+    ({"attributes": WATCH, "n": True}, 422, "invalid_parameter", "n"),
+    ({"attributes": WATCH, "seed": -1}, 422, "invalid_parameter", "seed"),
+    ({"attributes": WATCH, "seed": 2**63}, 422, "invalid_parameter", "seed"),
+    ({"attributes": WATCH, "seed": 10**400}, 422, "invalid_parameter", "seed"),
+    ({"attributes": WATCH, "seed": "5"}, 422, "invalid_parameter", "seed"),
+    ({"attributes": WATCH, "seed": 1.5}, 422, "invalid_parameter", "seed"),
+    ({"attributes": WATCH, "seed": False}, 422, "invalid_parameter", "seed"),
+    ({"attributes": WATCH, "seed": [1]}, 422, "invalid_parameter", "seed"),
+    ({"attributes": WATCH, "colour": "Red"}, 422, "invalid_parameter", "colour"),
+    ({"n": 1}, 422, "invalid_parameter", "attributes"),
+    ({"attributes": ["Watches"]}, 422, "invalid_parameter", "attributes"),
+    ({"attributes": {"articleType": 1, "baseColour": "Red"}}, 422, "invalid_parameter", "attributes"),
+    (b"", 422, "invalid_json", None),
+    (b"not json", 422, "invalid_json", None),
+    (b"\xff\xfe{}", 422, "invalid_json", None),
+    (b"[1, 2]", 422, "invalid_json", None),
+    (b"null", 422, "invalid_json", None),
+    (b"[" * 60_000, 422, "invalid_json", None),  # nesting deep enough to hit Python's recursion limit
+    (b'{"attributes": {}, "seed": ' + b"9" * 5000 + b"}", 422, "invalid_json", None),  # past int digits limit
+    (b'{"attributes": {"x": "' + b"a" * 70_000 + b'"}}', 413, "too_many_bytes", None),
+])
+def test_generate_rejects(server, body, status, reason, field):
+    resp = _generate(server, body)
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"] == "application/json"
+    answer = resp.json()
+    assert answer["error"] == reason, answer
+    if field is not None:
+        assert answer["field"] == field and field in answer["message"], answer
+    if reason in ("unknown_attribute", "missing_attribute"):
+        assert answer["known"] == GEN_VOCAB and answer["message"], answer
+
+
+def test_generate_chunked_body_past_the_cap(server):
+    body = json.dumps({"attributes": {"x": "a" * 70_000}}).encode()
+    chunks = (body[i:i + 8192] for i in range(0, len(body), 8192))
+    resp = requests.post(server["url"] + "/v1/generate", data=chunks, timeout=60)
+    assert resp.status_code == 413 and resp.json()["error"] == "too_many_bytes"
+
+
+def test_generate_fuzz_never_5xx(server):
+    """Random bytes, cut and mutated JSON, random values of every field: 200 or a JSON 4xx."""
+    rng = random.Random(7)
+    valid = json.dumps({"attributes": WATCH, "n": 2, "seed": 3}).encode()
+    bodies = [rng.randbytes(rng.randint(0, 512)) for _ in range(10)]
+    bodies += [valid[:rng.randrange(len(valid))] for _ in range(8)]
+    for _ in range(10):
+        flipped = bytearray(valid)
+        for _ in range(2):
+            flipped[rng.randrange(len(flipped))] = rng.randrange(256)
+        bodies.append(bytes(flipped))
+    junk = [None, -1, 0, 1, 2**64, 1e308, float("inf"), "", "\u0000", [], {}, True, "Watches", {"a": {"b": []}}]
+    for _ in range(20):
+        doc = {"attributes": dict(WATCH), "n": 1, "seed": 0}
+        key = rng.choice(["attributes", "n", "seed", "extra"])
+        doc[key] = rng.choice(junk)
+        if rng.random() < 0.3:
+            doc["attributes"] = {rng.choice(["articleType", "baseColour", "", "\u00e9"]): rng.choice(junk)}
+        bodies.append(json.dumps(doc).encode())  # inf -> Infinity: accepted by Python's json, not JSON
+    for body in bodies:
+        resp = _generate(server, body)
+        assert resp.status_code == 200 or 400 <= resp.status_code < 500, (body[:200], resp.text)
+        if resp.status_code != 200:
+            assert resp.headers["content-type"] == "application/json" and resp.json()["error"], resp.text
 
 
 # --- the web page in a real browser ------------------------------------------------------------
@@ -238,7 +467,7 @@ def test_web_page_in_headless_chromium(server, tmp_path):
             assert not page.is_visible("#slider")  # nothing to compare yet
 
             page.set_input_files("#file", str(tmp_path / "product.png"))
-            page.click("button[type=submit]")
+            page.click("#form button[type=submit]")
             page.wait_for_selector("#slider", state="visible", timeout=60_000)
             assert page.evaluate(SIZES_JS) == [[96, 64], [48, 32]]
             assert server["id_a"] in page.inner_text("#status")
@@ -256,11 +485,39 @@ def test_web_page_in_headless_chromium(server, tmp_path):
 
             # A rejected upload shows the server's reason and no stale comparison.
             page.set_input_files("#file", str(tmp_path / "anim.gif"))
-            page.click("button[type=submit]")
+            page.click("#form button[type=submit]")
             page.wait_for_function("document.getElementById('status').className === 'error'",
                                    timeout=60_000)
             assert page.inner_text("#status") == "failed: 415 unsupported_format"
             assert not page.is_visible("#slider")
+
+            # Generate: the selects come from /v1/models; pick attributes, see the images.
+            page.wait_for_selector("#gen-button:not([disabled])", timeout=60_000)
+            assert page.eval_on_selector_all(
+                "#gen-attributes select",
+                "selects => selects.map(s => [s.dataset.attribute, [...s.options].map(o => o.value)])",
+            ) == [[name, values] for name, values in GEN_VOCAB.items()]
+            page.select_option("select[data-attribute=articleType]", "Handbags")
+            page.select_option("select[data-attribute=baseColour]", "Red")
+            page.fill("#gen-n", "3")
+            page.fill("#gen-seed", "42")
+            page.click("#gen-button")
+            page.wait_for_function("document.querySelectorAll('#generated img').length === 3 && "
+                                   "[...document.querySelectorAll('#generated img')].every(i => i.naturalWidth)",
+                                   timeout=60_000)
+            sizes = page.eval_on_selector_all("#generated img", "imgs => imgs.map(i => [i.naturalWidth, i.naturalHeight])")
+            assert sizes == [[32, 32]] * 3
+            assert server["gen_id_a"] in page.inner_text("#gen-status") and "seed 42" in page.inner_text("#gen-status")
+            # n = 1 answers a PNG, not a zip: one image.
+            page.fill("#gen-n", "1")
+            page.click("#gen-button")
+            page.wait_for_function("document.querySelectorAll('#generated img').length === 1 && "
+                                   "document.querySelector('#generated img').naturalWidth === 32", timeout=60_000)
+            # A refusal shows the server's reason.
+            page.fill("#gen-n", "99")
+            page.click("#gen-button")
+            page.wait_for_function("document.getElementById('gen-status').className === 'error'", timeout=60_000)
+            assert page.inner_text("#gen-status").startswith("failed: 422 invalid_parameter")
             assert not errors, errors
         finally:
             browser.close()
@@ -388,9 +645,17 @@ def test_enhancer_overload_gives_json_503(server):
     tight = {"ray_actor_options": {"num_cpus": 0}, "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
              "max_ongoing_requests": 1, "max_queued_requests": 1}
     wide = dict(INGRESS_OPTIONS, max_ongoing_requests=32, max_queued_requests=32)
-    serve.run(build_app(server["model_a"], max_bytes=MAX_BYTES, enhancer_options=tight, ingress_options=wide),
+    serve.run(build_app(server["model_a"], generator=False, max_bytes=MAX_BYTES, enhancer_options=tight,
+                        ingress_options=wide),
               name="tight", route_prefix="/tight")
     try:
+        # Also the enhancer-only app (generator=False): no generator replica, /v1/generate is a 404.
+        missing = _generate(server, {"attributes": WATCH}, prefix="/tight")
+        assert missing.status_code == 404 and missing.json()["error"] == "no_generator"
+        health = requests.get(server["url"] + "/tight/healthz", timeout=30).json()
+        assert health["status"] == "ok" and health["generator"] == {"status": "disabled"}
+        assert [m["task"] for m in requests.get(server["url"] + "/tight/v1/models", timeout=30).json()["models"]] \
+            == ["enhance"]
         data = _png(512, 512)  # 786 kB, under MAX_BYTES; tiles keep the enhancer busy a while
         url = server["url"] + "/tight/v1/enhance"
         with ThreadPoolExecutor(12) as pool:
@@ -440,7 +705,7 @@ def test_serve_deploy_config_reconfigures_in_place(server):
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
-    def config(model):
+    def config(model, generator):
         doc = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
         del doc["http_options"], doc["proxy_location"]  # Serve already runs on the test port
         for deployment in doc["applications"][0]["deployments"]:
@@ -448,45 +713,56 @@ def test_serve_deploy_config_reconfigures_in_place(server):
             deployment["autoscaling_config"].update(min_replicas=1, max_replicas=1)
             if deployment["name"] == "EnhancerDeployment":
                 deployment["user_config"] = {"model": model}
+            if deployment["name"] == "GeneratorDeployment":
+                deployment["user_config"] = {"model": generator}
         return ServeDeploySchema.model_validate(doc)
 
     client = _get_global_client()
-    client.deploy_apps(config(server["model_a"]), _blocking=True)  # a code change: full rollout
+    client.deploy_apps(config(server["model_a"], server["gen_a"]), _blocking=True)  # a code change: full rollout
     _wait_for_model(server, server["id_a"])
+    _wait_for_model(server, server["gen_id_a"], index=1)
 
     data, seen, failures, stop = _png(16, 16), [], [], threading.Event()
+    generated = []
 
-    def traffic():  # one client posting nonstop through the swap
+    def traffic(call, record):  # one client posting nonstop through the swap
         while not stop.is_set():
             try:
-                resp = _post(server, data)
+                resp = call()
             except requests.RequestException as exc:
                 failures.append(repr(exc))
                 continue
-            seen.append(resp.headers.get("x-model-id"))
+            record.append(resp.headers.get("x-model-id"))
             if resp.status_code != 200:
                 failures.append((resp.status_code, resp.text[:300]))
 
-    worker = threading.Thread(target=traffic)
-    worker.start()
+    workers = [threading.Thread(target=traffic, args=(lambda: _post(server, data), seen)),
+               threading.Thread(target=traffic, args=(lambda: _generate(server, {"attributes": WATCH, "seed": 1}),
+                                                      generated))]
+    for worker in workers:
+        worker.start()
     try:
         time.sleep(0.5)
-        client.deploy_apps(config(server["model_b"]), _blocking=True)  # only user_config changed
+        # Only user_config changed (both models): `reconfigure` on the running replicas.
+        client.deploy_apps(config(server["model_b"], server["gen_b"]), _blocking=True)
         _wait_for_model(server, server["id_b"])
+        _wait_for_model(server, server["gen_id_b"], index=1)
         time.sleep(0.5)
     finally:
         stop.set()
-        worker.join(60)
+        for worker in workers:
+            worker.join(60)
     assert not failures, failures
     assert seen[0] == server["id_a"] and seen[-1] == server["id_b"], seen
+    assert generated[0] == server["gen_id_a"] and generated[-1] == server["gen_id_b"], generated
 
 
-def _wait_for_model(server, model_id, timeout=90):
+def _wait_for_model(server, model_id, timeout=90, index=0):
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
             resp = requests.get(server["url"] + "/v1/models", timeout=30)
-            if resp.status_code == 200 and resp.json()["models"][0]["id"] == model_id:
+            if resp.status_code == 200 and resp.json()["models"][index]["id"] == model_id:
                 return
         except requests.RequestException:
             pass
@@ -506,11 +782,13 @@ def test_serve_config_is_valid_and_matches_app():
     (app,) = doc["applications"]
     assert app["import_path"] == "prodray.serve:app"
     deployments = {d["name"]: d for d in app["deployments"]}
-    assert set(deployments) == {"Ingress", "EnhancerDeployment"}
-    enhancer = deployments["EnhancerDeployment"]
-    assert enhancer["user_config"]["model"]
-    scaling = enhancer["autoscaling_config"]
-    assert scaling["max_replicas"] >= scaling["min_replicas"] >= 1 and scaling["target_ongoing_requests"] > 0
+    assert set(deployments) == {"Ingress", "EnhancerDeployment", "GeneratorDeployment"}
+    assert deployments["EnhancerDeployment"]["user_config"]["model"] == "enhancer-x2"
+    assert deployments["GeneratorDeployment"]["user_config"]["model"] == "gan-fashion-products"
+    for name in ("EnhancerDeployment", "GeneratorDeployment"):
+        scaling = deployments[name]["autoscaling_config"]
+        assert scaling["max_replicas"] >= scaling["min_replicas"] >= 1 and scaling["target_ongoing_requests"] > 0
+        assert deployments[name]["max_queued_requests"] > 0 and deployments[name]["ray_actor_options"]["num_cpus"] > 0
     assert json.dumps(doc)  # plain data
 
 
@@ -519,7 +797,8 @@ def test_import_is_lazy():
     import subprocess
     import sys
     code = ("import sys, ray, prodray.serve as s; assert not ray.is_initialized(); "
-            "assert 'prodray.enhance' not in sys.modules; print(type(s.app).__name__)")
+            "assert 'prodray.enhance' not in sys.modules and 'prodray.generate' not in sys.modules; "
+            "assert 'torch' not in sys.modules; print(type(s.app).__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "Application"
