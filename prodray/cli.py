@@ -156,6 +156,39 @@ def cmd_gan_train_classifier(args) -> None:
           + ", ".join(f"{k} {v:.4f}" for k, v in result["test_accuracy"].items()) + f" -> {args.out}")
 
 
+def cmd_gan_prepare(args) -> None:
+    from prodray.gan_data import prepare_fashion_mnist, prepare_fashion_products
+    kwargs = {"source": args.source} if args.source else {}
+    if args.dataset == "fashion-mnist":
+        result = prepare_fashion_mnist(args.out, limit=args.limit, **kwargs)
+    else:
+        result = prepare_fashion_products(args.out, min_count=args.min_count, limit=args.limit, **kwargs)
+    print(f"prepared {result['images']} images ({result['splits']}) at {args.out}: "
+          + ", ".join(f"{k} ({len(v)} values)" for k, v in result["attributes"].items()))
+
+
+def cmd_gan_generate(args) -> None:
+    import io
+    import zipfile
+
+    from prodray import storage
+    from prodray.codec import encode_image
+    from prodray.generate import ProductGenerator
+    generator = ProductGenerator.load(args.model)
+    attributes = dict(item.split("=", 1) for item in args.attribute)
+    images = generator.generate(attributes, n=args.n, seed=args.seed)
+    if args.out.endswith(".zip"):
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            for index, image in enumerate(images):
+                archive.writestr(f"{index:04d}.png", encode_image(image, fmt="png"))
+        storage.put_bytes(args.out, buffer.getvalue())
+    else:
+        from prodray.train.loop import image_grid
+        storage.put_bytes(args.out, encode_image(image_grid([images]), fmt="png"))
+    print(f"{generator.model_id}: {len(images)} image(s) of {attributes} (seed {args.seed}) -> {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prodray", description="Product images at catalog scale on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -221,6 +254,20 @@ def build_parser() -> argparse.ArgumentParser:
     train_classifier.add_argument("--threads", type=int, default=1, help="torch threads")
     train_classifier.add_argument("--widths", help="channels per stage, e.g. 16,32,64 (default: 32,64,128[,128])")
     train_classifier.set_defaults(func=cmd_gan_train_classifier)
+    prepare = gan.add_parser("prepare", help="make a prepared GAN dataset (PNGs + manifest.parquet + vocab.json)")
+    prepare.add_argument("dataset", choices=["fashion-mnist", "fashion-products"])
+    prepare.add_argument("--out", required=True, help="folder or s3:// prefix")
+    prepare.add_argument("--source", help="source folder (default: the Debian package / ../shared/data)")
+    prepare.add_argument("--min-count", type=int, default=500, help="rarer attribute values are grouped as 'other'")
+    prepare.add_argument("--limit", type=int, help="at most this many images per split (fashion-mnist) or in all")
+    prepare.set_defaults(func=cmd_gan_prepare)
+    generate = gan.add_parser("generate", help="generate product images from attributes")
+    generate.add_argument("--model", default="gan-fashion-mnist", help="generator export or shipped name")
+    generate.add_argument("--attribute", "-a", action="append", default=[], metavar="NAME=VALUE")
+    generate.add_argument("--n", type=int, default=8)
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--out", required=True, help="PNG (a row of images) or .zip of PNGs; local or s3://")
+    generate.set_defaults(func=cmd_gan_generate)
 
     enhance = sub.add_parser("enhance", help="bulk-enhance a catalog with Ray Data")
     enhance.add_argument("--input", required=True)

@@ -237,9 +237,12 @@ def train_worker(config: dict) -> None:
         # r1: lazy, full precision, on augmented reals; scaled by the interval it stands for.
         if cfg.optim.r1_gamma > 0 and step % cfg.optim.r1_interval == 0:
             real_input = real.detach().requires_grad_(True)
-            penalty = r1_penalty(d_ddp(augment(real_input), attributes), real_input)
+            real_scores = d_ddp(augment(real_input), attributes)
+            penalty = r1_penalty(real_scores, real_input)
             optimizers["d"].zero_grad(set_to_none=True)
-            (penalty * (cfg.optim.r1_gamma / 2 * cfg.optim.r1_interval)).backward()
+            # `0 * scores` gives every D parameter a (zero) gradient, e.g. the head's bias that the
+            # penalty does not depend on, so DDP's reducer sees all parameters used.
+            (penalty * (cfg.optim.r1_gamma / 2 * cfg.optim.r1_interval) + 0 * real_scores.mean()).backward()
             optimizers["d"].step()
             sums["r1"] += float(penalty.detach())
             counts["r1"] += 1
