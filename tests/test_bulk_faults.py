@@ -67,6 +67,20 @@ def assert_one_result_per_input(output: str, keys: set[str], allowed=("ok", "ski
     return rows
 
 
+def start_cluster(**head_node_args):
+    """A ray.cluster_utils.Cluster head. Ray gives a raylet a fixed 30 s to register with the GCS
+    (ray/_private/node.py); on a 2-core box at load average 40+ that can run out, so try twice."""
+    from ray.cluster_utils import Cluster
+
+    for attempt in (1, 2):
+        try:
+            return Cluster(initialize_head=True, head_node_args=head_node_args)
+        except Exception:  # noqa: BLE001 - "The current node timed out during startup"
+            if attempt == 2:
+                raise
+            time.sleep(5)
+
+
 # ---------------------------------------------------------------- a. S3 faults through a proxy
 
 def test_s3_faults_are_retried_nothing_lost_nothing_doubled(bucket, s3_env, monkeypatch):
@@ -126,18 +140,15 @@ def count_results(boto_client, bucket: str, prefix: str) -> int:
 def test_worker_node_killed_mid_job_every_input_one_result(bucket, s3_env, boto_client):
     import threading
 
-    from ray.cluster_utils import Cluster
-
     model_uri, _ = tiny_model(bucket)
     source, keys = put_catalog(bucket, 40, size=64)
     output = f"s3://{bucket}/enhanced"
     # Head: 1 CPU (driver side, decode tasks). Two workers: 2 CPUs each. The enhancer actor asks for
     # 1.5 CPUs, so it can only live on a worker node; when that node dies Ray restarts it on the other.
     # Fast health checks so the dead node is noticed in seconds, not the default ~30 s.
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "object_store_memory": 100 * 2**20, "include_dashboard": False,
-        "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000,
-                           "health_check_failure_threshold": 3}})
+    cluster = start_cluster(num_cpus=1, object_store_memory=100 * 2**20, include_dashboard=False,
+                            _system_config={"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000,
+                                            "health_check_failure_threshold": 3})
     workers = [cluster.add_node(num_cpus=2, object_store_memory=100 * 2**20) for _ in range(2)]
     killed: dict = {}
     try:
@@ -183,15 +194,12 @@ def test_worker_node_killed_mid_job_every_input_one_result(bucket, s3_env, boto_
 # ---------------------------------------------------------------- c. the driver killed mid-job
 
 def test_driver_killed_mid_job_rerun_completes_the_rest(bucket, s3_env, boto_client):
-    from ray.cluster_utils import Cluster
-
     model_uri, _ = tiny_model(bucket)
     source, keys = put_catalog(bucket, 40, size=64)
     output = f"s3://{bucket}/enhanced"
     # A running cluster the job is submitted to (as with `ray job submit`); the driver is a separate
     # process that connects to it, so killing it leaves the cluster up, as a crashed job would.
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 2, "object_store_memory": 100 * 2**20, "include_dashboard": False})
+    cluster = start_cluster(num_cpus=2, object_store_memory=100 * 2**20, include_dashboard=False)
     env = {**os.environ, "RAY_ADDRESS": cluster.address}  # AWS_* set by s3_env
     command = [sys.executable, "jobs/enhance_catalog.py", "--input", source, "--output", output, "--model", model_uri,
                "--scale", "2", "--batch-size", "2", "--actor-cpus", "0.5"]
