@@ -85,11 +85,11 @@ def _png_header_only(width: int, height: int) -> bytes:
             + chunk(b"IEND", b""))
 
 
-def _start_local_ray(ray, attempts: int = 2) -> None:
+def _start_local_ray(ray, attempts: int = 3) -> None:
     """A fresh local cluster ("local": even when another runs on this machine).
 
     On a starved box the raylet can abort at startup (it gives the dashboard agent ~15 s to
-    write its port files); that is Ray's startup race, not a Serve failure, so try twice."""
+    write its port files); that is Ray's startup race, not a Serve failure, so try a few times."""
     for attempt in range(attempts):
         try:
             ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
@@ -304,27 +304,30 @@ def test_generate_concurrent_requests_keep_their_seeds(server, local_generator):
 
 
 def test_generator_batch_merges_requests_exactly(server, local_generator):
-    """The replica class alone (no Ray): concurrent calls run as one forward pass, and each
-    request still gets exactly ProductGenerator.generate(attributes, n, seed)."""
+    """The batch body alone (no Ray; `@serve.batch` itself needs a replica): the rows of several
+    requests run as one forward pass, and each request still gets exactly
+    ProductGenerator.generate(attributes, n, seed). Over HTTP this is checked end to end by
+    test_generate_concurrent_requests_keep_their_seeds."""
     from prodray.serve import GeneratorDeployment
 
-    replica = GeneratorDeployment.func_or_class()
+    cls = GeneratorDeployment.func_or_class
+    replica = cls()
     cases = [(WATCH, 3, 11), ({"articleType": "Tshirts", "baseColour": "Black"}, 1, 11),
              ({"articleType": "Handbags", "baseColour": "Red"}, 16, 2**40), (WATCH, 2, 0)]
 
     async def run():
-        await replica.reconfigure({"model": server["gen_a"], "batch_wait_timeout_s": 0.5})
-        calls = []
-        original = replica._generator.generate_noise
-        replica._generator.generate_noise = lambda index, noise: calls.append(len(noise)) or original(index, noise)
-        results = await asyncio.gather(*(replica.generate(a, n, s) for a, n, s in cases))
-        return results, calls
+        await replica.reconfigure({"model": server["gen_a"]})
+        generator, calls = replica._generator, []
+        original = generator.generate_noise
+        generator.generate_noise = lambda index, noise: calls.append(len(noise)) or original(index, noise)
+        batch = [(generator, generator.indices(a), generator.noise(n, s)) for a, n, s in cases]
+        return await cls._generate_batch.__wrapped__(replica, batch), calls
 
     results, calls = asyncio.run(run())
-    assert calls == [sum(n for _, n, _ in cases)]  # one merged call
-    for (attributes, n, seed), result in zip(cases, results):
-        assert result["model_id"] == server["gen_id_a"] and result["images"].shape == (n, 32, 32, 3)
-        assert all(np.array_equal(a, b) for a, b in zip(result["images"], local_generator.generate(attributes, n, seed)))
+    assert calls == [sum(n for _, n, _ in cases)]  # one merged forward pass
+    for (attributes, n, seed), (images, generator) in zip(cases, results):
+        assert generator.model_id == server["gen_id_a"] and images.shape == (n, 32, 32, 3)
+        assert all(np.array_equal(a, b) for a, b in zip(images, local_generator.generate(attributes, n, seed)))
 
 
 def test_generator_reconfigure_in_process(server, tmp_path):
@@ -513,11 +516,14 @@ def test_web_page_in_headless_chromium(server, tmp_path):
             page.click("#gen-button")
             page.wait_for_function("document.querySelectorAll('#generated img').length === 1 && "
                                    "document.querySelector('#generated img').naturalWidth === 32", timeout=60_000)
-            # A refusal shows the server's reason.
-            page.fill("#gen-n", "99")
+            # A refusal shows the server's reason: 2**63 is one past the largest seed (the page
+            # sends the seed's digits as typed, not as a rounded JS number).
+            page.fill("#gen-seed", str(2**63))
             page.click("#gen-button")
             page.wait_for_function("document.getElementById('gen-status').className === 'error'", timeout=60_000)
-            assert page.inner_text("#gen-status").startswith("failed: 422 invalid_parameter")
+            assert page.inner_text("#gen-status").startswith("failed: 422 invalid_parameter: seed"), \
+                page.inner_text("#gen-status")
+            assert page.eval_on_selector_all("#generated img", "imgs => imgs.length") == 0
             assert not errors, errors
         finally:
             browser.close()
