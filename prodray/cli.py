@@ -189,6 +189,12 @@ def cmd_gan_generate(args) -> None:
     print(f"{generator.model_id}: {len(images)} image(s) of {attributes} (seed {args.seed}) -> {args.out}")
 
 
+def cmd_gan_export(args) -> None:
+    from prodray.train.gan import export_checkpoint
+    model_id = export_checkpoint(args.run, args.checkpoint, args.out)
+    print(f"exported {model_id} from {args.checkpoint} to {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prodray", description="Product images at catalog scale on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -261,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--min-count", type=int, default=500, help="rarer attribute values are grouped as 'other'")
     prepare.add_argument("--limit", type=int, help="at most this many images per split (fashion-mnist) or in all")
     prepare.set_defaults(func=cmd_gan_prepare)
+    export = gan.add_parser("export", help="export the EMA generator of a training checkpoint")
+    export.add_argument("--run", required=True, help="run folder (holds config.json)")
+    export.add_argument("--checkpoint", required=True, help="checkpoint folder inside the run")
+    export.add_argument("--out", required=True, help="export folder or s3:// prefix")
+    export.set_defaults(func=cmd_gan_export)
     generate = gan.add_parser("generate", help="generate product images from attributes")
     generate.add_argument("--model", default="gan-fashion-mnist", help="generator export or shipped name")
     generate.add_argument("--attribute", "-a", action="append", default=[], metavar="NAME=VALUE")

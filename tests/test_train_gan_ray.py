@@ -19,7 +19,7 @@ from prodray.config import ConfigError, GanTrainConfig, load_config  # noqa: E40
 from prodray.gan_data import prepare_fashion_mnist  # noqa: E402
 from prodray.generate import ProductGenerator  # noqa: E402
 from prodray.models.gan import build_discriminator, build_generator  # noqa: E402
-from prodray.train.gan import build_trainer, read_checkpoint, state_digest  # noqa: E402
+from prodray.train.gan import build_trainer, export_checkpoint, read_checkpoint, state_digest  # noqa: E402
 from prodray.train.loop import make_ema  # noqa: E402
 
 pytestmark = [pytest.mark.slow,
@@ -98,6 +98,10 @@ def test_ddp_run_checkpoints_resumes_exactly_and_exports(local_ray, prepared, tm
     assert list(generator.vocab) == ["category"] and "sneaker" in generator.vocab["category"]
     image = generator.generate({"category": "sneaker"}, n=2, seed=5)
     assert image[0].shape == (32, 32, 3)
+
+    # Exporting the last checkpoint by hand gives the same weights as the end-of-training export.
+    model_id = export_checkpoint(str(run), str(latest_checkpoint(run)), str(tmp_path / "by-hand"))
+    assert model_id == generator.model_id
 
 
 def test_killed_worker_recovers_through_failure_config(local_ray, prepared, tmp_path):

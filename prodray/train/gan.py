@@ -312,6 +312,19 @@ def train_worker(config: dict) -> None:
         log(f"exported {model_id} to {export_uri}")
 
 
+def export_checkpoint(run_uri: str, checkpoint: str, export_uri: str) -> str:
+    """Export a checkpoint's EMA generator (e.g. a run stopped early) like the end of training
+    does; returns the model id. The networks' sizes come from the run's config.json."""
+    cfg = GanTrainConfig.model_validate_json(storage.get_bytes(storage.join(run_uri, "config.json")))
+    meta = read_vocab(cfg.data.prepared)
+    mconfig = model_config(cfg, meta)
+    generator_ema = build_generator(mconfig)
+    ckpt_io.load_weights_bytes(generator_ema, storage.get_bytes(storage.join(checkpoint, "generator_ema.safetensors")))
+    images_seen = int(ckpt_io.load_state_bytes(storage.get_bytes(storage.join(checkpoint, "state.pt")))["images_seen"])
+    return ckpt_io.export_model(export_uri, "generator", generator_ema.eval(),
+                                {**mconfig, "kind": "generator", "images_seen": images_seen, "dataset": meta.get("source")})
+
+
 def build_trainer(cfg: GanTrainConfig):
     """A TorchTrainer for `cfg`: DDP over num_workers, checkpoints to run.storage_path, retries."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
