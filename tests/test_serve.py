@@ -91,7 +91,7 @@ def _start_local_ray(ray, attempts: int = 3) -> None:
     On a starved box the raylet can abort at startup (it gives the dashboard agent ~15 s to
     write its port files); that is Ray's startup race, not a Serve failure, so try a few times."""
     # The raylet's own wait for those files (RAY_raylet_start_wait_time_s) is what runs out on a
-    # box loaded ~15x over its cores; with 120 s it started where 12 tries in a row had failed.
+    # box loaded ~15x over its cores; with 120 s it started at once after ~10 failed tries.
     os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
     for attempt in range(attempts):
         try:
