@@ -142,7 +142,9 @@ class EnhancerDeployment:
 
 
 @serve.deployment(
-    ray_actor_options={"num_cpus": 1},
+    # Half a CPU: a 64 px generator is cheap, and ingress (0.5) + enhancer (1) + generator (0.5)
+    # then fit a 2-CPU head (the local demo). Scale-out adds replicas.
+    ray_actor_options={"num_cpus": 0.5},
     autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 4},
     # >= max_batch_size so a full batch can form; beyond that callers queue, then get 503.
     max_ongoing_requests=16,

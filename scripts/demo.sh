@@ -40,6 +40,13 @@ with urllib.request.urlopen(request, timeout=120) as response:
     body = response.read()
     open(f"{out}/endpoint-coffee-x2.png", "wb").write(body)
     print(f"POST /v1/enhance -> {response.status}, {len(body)} bytes, model {response.headers.get('x-model-id')}")
+request = urllib.request.Request("http://127.0.0.1:8000/v1/generate", method="POST",
+                                 data=b'{"attributes": {"articleType": "Tshirts", "baseColour": "Red"}, "n": 1, "seed": 7}',
+                                 headers={"content-type": "application/json"})
+with urllib.request.urlopen(request, timeout=120) as response:
+    body = response.read()
+    open(f"{out}/endpoint-generated-red-tshirt.png", "wb").write(body)
+    print(f"POST /v1/generate -> {response.status}, {len(body)} bytes, model {response.headers.get('x-model-id')}")
 PY
 
 step "report"
