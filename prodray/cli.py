@@ -134,7 +134,8 @@ def cmd_eval_gan(args) -> None:
 def cmd_enhance(args) -> None:
     from prodray.bulk import BulkOptions, run_bulk
     options = BulkOptions(input=args.input, output=args.output, model=args.model, scale=args.scale,
-                          format=args.format, quality=args.quality)
+                          format=args.format, quality=args.quality, min_longest_side=args.min_longest_side,
+                          pad_square=args.pad_square, max_output_bytes=args.max_output_bytes).check()
     summary = run_bulk(options)
     print(json.dumps(summary, indent=2))
 
@@ -287,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument("--scale", type=int, default=2, choices=[1, 2, 4])
     enhance.add_argument("--format", default="png", choices=["png", "jpeg", "webp"])
     enhance.add_argument("--quality", type=int, default=90)
+    enhance.add_argument("--min-longest-side", type=int, help="marketplace: reject results smaller than this")
+    enhance.add_argument("--pad-square", action="store_true", help="marketplace: pad results to a square on pure white")
+    enhance.add_argument("--max-output-bytes", type=int, help="marketplace: lower JPEG/WebP quality to fit")
     enhance.set_defaults(func=cmd_enhance)
 
     report = sub.add_parser("report", help="before/after HTML gallery of a bulk run")
