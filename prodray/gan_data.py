@@ -86,7 +86,9 @@ def encode_attributes(table_or_rows, vocab: dict[str, list[str]]) -> dict[str, n
 
 def decode_small(data: bytes, resolution: int) -> np.ndarray:
     """Bytes of a prepared image -> (resolution, resolution, 3) uint8."""
-    rgb = decode_image(data, max_pixels=4 * resolution * resolution * 16).rgb
+    # The default pixel cap: codec's cap is PIL's process-wide limit, so a tiny one here would
+    # leak into every later decode in this process (and did, in the test suite).
+    rgb = decode_image(data).rgb
     if rgb.shape[:2] != (resolution, resolution):
         raise ValueError(f"prepared image is {rgb.shape[1]}x{rgb.shape[0]}, expected {resolution}x{resolution}")
     return rgb
