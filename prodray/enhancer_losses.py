@@ -1,4 +1,4 @@
-"""Losses of the enhancer's adversarial fine-tuning stage: GAN (hinge / non-saturating) and perceptual.
+"""Perceptual losses of the enhancer's adversarial fine-tuning stage (the GAN losses are prodray.losses).
 
 Pure torch, no Ray, nothing downloaded at run time. The perceptual term is one of:
 - `VGGPerceptualLoss`: L1 between VGG19 features (conv1_2, conv2_2, conv3_4, conv4_4, conv5_4,
@@ -15,26 +15,6 @@ import io
 import torch
 from torch import nn
 import torch.nn.functional as F
-
-
-# ---------------------------------------------------------------- GAN losses
-
-def d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str = "hinge") -> torch.Tensor:
-    """Discriminator loss: low when real logits are high and fake logits low."""
-    if kind == "hinge":
-        return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
-    if kind == "nonsaturating":
-        return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
-    raise ValueError(f"unknown GAN loss {kind!r}")
-
-
-def g_loss(fake_logits: torch.Tensor, kind: str = "hinge") -> torch.Tensor:
-    """Generator (enhancer) loss: low when the discriminator calls its output real."""
-    if kind == "hinge":
-        return -fake_logits.mean()
-    if kind == "nonsaturating":
-        return F.softplus(-fake_logits).mean()
-    raise ValueError(f"unknown GAN loss {kind!r}")
 
 
 # ---------------------------------------------------------------- perceptual: offline default

@@ -8,7 +8,8 @@ import torch
 
 from prodray import checkpoint as ckpt_io
 from prodray.config import ConfigError, EnhancerTrainConfig, load_config
-from prodray.enhancer_losses import EdgeLoss, VGGPerceptualLoss, _read_state_dict, build_perceptual, d_loss, g_loss
+from prodray.enhancer_losses import EdgeLoss, VGGPerceptualLoss, _read_state_dict, build_perceptual
+from prodray.losses import d_loss, g_loss
 from prodray.models.sr_discriminator import PatchDiscriminator, UNetDiscriminator, build_discriminator
 
 

@@ -22,7 +22,8 @@ from prodray import checkpoint as ckpt_io
 from prodray import storage
 from prodray.config import ConfigError, EnhancerTrainConfig
 from prodray.degradations import DegradationRanges
-from prodray.enhancer_losses import build_perceptual, d_loss, g_loss
+from prodray.enhancer_losses import build_perceptual
+from prodray.losses import d_loss, g_loss
 from prodray.evaluation import score_sr
 from prodray.models.sr_discriminator import build_discriminator
 from prodray.train.enhancer import (RunFiles, build_enhancer, load_pool, make_batch, run_uri, sample_grid,
