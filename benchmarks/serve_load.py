@@ -28,13 +28,14 @@ import http.client
 import io
 import json
 import os
-import socket
 import statistics
 import threading
 import time
 
 import numpy as np
 from PIL import Image
+
+from prodray.local import free_port
 
 GOAL_COMPUTE, GOAL_BATCHING, GOAL_ADDED_MS = 0.7, 1.5, 10.0
 PAUSE_S = 0.25  # between the halves of a low-load pair
@@ -161,12 +162,6 @@ def low_load_pairs(port: int, prefix: str, enhancer, png: bytes, pairs: int, out
             "decode_p50_ms": statistics.median(p["x-decode-ms"] for p in parts),
             "enhance_call_p50_ms": statistics.median(p["x-enhance-ms"] for p in parts),
             "encode_p50_ms": statistics.median(p["x-encode-ms"] for p in parts)}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:

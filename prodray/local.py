@@ -69,9 +69,28 @@ def port_free(port: int) -> bool:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
+    return free_distinct_ports(1)[0]
+
+
+def free_distinct_ports(count: int, avoid=()) -> list[int]:
+    """`count` different free ports from the kernel.
+
+    All sockets stay bound until every port is picked: asked one at a time, the kernel may hand the
+    same port out twice (a Ray head once refused to start when two of its components got one port).
+    """
+    sockets: list[socket.socket] = []
+    try:
+        while len(sockets) < count:
+            sock = socket.socket()
+            sock.bind((HOST, 0))
+            if sock.getsockname()[1] in avoid:
+                sock.close()
+                continue
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def pid_alive(pid: int) -> bool:
@@ -320,15 +339,17 @@ def up(ports: Ports, bucket: str = DEFAULT_BUCKET, echo=print) -> dict:
         env.pop("RAY_ADDRESS")  # `ray start --head` must not try to join an address
         # Job entrypoints say `python ...`: make that this environment's Python, with prodray.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        # Ports of our own for the client server and the agents: Ray's fixed default 52365 (the
+        # agent that runs jobs) clashes with any other Ray on the machine and breaks `ray job
+        # submit`; and with ports left to the agents the raylet waits only ~15 s for them to
+        # report, then aborts, which a busy 2-core machine misses.
+        extra_flags = ("ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                       "metrics-export-port", "runtime-env-agent-port")
+        extra_ports = free_distinct_ports(len(extra_flags), avoid=set(asdict(ports).values()))
         command = [ray_bin, "start", "--head", "--block", f"--node-ip-address={HOST}", f"--port={ports.ray}",
                    f"--dashboard-host={HOST}", f"--dashboard-port={ports.dashboard}", "--include-dashboard=true",
-                   "--disable-usage-stats", f"--ray-client-server-port={free_port()}",
-                   # Ports of our own for the agents: Ray's fixed default 52365 (the agent that runs
-                   # jobs) clashes with any other Ray on the machine and breaks `ray job submit`; and
-                   # with ports left to the agents the raylet waits only ~15 s for them to report,
-                   # then aborts, which a busy 2-core machine misses.
-                   *(f"--{flag}={free_port()}" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                                           "metrics-export-port", "runtime-env-agent-port"))]
+                   "--disable-usage-stats",
+                   *(f"--{flag}={port}" for flag, port in zip(extra_flags, extra_ports))]
         ray_log = logs / "ray.log"
         log_start = ray_log.stat().st_size if ray_log.exists() else 0
         ray = subprocess.Popen(command, stdout=open(ray_log, "ab"), stderr=subprocess.STDOUT,

@@ -11,7 +11,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import struct
 import threading
 import time
@@ -27,6 +26,7 @@ import yaml
 from PIL import Image
 
 from prodray.checkpoint import export_model
+from prodray.local import free_port
 from prodray.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,12 +59,6 @@ def _export_generator(path: Path, seed: int) -> tuple[str, str]:
     torch.manual_seed(seed)
     model = build_generator(GEN_CONFIG).eval()
     return str(path), export_model(str(path), "generator", model, {**GEN_CONFIG, "kind": "generator"})
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _png(w=40, h=30, mode="RGB", fmt="PNG", **params) -> bytes:
@@ -116,7 +110,7 @@ def server(tmp_path_factory):
     gen_a, gen_id_a = _export_generator(root / "gen_a", seed=0)
     gen_b, gen_id_b = _export_generator(root / "gen_b", seed=1)
     assert id_a != id_b and gen_id_a != gen_id_b
-    port = _free_port()
+    port = free_port()
     _start_local_ray(ray)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
