@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from prodray import storage
 from prodray.codec import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageRejected, decode_image, encode_image
+from prodray.listing import LISTING_DIR, done_hashes, list_pending
 
 log = logging.getLogger(__name__)
 
@@ -229,34 +230,6 @@ class EnhanceWriter:
 
 # ---------------------------------------------------------------- driver
 
-def done_keys(output: str) -> set[str]:
-    """Input keys that already have a final manifest row (ok, skipped or rejected)."""
-    manifest_uri = storage.join(output, MANIFEST_DIR)
-    try:
-        shards = storage.list_files(manifest_uri, suffixes=(".parquet",))
-    except FileNotFoundError:
-        return set()
-    done = set()
-    for shard in shards:
-        table = pq.read_table(io.BytesIO(storage.get_bytes(shard["uri"])), columns=["input_key", "status"])
-        for key, status in zip(table["input_key"].to_pylist(), table["status"].to_pylist()):
-            if status in DONE_STATUSES:
-                done.add(key)
-    return done
-
-
-def list_inputs(options: BulkOptions) -> list[dict]:
-    """Input rows {uri, key, etag, size}: a prefix/folder listing or a parquet manifest of keys."""
-    if options.input.endswith(".parquet"):
-        table = pq.read_table(io.BytesIO(storage.get_bytes(options.input)))
-        base = options.input.rsplit("/", 1)[0]
-        return [{"uri": storage.join(base, key), "key": key, "etag": "", "size": int(size)}
-                for key, size in zip(table["key"].to_pylist(), table["bytes"].to_pylist())]
-    entries = storage.list_files(options.input, suffixes=INPUT_SUFFIXES)
-    return [{"uri": e["uri"], "key": storage.relative_key(e["uri"], options.input), "etag": e["etag"],
-             "size": e["size"]} for e in entries]
-
-
 def write_manifest_shard(output: str, rows: list[dict], run_id: str, index: int) -> None:
     buffer = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows), buffer)
@@ -275,29 +248,40 @@ def resolve_model(options: BulkOptions) -> tuple[str, dict]:
 
 def run_bulk(options: BulkOptions, echo=print) -> dict:
     """Run the whole job; returns the _SUCCESS summary (or {'nothing_to_do': True, ...})."""
-    import ray
-    import ray.data
-
     options.check()
     model_ref, model_config = resolve_model(options)  # fails before any work on a bad model
     model_id = model_config["model_id"]
     started = time.perf_counter()
-    inputs = list_inputs(options)
-    if not inputs:
-        raise FileNotFoundError(f"no images found under {options.input}")
-    done = done_keys(options.output)
-    pending = [row for row in inputs if row["key"] not in done]
-    echo(f"{len(inputs)} inputs, {len(done)} already done, {len(pending)} to process with {model_id}")
-    if not pending:
-        return {"nothing_to_do": True, "inputs": len(inputs), "model_id": model_id}
+    run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    listing_uri = storage.join(options.output, LISTING_DIR, run_id)
+    try:
+        return _run_listed(options, model_ref, model_id, run_id, listing_uri, started, echo)
+    finally:
+        storage.delete_tree(listing_uri)
 
-    dataset = ray.data.from_items(pending, override_num_blocks=max(1, min(len(pending) // 16, 2000)))
+
+def _run_listed(options: BulkOptions, model_ref: str, model_id: str, run_id: str, listing_uri: str,
+                started: float, echo) -> dict:
+    import ray
+    import ray.data
+
+    done = done_hashes(storage.join(options.output, MANIFEST_DIR), DONE_STATUSES)
+    listing = list_pending(options.input, INPUT_SUFFIXES, done, listing_uri, echo)
+    if not listing.listed:
+        raise FileNotFoundError(f"no images found under {options.input}")
+    echo(f"{listing.listed} inputs, {listing.listed - listing.pending} already done, "
+         f"{listing.pending} to process with {model_id}")
+    if not listing.pending:
+        return {"nothing_to_do": True, "inputs": listing.listed, "model_id": model_id}
+
+    filesystem, path = storage.pyarrow_filesystem(listing_uri)
+    # Small blocks, so decode tasks spread over the cluster instead of one per listing shard.
+    dataset = ray.data.read_parquet(path, filesystem=filesystem).repartition(target_num_rows_per_block=16)
     dataset = dataset.map_batches(fetch_and_decode, batch_size=16, num_cpus=0.25,
                                   fn_kwargs={"max_bytes": options.max_bytes, "max_pixels": options.max_pixels})
     dataset = dataset.map_batches(EnhanceWriter, fn_constructor_args=(model_ref, options),
                                   batch_size=options.batch_size, num_cpus=options.actor_cpus,
                                   compute=ray.data.ActorPoolStrategy(size=options.actors))
-    run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     counts: dict = {}
     buffer, shard_index, processed = [], 0, 0
     last_print = time.perf_counter()
@@ -313,13 +297,13 @@ def run_bulk(options: BulkOptions, echo=print) -> dict:
         now = time.perf_counter()
         if now - last_print >= options.progress_every_s:
             rate = processed / (now - started)
-            eta = (len(pending) - processed) / rate if rate else float("inf")
-            echo(f"progress: {processed}/{len(pending)} images, {rate:.1f} images/s, ETA {eta:.0f}s, {counts}")
+            eta = (listing.pending - processed) / rate if rate else float("inf")
+            echo(f"progress: {processed}/{listing.pending} images, {rate:.1f} images/s, ETA {eta:.0f}s, {counts}")
             last_print = now
     if buffer:
         write_manifest_shard(options.output, buffer, run_id, shard_index)
     wall = time.perf_counter() - started
-    summary = {"counts": counts, "inputs": len(inputs), "processed": processed,
+    summary = {"counts": counts, "inputs": listing.listed, "processed": processed,
                "images_per_s": round(processed / wall, 3), "wall_s": round(wall, 3), "model_id": model_id,
                "run_id": run_id, "config": asdict(options)}
     failed = counts.get("rejected", 0) + counts.get("error", 0)

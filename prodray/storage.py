@@ -281,6 +281,64 @@ def list_files(uri: str, suffixes=None) -> list[dict]:
     return entries
 
 
+def _hidden(name: str) -> bool:
+    return name.startswith(("_", "."))
+
+
+def list_level(uri: str):
+    """One directory level under a prefix/folder, a page at a time: yields (files, subdirectories).
+
+    files: [{'uri', 'size', 'etag'}]; subdirectories: URIs. Names starting with '_' or '.' are
+    skipped, as in `list_files`. Nothing below this level is read, so callers can walk a tree
+    level by level in parallel without any one of them holding the whole listing.
+    """
+    scheme, path = split_uri(uri)
+    if scheme == "file":
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"source not found: {path}")
+        files, subdirectories = [], []
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if _hidden(entry.name):
+                    continue
+                if entry.is_dir():
+                    subdirectories.append(entry.path)
+                elif entry.is_file():
+                    stat = entry.stat()
+                    files.append({"uri": entry.path, "size": stat.st_size, "etag": str(stat.st_mtime)})
+                if len(files) >= 1000:
+                    yield files, subdirectories
+                    files, subdirectories = [], []
+        yield files, subdirectories
+        return
+    bucket, _, key = path.partition("/")
+    prefix = key.rstrip("/") + "/" if key.strip("/") else ""
+    fs = _s3fs()
+    token = None
+    while True:
+        request = {"Bucket": bucket, "Prefix": prefix, "Delimiter": "/", **({"ContinuationToken": token} if token else {})}
+        page = _guarded(lambda: fs.call_s3("list_objects_v2", **request), uri, "list")
+        files = [{"uri": f"s3://{bucket}/{item['Key']}", "size": int(item.get("Size") or 0),
+                  "etag": str(item.get("ETag") or "").strip('"')}
+                 for item in page.get("Contents", [])
+                 if item["Key"] != prefix and not _hidden(item["Key"][len(prefix):])]
+        subdirectories = [f"s3://{bucket}/{item['Prefix']}" for item in page.get("CommonPrefixes", [])
+                          if not _hidden(item["Prefix"][len(prefix):])]
+        yield files, subdirectories
+        token = page.get("NextContinuationToken")
+        if not page.get("IsTruncated") or not token:
+            return
+
+
+def delete_tree(uri: str) -> None:
+    """Remove everything under a prefix/folder (missing is fine)."""
+    fs, path = fsspec_filesystem(uri)
+    try:
+        _guarded(lambda: fs.rm(path, recursive=True), uri, "delete")
+    except FileNotFoundError:
+        pass
+
+
 def ensure_bucket(bucket: str) -> None:
     fs = _s3fs()
     if not _guarded(lambda: fs.exists(bucket), f"s3://{bucket}", "head bucket"):
