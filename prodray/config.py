@@ -146,6 +146,7 @@ class GanModelConfig(Strict):
     embed_dim: int = Field(64, ge=1, le=1024)  # per attribute
     g_channels: int = Field(256, ge=8, le=2048)  # generator width at 4x4, halved per upsampling
     d_channels: int = Field(32, ge=8, le=1024)  # discriminator width at full size, doubled per step
+    d_mbstd_group: int = Field(4, ge=0, le=64)  # minibatch-stddev group size in D; 0 or 1 = off
 
 
 class GanDataConfig(Strict):
@@ -164,6 +165,7 @@ class GanOptimConfig(Strict):
     r1_interval: int = Field(16, ge=1)  # lazy regularisation: every this many steps, scaled up
     augment: str = "translation,cutout"  # DiffAugment policy: any of color, translation, cutout
     grad_clip: Optional[float] = None
+    mode_seeking: float = Field(0.0, ge=0)  # weight of the mode-seeking term on G (MSGAN); 0 = off
 
 
 class GanTrainConfig(Strict):

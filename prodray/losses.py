@@ -30,3 +30,13 @@ def r1_penalty(real_scores: torch.Tensor, real_images: torch.Tensor) -> torch.Te
     `real_images` must have requires_grad set before the discriminator saw them."""
     (gradient,) = torch.autograd.grad(real_scores.sum(), real_images, create_graph=True)
     return gradient.pow(2).flatten(1).sum(1).mean()
+
+
+def mode_seeking_loss(images: torch.Tensor, noise: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Mode-seeking term (Mao et al. 2019, MSGAN): the batch's first and second halves share
+    attributes but not noise; the loss falls as their images differ more per unit of noise
+    distance, so G cannot map all noise of one attribute combination to one image."""
+    half = images.shape[0] // 2
+    image_gap = (images[:half] - images[half:2 * half]).abs().flatten(1).mean(1)
+    noise_gap = (noise[:half] - noise[half:2 * half]).abs().flatten(1).mean(1)
+    return 1.0 / ((image_gap / noise_gap).mean() + eps)

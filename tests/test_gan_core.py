@@ -11,8 +11,8 @@ from prodray import checkpoint as ckpt_io
 from prodray.augment import diff_augment, parse_policy
 from prodray.config import ConfigError, GanTrainConfig, load_config
 from prodray.generate import ProductGenerator, UnknownAttribute
-from prodray.losses import d_loss, g_loss, r1_penalty
-from prodray.models.gan import build_discriminator, build_generator
+from prodray.losses import d_loss, g_loss, mode_seeking_loss, r1_penalty
+from prodray.models.gan import MinibatchStddev, build_discriminator, build_generator
 from prodray.train.gan import grid_conditions, read_checkpoint, state_digest, write_checkpoint
 from prodray.train.loop import make_ema
 
@@ -94,6 +94,29 @@ def test_r1_penalty_matches_a_hand_gradient():
     scores = (images ** 2).sum(dim=(1, 2, 3))  # d score / d x = 2x
     expected = (2 * images.detach()).pow(2).flatten(1).sum(1).mean()
     assert torch.allclose(r1_penalty(scores, images), expected)
+
+
+def test_minibatch_stddev_sees_a_collapsed_batch():
+    layer = MinibatchStddev(group=4)
+    varied = torch.randn(8, 5, 4, 4)
+    collapsed = varied[:1].expand(8, 5, 4, 4)
+    assert layer(varied).shape == (8, 6, 4, 4)
+    assert torch.allclose(layer(varied)[:, :5], varied)  # features pass through unchanged
+    assert layer(collapsed)[:, 5].abs().max() < 1e-3  # identical samples: no spread
+    assert layer(varied)[:, 5].min() > 0.3  # N(0, 1) features: a spread near 1
+    assert layer(torch.randn(6, 5, 4, 4)).shape == (6, 6, 4, 4)  # group 4 does not divide 6: groups of 2
+    config = {**model_config(), "d_mbstd_group": 4}
+    assert build_discriminator(config)(torch.randn(8, 3, 32, 32), attrs(8)).shape == (8,)
+
+
+def test_mode_seeking_loss_falls_as_paired_images_differ():
+    noise = torch.randn(8, 16)
+    same = torch.zeros(8, 3, 4, 4)
+    apart = torch.cat([torch.zeros(4, 3, 4, 4), torch.ones(4, 3, 4, 4)])
+    assert mode_seeking_loss(apart, noise) < mode_seeking_loss(same, noise)
+    # the hand formula: 1 / mean_pairs(|x1 - x2| / |z1 - z2|)
+    gap = (noise[:4] - noise[4:]).abs().mean(1)
+    assert torch.allclose(mode_seeking_loss(apart, noise), 1 / (1 / gap).mean(), rtol=1e-4)
 
 
 def test_augmentation_is_seeded_differentiable_and_shape_preserving():

@@ -95,18 +95,38 @@ class ConditionalGenerator(nn.Module):
         return torch.tanh(self.to_rgb(x))
 
 
+class MinibatchStddev(nn.Module):
+    """Appends one channel: the average standard deviation of the features across groups of
+    `group` samples (Karras et al. 2018). A collapsed generator's batch has almost none, which
+    the discriminator can then see and punish: the cheapest guard against mode collapse."""
+
+    def __init__(self, group: int):
+        super().__init__()
+        self.group = group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        group = math.gcd(self.group, n)  # a group size that divides the batch
+        spread = x.float().view(group, -1, c, h, w).var(dim=0, unbiased=False).add(1e-8).sqrt()
+        spread = spread.mean(dim=(1, 2, 3)).to(x.dtype)  # one value per group member position
+        return torch.cat([x, spread.repeat(group)[:, None, None, None].expand(n, 1, h, w)], dim=1)
+
+
 class ProjectionDiscriminator(nn.Module):
     """Spectral-normalised conv net; score = linear(h) + sum over attributes of <embed(y), h>
     (Miyato & Koyama's projection, one term per attribute)."""
 
     def __init__(self, vocab_sizes: dict[str, int], resolution: int = 32, d_channels: int = 64,
-                 max_channels: int = 512):
+                 max_channels: int = 512, mbstd_group: int = 0):
         super().__init__()
         steps = _check_resolution(resolution)
         widths = [min(max_channels, d_channels * 2 ** i) for i in range(steps + 1)]
         layers = [spectral_norm(nn.Conv2d(3, widths[0], 3, padding=1)), nn.LeakyReLU(0.2)]
         for i in range(steps):  # down to 4x4
             layers += [spectral_norm(nn.Conv2d(widths[i], widths[i + 1], 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
+        if mbstd_group > 1:  # at 4x4, then a conv that mixes the spread into the features
+            layers += [MinibatchStddev(mbstd_group),
+                       spectral_norm(nn.Conv2d(widths[-1] + 1, widths[-1], 3, padding=1)), nn.LeakyReLU(0.2)]
         self.features = nn.Sequential(*layers)
         self.head = spectral_norm(nn.Linear(widths[-1], 1))
         self.projections = nn.ModuleDict({name: spectral_norm(nn.Embedding(size, widths[-1]))
@@ -129,4 +149,5 @@ def build_generator(config: dict) -> ConditionalGenerator:
 
 def build_discriminator(config: dict) -> ProjectionDiscriminator:
     return ProjectionDiscriminator({name: len(values) for name, values in config["vocab"].items()},
-                                   resolution=config["resolution"], d_channels=config["d_channels"])
+                                   resolution=config["resolution"], d_channels=config["d_channels"],
+                                   mbstd_group=config.get("d_mbstd_group", 0))

@@ -21,7 +21,7 @@ from prodray import storage
 from prodray.augment import diff_augment, parse_policy
 from prodray.config import ConfigError, GanTrainConfig
 from prodray.gan_data import decode_small, encode_attributes, read_vocab
-from prodray.losses import d_loss, g_loss, r1_penalty
+from prodray.losses import d_loss, g_loss, mode_seeking_loss, r1_penalty
 from prodray.models import count_parameters
 from prodray.models.gan import build_discriminator, build_generator
 from prodray.train.enhancer import RunFiles, maybe_crash_for_test
@@ -249,9 +249,15 @@ def train_worker(config: dict) -> None:
 
         # g_step: D's bare module with gradients off, so only G is all-reduced.
         set_requires_grad(discriminator, False)
+        if cfg.optim.mode_seeking > 0:  # halves share attributes, so their images must differ by noise
+            attributes = {name: torch.cat([values[:batch // 2], values[:batch - batch // 2]])
+                          for name, values in attributes.items()}
         with autocast():
-            fake = g_ddp(torch.randn(batch, mconfig["z_dim"], generator=torch_rng, device=device), attributes)
+            noise = torch.randn(batch, mconfig["z_dim"], generator=torch_rng, device=device)
+            fake = g_ddp(noise, attributes)
             loss_g = g_loss(discriminator(augment(fake), attributes).float(), cfg.optim.loss)
+            if cfg.optim.mode_seeking > 0:
+                loss_g = loss_g + cfg.optim.mode_seeking * mode_seeking_loss(fake.float(), noise)
         optimizers["g"].zero_grad(set_to_none=True)
         scalers["g"].scale(loss_g).backward()
         if cfg.optim.grad_clip:
