@@ -250,7 +250,7 @@ def main() -> None:
                           "kind": "enhancer"})
         small = max(1, args.images // 3)
         started = time.perf_counter()
-        keys_small = upload_catalog("s3://bench/catalog-small", small, seed=1)
+        upload_catalog("s3://bench/catalog-small", small, seed=1)
         keys = upload_catalog("s3://bench/catalog", args.images, seed=0)
         sizes = [storage.info(k)["size"] for k in keys]
         print(f"catalog: {args.images} + {small} JPEGs uploaded in {time.perf_counter() - started:.1f}s "
@@ -275,7 +275,7 @@ def main() -> None:
     print(f"\n{'measurement':<34}{'images':>8}{'wall s':>9}{'images/s':>10}")
     for name, count, wall, rate in (
             (f"pipeline ({args.actors} actor(s) x {args.threads} thr)", args.images, wall_pipe, rate_pipe),
-            (f"pipeline, small catalog", small, wall_small, rate_small),
+            ("pipeline, small catalog", small, wall_small, rate_small),
             (f"plain loop ({torch_threads} torch threads)", args.images, wall_plain, rate_plain),
             (f"compute bound ({torch_threads} torch threads)", args.images, wall_compute, rate_compute)):
         print(f"{name:<34}{count:>8}{wall:>9.1f}{rate:>10.2f}")

@@ -63,15 +63,14 @@ class DecodedImage:
         return int(self.rgb.shape[0])
 
 
-def set_pixel_limit(max_pixels: int) -> None:
-    """Set PIL's global decompression-bomb limit (process-wide; run in each worker)."""
-    Image.MAX_IMAGE_PIXELS = int(max_pixels)
-
-
 @contextlib.contextmanager
 def _guarded_pil(max_pixels: int):
-    """Apply our safety settings and translate any PIL failure into ImageRejected."""
-    set_pixel_limit(max_pixels)
+    """Apply our safety settings and translate any PIL failure into ImageRejected.
+
+    PIL's decompression-bomb limit is process-wide: it is set for this decode and put back
+    after, so one caller's small cap never becomes everyone's (a serve test once failed so)."""
+    previous_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = int(max_pixels)
     # Global flag another library could have flipped; partial images must never pass.
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     with warnings.catch_warnings():
@@ -91,6 +90,8 @@ def _guarded_pil(max_pixels: int):
             raise ImageRejected(reason, str(e)[:200]) from e
         except Exception as e:  # noqa: BLE001 - any decoder failure means bad input
             raise ImageRejected("corrupt", str(e)[:200]) from e
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous_limit
 
 
 def _open_checked(data, max_bytes, max_pixels, allowed_formats) -> tuple[Image.Image, str]:

@@ -67,6 +67,48 @@ def _error(status: int, reason: str, message: str | None = None, headers: dict |
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+class SwappableModel:
+    """What the model deployments share: one loaded model (`_model`), replaced whole, never
+    mutated. `reconfigure({"model": URI})` loads the new model in a thread beside the old one,
+    then swaps, so requests keep being served meanwhile (no downtime on `serve deploy`); a failed
+    load raises and the old model stays. Optional `max_batch_size` / `batch_wait_timeout_s`
+    retune the deployment's batching in place (1 turns it off; the benchmark compares both)."""
+
+    model_env: str  # environment variable naming the model when no user_config does
+    default_model: str
+
+    def __init__(self):
+        self._model = None
+        self._reference: str | None = None
+        self._load_lock = asyncio.Lock()
+
+    def _batched(self):
+        """The deployment's @serve.batch method."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _load(reference: str, device: str):
+        raise NotImplementedError
+
+    async def reconfigure(self, user_config: dict | None) -> None:
+        config = user_config or {}
+        await self._ensure_loaded(config.get("model"))
+        if config.get("max_batch_size") is not None:
+            self._batched().set_max_batch_size(int(config["max_batch_size"]))
+        if config.get("batch_wait_timeout_s") is not None:
+            self._batched().set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
+
+    async def _ensure_loaded(self, reference: str | None = None) -> None:
+        reference = reference or os.environ.get(self.model_env) or self.default_model
+        async with self._load_lock:
+            if reference == self._reference and self._model is not None:
+                return
+            device = os.environ.get(DEVICE_ENV) or _default_device()
+            model = await asyncio.to_thread(self._load, reference, device)
+            self._model, self._reference = model, reference
+            logger.info("serving %s from %s on %s", model.model_id, reference, device)
+
+
 @serve.deployment(
     ray_actor_options={"num_cpus": 1},
     autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 4},
@@ -77,43 +119,22 @@ def _error(status: int, reason: str, message: str | None = None, headers: dict |
     # Let in-flight batches of large images finish when a replica is scaled down or replaced.
     graceful_shutdown_timeout_s=60,
 )
-class EnhancerDeployment:
+class EnhancerDeployment(SwappableModel):
     """Holds one loaded Enhancer; `enhance` calls from many requests are batched together."""
 
-    def __init__(self):
-        self._enhancer = None  # prodray.enhance.Enhancer, swapped whole (never mutated)
-        self._reference: str | None = None
-        self._load_lock = asyncio.Lock()
+    model_env, default_model = MODEL_ENV, DEFAULT_MODEL
 
-    async def reconfigure(self, user_config: dict | None) -> None:
-        """`{"model": URI}`: load the new model beside the old one, then swap.
+    def _batched(self):
+        return self._enhance_batch
 
-        Requests keep using the old model while the new one loads (the load runs in a thread),
-        so a model change through `serve deploy` / `serve.run` has no downtime. A failed load
-        raises and the old model stays. Optional `max_batch_size` / `batch_wait_timeout_s`
-        retune batching in place (1 turns it off; the benchmark compares both)."""
-        config = user_config or {}
-        await self._ensure_loaded(config.get("model"))
-        if config.get("max_batch_size") is not None:
-            self._enhance_batch.set_max_batch_size(int(config["max_batch_size"]))
-        if config.get("batch_wait_timeout_s") is not None:
-            self._enhance_batch.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
-
-    async def _ensure_loaded(self, reference: str | None = None) -> None:
-        reference = reference or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
-        async with self._load_lock:
-            if reference == self._reference and self._enhancer is not None:
-                return
-            from prodray.enhance import Enhancer  # torch is imported by enhancer replicas only
-            device = os.environ.get(DEVICE_ENV) or _default_device()
-            enhancer = await asyncio.to_thread(Enhancer.load, reference, device)
-            self._enhancer, self._reference = enhancer, reference
-            logger.info("serving %s (x%d) from %s on %s", enhancer.model_id, enhancer.scale, reference,
-                        device)
+    @staticmethod
+    def _load(reference: str, device: str):
+        from prodray.enhance import Enhancer  # torch is imported by model replicas only
+        return Enhancer.load(reference, device)
 
     async def info(self) -> dict:
         await self._ensure_loaded(self._reference)
-        return {"id": self._enhancer.model_id, "scale": self._enhancer.scale}
+        return {"id": self._model.model_id, "scale": self._model.scale}
 
     async def enhance(self, rgb: np.ndarray, alpha: np.ndarray | None = None,
                       scale: int | None = None) -> dict:
@@ -121,10 +142,10 @@ class EnhancerDeployment:
 
         `scale` (optional) must be the loaded model's; otherwise the answer is
         {"rejected": "unsupported_scale", "scale": s} and nothing runs."""
-        if self._enhancer is None:  # only when deployed without any user_config
+        if self._model is None:  # only when deployed without any user_config
             await self._ensure_loaded()
-        if scale is not None and scale != self._enhancer.scale:
-            return {"rejected": "unsupported_scale", "scale": self._enhancer.scale}
+        if scale is not None and scale != self._model.scale:
+            return {"rejected": "unsupported_scale", "scale": self._model.scale}
         out, enhancer = await self._enhance_batch(rgb)
         if alpha is not None:
             from prodray.enhance import upscale_alpha
@@ -136,7 +157,7 @@ class EnhancerDeployment:
         # One model for the whole batch, even if a swap lands mid-batch. enhance_many runs
         # same-shape images (and tiles) through the network together; the thread keeps this
         # replica's event loop free to queue the next batch and answer health checks.
-        enhancer = self._enhancer
+        enhancer = self._model
         outputs = await asyncio.to_thread(enhancer.enhance_many, images)
         return [(out, enhancer) for out in outputs]
 
@@ -152,40 +173,22 @@ class EnhancerDeployment:
     backpressure_config=BACKPRESSURE,
     graceful_shutdown_timeout_s=30,
 )
-class GeneratorDeployment:
+class GeneratorDeployment(SwappableModel):
     """Holds one loaded ProductGenerator; `generate` calls from many requests run as one forward pass."""
 
-    def __init__(self):
-        self._generator = None  # prodray.generate.ProductGenerator, swapped whole (never mutated)
-        self._reference: str | None = None
-        self._load_lock = asyncio.Lock()
+    model_env, default_model = GENERATOR_ENV, DEFAULT_GENERATOR
 
-    async def reconfigure(self, user_config: dict | None) -> None:
-        """`{"model": URI}`: load the new generator beside the old one, then swap (no downtime;
-        a failed load raises and the old one stays). Optional `max_batch_size` /
-        `batch_wait_timeout_s` retune batching in place."""
-        config = user_config or {}
-        await self._ensure_loaded(config.get("model"))
-        if config.get("max_batch_size") is not None:
-            self._generate_batch.set_max_batch_size(int(config["max_batch_size"]))
-        if config.get("batch_wait_timeout_s") is not None:
-            self._generate_batch.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
+    def _batched(self):
+        return self._generate_batch
 
-    async def _ensure_loaded(self, reference: str | None = None) -> None:
-        reference = reference or os.environ.get(GENERATOR_ENV) or DEFAULT_GENERATOR
-        async with self._load_lock:
-            if reference == self._reference and self._generator is not None:
-                return
-            from prodray.generate import ProductGenerator  # torch is imported by model replicas only
-            device = os.environ.get(DEVICE_ENV) or _default_device()
-            generator = await asyncio.to_thread(ProductGenerator.load, reference, device)
-            self._generator, self._reference = generator, reference
-            logger.info("serving generator %s (%dpx, %s) from %s on %s", generator.model_id,
-                        generator.resolution, list(generator.vocab), reference, device)
+    @staticmethod
+    def _load(reference: str, device: str):
+        from prodray.generate import ProductGenerator  # torch is imported by model replicas only
+        return ProductGenerator.load(reference, device)
 
     async def info(self) -> dict:
         await self._ensure_loaded(self._reference)
-        generator = self._generator
+        generator = self._model
         return {"id": generator.model_id, "resolution": generator.resolution, "attributes": generator.vocab}
 
     async def generate(self, attributes: dict, n: int, seed: int) -> dict:
@@ -194,9 +197,9 @@ class GeneratorDeployment:
 
         The images are exactly ProductGenerator.generate(attributes, n, seed): the noise is this
         request's own draws from `seed`, whatever else shares the batch."""
-        if self._generator is None:  # only when deployed without any user_config
+        if self._model is None:  # only when deployed without any user_config
             await self._ensure_loaded()
-        generator = self._generator
+        generator = self._model
         from prodray.generate import UnknownAttribute
         try:
             index = generator.indices(attributes)

@@ -125,6 +125,15 @@ def bucket(s3_env) -> str:
     return name
 
 
+@pytest.fixture(params=["s3", "local"])
+def root(request, tmp_path):
+    """The same test on both storage backends: a prefix in a fresh bucket, or a local folder."""
+    if request.param == "s3":
+        bucket = request.getfixturevalue("bucket")
+        return f"s3://{bucket}/data"
+    return str(tmp_path / "data")
+
+
 @pytest.fixture
 def boto_client(s3_env):
     import boto3

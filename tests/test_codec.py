@@ -248,6 +248,14 @@ def test_pixel_limit_is_inclusive():
     assert _reason(data, max_pixels=99) == "too_many_pixels"
 
 
+def test_pixel_limit_does_not_leak_into_the_process():
+    before = Image.MAX_IMAGE_PIXELS
+    data = encode_image(_gradient(10, 10), fmt="png")
+    decode_image(data, max_pixels=100)
+    assert _reason(data, max_pixels=99) == "too_many_pixels"
+    assert Image.MAX_IMAGE_PIXELS == before  # PIL's global limit is put back, on success and on rejection
+
+
 def test_read_image_size_header_only():
     assert read_image_size(encode_image(_gradient(30, 70), fmt="webp")) == (70, 30)
     with pytest.raises(ImageRejected) as ei:

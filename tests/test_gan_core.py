@@ -1,7 +1,6 @@
 """Pure-torch GAN core: shapes, conditioning, loss signs, augmentation, checkpoint round trip,
 generation by attributes (no Ray)."""
 
-import json
 
 import numpy as np
 import pytest

@@ -2,6 +2,7 @@
 size, done keys filtered by hash, and the Ray walk over a tree that finds every image once."""
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -11,14 +12,6 @@ from prodray import listing, storage
 from prodray.bulk import INPUT_SUFFIXES
 
 ray = pytest.importorskip("ray")
-
-
-@pytest.fixture(params=["s3", "local"])
-def root(request, tmp_path):
-    if request.param == "s3":
-        bucket = request.getfixturevalue("bucket")
-        return f"s3://{bucket}/catalog"
-    return str(tmp_path / "catalog")
 
 
 TREE = ["a.jpg", "b.png", "notes.txt", "shoes/s1.jpg", "shoes/red/s2.webp", "shoes/red/deep/s3.JPG",
@@ -55,18 +48,13 @@ def test_list_level_missing_local_folder(tmp_path):
         list(storage.list_level(str(tmp_path / "nope")))
 
 
-def test_s3_level_pages_and_shards_stay_bounded(bucket, monkeypatch, tmp_path):
+def test_s3_level_pages_and_shards_stay_bounded(bucket, boto_client, monkeypatch, tmp_path):
     """1,003 keys in one S3 folder: more than one listing page (1,000), and shards of at most
     SHARD_ROWS rows; a done set drops exactly its keys."""
     root = f"s3://{bucket}/flat"
-    import boto3
-    from botocore.config import Config
-
-    client = boto3.client("s3", config=Config(max_pool_connections=32))
     keys = [f"flat/img-{i:05d}.png" for i in range(1003)]
-    from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda k: client.put_object(Bucket=bucket, Key=k, Body=b"x"), keys))
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda key: boto_client.put_object(Bucket=bucket, Key=key, Body=b"x"), keys))
     pages = list(storage.list_level(root))
     assert len(pages) >= 2 and sum(len(files) for files, _ in pages) == 1003
 

@@ -314,7 +314,7 @@ def test_generator_batch_merges_requests_exactly(server, local_generator):
 
     async def run():
         await replica.reconfigure({"model": server["gen_a"]})
-        generator, calls = replica._generator, []
+        generator, calls = replica._model, []
         original = generator.generate_noise
         generator.generate_noise = lambda index, noise: calls.append(len(noise)) or original(index, noise)
         batch = [(generator, generator.indices(a), generator.noise(n, s)) for a, n, s in cases]
@@ -334,9 +334,9 @@ def test_generator_reconfigure_in_process(server, tmp_path):
 
     async def run():
         await replica.reconfigure({"model": server["gen_a"]})
-        loaded = replica._generator
+        loaded = replica._model
         await replica.reconfigure({"model": server["gen_a"]})
-        assert replica._generator is loaded  # same model: not reloaded
+        assert replica._model is loaded  # same model: not reloaded
         with pytest.raises(FileNotFoundError):
             await replica.reconfigure({"model": str(tmp_path / "missing")})
         with pytest.raises(ValueError, match="not a generator"):
@@ -681,9 +681,9 @@ def test_reconfigure_swaps_model_in_process(server, tmp_path):
 
     async def run():
         await replica.reconfigure({"model": server["model_a"]})
-        loaded = replica._enhancer
+        loaded = replica._model
         await replica.reconfigure({"model": server["model_a"]})
-        assert replica._enhancer is loaded
+        assert replica._model is loaded
         with pytest.raises(FileNotFoundError):
             await replica.reconfigure({"model": str(tmp_path / "missing")})
         kept = await replica.info()
@@ -693,7 +693,7 @@ def test_reconfigure_swaps_model_in_process(server, tmp_path):
                                    "batch_wait_timeout_s": 0.05})
         assert replica._enhance_batch._get_max_batch_size() == 1
         assert replica._enhance_batch._get_batch_wait_timeout_s() == 0.05
-        assert replica._enhancer.model_id == server["id_b"]  # same model: not reloaded
+        assert replica._model.model_id == server["id_b"]  # same model: not reloaded
         return kept, swapped
 
     kept, swapped = asyncio.run(run())

@@ -50,14 +50,6 @@ def test_relative_key():
 
 # ---------------------------------------------------------------- byte I/O, both backends
 
-@pytest.fixture(params=["s3", "local"])
-def root(request, tmp_path):
-    if request.param == "s3":
-        bucket = request.getfixturevalue("bucket")
-        return f"s3://{bucket}/data"
-    return str(tmp_path / "data")
-
-
 def test_put_get_exists(root, make_image):
     data = make_image("PNG")
     uri = storage.join(root, "img/a.png")

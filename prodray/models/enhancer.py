@@ -4,7 +4,6 @@ It restores (scale 1) or super-resolves (scale 2, 4) any H x W RGB image. It own
 only; degradations, losses and tiling live elsewhere.
 """
 
-import torch
 from torch import nn
 import torch.nn.functional as F
 

@@ -5,9 +5,7 @@ maintenance -> checkpoint/report -> export). The model, degradations, losses and
 calls are pure modules.
 """
 
-import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -16,13 +14,14 @@ import torch
 
 from prodray import checkpoint as ckpt_io
 from prodray import storage
-from prodray.codec import ImageRejected, decode_image, encode_image
-from prodray.config import EnhancerTrainConfig, dump_config
+from prodray.codec import ImageRejected, decode_image
+from prodray.config import EnhancerTrainConfig
 from prodray.degradations import DegradationRanges, degrade, from_uint8_hwc, imresize_uint8, to_uint8_hwc
 from prodray.evaluation import IMAGE_SUFFIXES, bicubic_upscale, score_sr
 from prodray.models import build_model, count_parameters
 from prodray.train.loop import (charbonnier, image_grid, lr_at, make_ema, random_crops, restore_rng,
                                 rng_state, update_ema)
+from prodray.train.run_files import RunFiles, end_tick, maybe_crash_for_test
 
 MAX_POOL_IMAGES = 20_000
 
@@ -80,28 +79,6 @@ def make_batch(pool, cfg, rng, generator, device, ranges):
     return lr, hr
 
 
-class RunFiles:
-    """Rank-0 writer for the run folder: config.json, stats.jsonl, samples/ (local or s3://)."""
-
-    def __init__(self, uri: str):
-        self.uri = uri
-        stats_uri = storage.join(uri, "stats.jsonl")
-        self.stats_lines = storage.get_bytes(stats_uri).decode().splitlines() if storage.exists(stats_uri) else []
-
-    def write_config(self, cfg) -> None:
-        storage.put_bytes(storage.join(self.uri, "config.json"), dump_config(cfg).encode())
-
-    def append_stats(self, record: dict) -> None:
-        # S3 has no append: rewrite the (small) file whole, atomically.
-        self.stats_lines.append(json.dumps(record))
-        storage.put_bytes(storage.join(self.uri, "stats.jsonl"), ("\n".join(self.stats_lines) + "\n").encode())
-
-    def save_sample(self, name: str, grid: np.ndarray) -> str:
-        uri = storage.join(self.uri, "samples", name)
-        storage.put_bytes(uri, encode_image(grid, fmt="png"))
-        return uri
-
-
 def sample_grid(model, val_images, scale, device, crop: int = 96) -> np.ndarray:
     """Rows of [bicubic | model | original] centre crops of the validation images."""
     rows = []
@@ -119,7 +96,6 @@ def sample_grid(model, val_images, scale, device, crop: int = 96) -> np.ndarray:
 def train_worker(config: dict) -> None:
     """The per-worker loop (runs inside each Ray Train worker)."""
     import ray.train
-    from ray.train import Checkpoint
     from ray.train.torch import get_device, prepare_model
 
     cfg = EnhancerTrainConfig.model_validate(config)
@@ -199,19 +175,13 @@ def train_worker(config: dict) -> None:
         metrics = {"step": step, "images_seen": images_seen, "loss": loss_sum / max(loss_count, 1),
                    "lr": lr_now, "images_per_s": tick_images / max(elapsed, 1e-9)}
         tick_index = images_seen // cfg.run.tick_images
-        checkpoint_dir = None
-        if rank == 0:
-            if val_images:
-                result = score_sr(enumerate(val_images), cfg.model.scale, {"ema": upscale_with(ema, device)})["ema"]
-                metrics.update(val_psnr_y=result["psnr_y"], val_ssim_y=result["ssim_y"])
-                files.save_sample(f"tick-{tick_index:06d}.png", sample_grid(ema, val_images, cfg.model.scale, device))
-            metrics["time"] = time.time()
-            files.append_stats(metrics)
-            log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items() if k != "time"))
-            if tick_index % cfg.run.checkpoint_ticks == 0 or images_seen >= cfg.optim.total_images:
-                checkpoint_dir = tempfile.mkdtemp(prefix="prodray-ckpt-")
-                write_checkpoint(Path(checkpoint_dir), model, ema, optimizer, scaler, step, images_seen, generator, rng, world)
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
+        if rank == 0 and val_images:
+            result = score_sr(enumerate(val_images), cfg.model.scale, {"ema": upscale_with(ema, device)})["ema"]
+            metrics.update(val_psnr_y=result["psnr_y"], val_ssim_y=result["ssim_y"])
+            files.save_sample(f"tick-{tick_index:06d}.png", sample_grid(ema, val_images, cfg.model.scale, device))
+        end_tick(metrics, files, tick_index % cfg.run.checkpoint_ticks == 0 or images_seen >= cfg.optim.total_images,
+                 lambda folder: write_checkpoint(folder, model, ema, optimizer, scaler, step, images_seen, generator,
+                                                 rng, world), log)
         next_tick += cfg.run.tick_images
         tick_start, tick_images, loss_sum, loss_count = time.perf_counter(), 0, 0.0, 0
 
@@ -219,18 +189,6 @@ def train_worker(config: dict) -> None:
         model_id = ckpt_io.export_model(storage.join(run_uri(cfg), "export"), "enhancer", ema,
                                         {**cfg.model.model_dump(), "kind": "enhancer", "images_seen": images_seen})
         log(f"exported {model_id} to {storage.join(run_uri(cfg), 'export')}")
-
-
-def maybe_crash_for_test(run_name: str, images_seen: int) -> None:
-    """Fault injection for the recovery test: PRODRAY_TEST_CRASH="<run name>:<images>" kills this
-    worker process once (hard, like a lost node) when it passes that many images."""
-    spec = os.environ.get("PRODRAY_TEST_CRASH", "")
-    if not spec.startswith(f"{run_name}:"):
-        return
-    marker = Path(tempfile.gettempdir()) / f"prodray-crashed-{run_name}"
-    if images_seen >= int(spec.rsplit(":", 1)[1]) and not marker.exists():
-        marker.touch()
-        os._exit(1)
 
 
 def write_checkpoint(folder: Path, model, ema, optimizer, scaler, step, images_seen, generator, rng, world) -> None:

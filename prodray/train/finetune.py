@@ -10,7 +10,6 @@ the bulk job and Serve load like any enhancer. Networks and losses are pure modu
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,9 +25,9 @@ from prodray.enhancer_losses import build_perceptual
 from prodray.losses import d_loss, g_loss
 from prodray.evaluation import score_sr
 from prodray.models.sr_discriminator import build_discriminator
-from prodray.train.enhancer import (RunFiles, build_enhancer, load_pool, make_batch, run_uri, sample_grid,
-                                    upscale_with)
+from prodray.train.enhancer import build_enhancer, load_pool, make_batch, run_uri, sample_grid, upscale_with
 from prodray.train.loop import lr_at, make_ema, restore_rng, rng_state, update_ema
+from prodray.train.run_files import RunFiles, end_tick
 
 MODEL_FIELDS = ("arch", "scale", "channels", "blocks")
 
@@ -54,7 +53,6 @@ def check_init_model(cfg: EnhancerTrainConfig) -> dict:
 def finetune_worker(config: dict) -> None:
     """The per-worker loop of the adversarial stage (runs inside each Ray Train worker)."""
     import ray.train
-    from ray.train import Checkpoint
     from ray.train.torch import get_device, prepare_model
 
     cfg = EnhancerTrainConfig.model_validate(config)
@@ -178,20 +176,13 @@ def finetune_worker(config: dict) -> None:
         metrics = {"step": step, "images_seen": images_seen, **{k: v / count for k, v in sums.items()},
                    "lr": lr_now, "images_per_s": tick_images / max(elapsed, 1e-9)}
         tick_index = images_seen // cfg.run.tick_images
-        checkpoint_dir = None
-        if rank == 0:
-            if val_images:
-                result = score_sr(enumerate(val_images), cfg.model.scale, {"ema": upscale_with(ema, device)})["ema"]
-                metrics.update(val_psnr_y=result["psnr_y"], val_ssim_y=result["ssim_y"])
-                files.save_sample(f"tick-{tick_index:06d}.png", sample_grid(ema, val_images, cfg.model.scale, device))
-            metrics["time"] = time.time()
-            files.append_stats(metrics)
-            log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items() if k != "time"))
-            if tick_index % cfg.run.checkpoint_ticks == 0 or images_seen >= cfg.optim.total_images:
-                checkpoint_dir = tempfile.mkdtemp(prefix="prodray-ckpt-")
-                write_checkpoint(Path(checkpoint_dir), model, ema, discriminator, g_optimizer, d_optimizer,
-                                 g_scaler, d_scaler, step, images_seen, generator, rng, world)
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
+        if rank == 0 and val_images:
+            result = score_sr(enumerate(val_images), cfg.model.scale, {"ema": upscale_with(ema, device)})["ema"]
+            metrics.update(val_psnr_y=result["psnr_y"], val_ssim_y=result["ssim_y"])
+            files.save_sample(f"tick-{tick_index:06d}.png", sample_grid(ema, val_images, cfg.model.scale, device))
+        end_tick(metrics, files, tick_index % cfg.run.checkpoint_ticks == 0 or images_seen >= cfg.optim.total_images,
+                 lambda folder: write_checkpoint(folder, model, ema, discriminator, g_optimizer, d_optimizer, g_scaler,
+                                                 d_scaler, step, images_seen, generator, rng, world), log)
         next_tick += cfg.run.tick_images
         tick_start, tick_images, sums = time.perf_counter(), 0, {}
 

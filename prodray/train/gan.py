@@ -9,7 +9,6 @@ Progress is counted in real images shown to the discriminator.
 
 import hashlib
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from prodray.gan_data import decode_small, encode_attributes, read_vocab
 from prodray.losses import d_loss, g_loss, mode_seeking_loss, r1_penalty
 from prodray.models import count_parameters
 from prodray.models.gan import build_discriminator, build_generator
-from prodray.train.enhancer import RunFiles, maybe_crash_for_test
+from prodray.train.run_files import RunFiles, end_tick, maybe_crash_for_test
 from prodray.train.loop import image_grid, make_ema, restore_rng, rng_state, update_ema
 
 NETWORKS = ("generator", "discriminator", "generator_ema")
@@ -159,7 +158,6 @@ def set_requires_grad(module: torch.nn.Module, flag: bool) -> None:
 def train_worker(config: dict) -> None:
     """The per-worker loop (runs inside each Ray Train worker)."""
     import ray.train
-    from ray.train import Checkpoint
     from ray.train.torch import get_device, prepare_model
 
     cfg = GanTrainConfig.model_validate(config["cfg"])
@@ -291,20 +289,14 @@ def train_worker(config: dict) -> None:
         if resumed_digest:
             metrics["resumed_state"] = resumed_digest
             resumed_digest = None
-        checkpoint_dir = None
+        tick_index = images_seen // cfg.run.tick_images
         if files:
-            tick_index = images_seen // cfg.run.tick_images
             files.save_sample(f"tick-{tick_index:06d}.png",
                               sample_grid(generator_ema, mconfig["vocab"], mconfig["z_dim"], cfg.run.seed, device))
-            metrics["time"] = time.time()
-            files.append_stats(metrics)
-            log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                         for k, v in metrics.items() if k != "time"))
-            if tick_index % cfg.run.checkpoint_ticks == 0 or images_seen >= cfg.optim.total_images:
-                checkpoint_dir = tempfile.mkdtemp(prefix="prodray-gan-ckpt-")
-                write_checkpoint(Path(checkpoint_dir), networks, optimizers, scalers,
-                                 {"step": step, "images_seen": images_seen}, rng_state(torch_rng, rng), cfg.optim.augment)
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
+        end_tick(metrics, files, tick_index % cfg.run.checkpoint_ticks == 0 or images_seen >= cfg.optim.total_images,
+                 lambda folder: write_checkpoint(folder, networks, optimizers, scalers,
+                                                 {"step": step, "images_seen": images_seen},
+                                                 rng_state(torch_rng, rng), cfg.optim.augment), log)
         next_tick += cfg.run.tick_images
         tick_start, tick_images = time.perf_counter(), 0
         sums = dict.fromkeys(sums, 0.0)
