@@ -14,7 +14,7 @@ CORE_MODULES = ["prodray.models", "prodray.degradations", "prodray.codec", "prod
                 "prodray.evaluation", "prodray.catalog", "prodray.local"]
 
 # Files allowed to import Ray (cli.py only lazily, inside functions).
-RAY_SHELL = ("prodray/train/", "prodray/bulk.py", "prodray/serve.py", "prodray/jobs_common.py",
+RAY_SHELL = ("prodray/train/", "prodray/bulk.py", "prodray/listing.py", "prodray/serve.py", "prodray/jobs_common.py",
              "prodray/cli.py", "jobs/")
 
 
