@@ -46,6 +46,7 @@ def tiny_config(prepared, storage, name, total):
     return load_config(GanTrainConfig, None, [
         f"data.prepared={prepared}", "data.batch_size=8", "model.z_dim=16", "model.embed_dim=8",
         "model.g_channels=32", "model.d_channels=8", f"optim.total_images={total}", "optim.r1_interval=2",
+        "optim.mode_seeking=0.2",  # the DDP run covers the mode-seeking term and D's minibatch-stddev (default on)
         f"run.storage_path={storage}", f"run.name={name}", "run.num_workers=2", "run.cpus_per_worker=0.5",
         "run.tick_images=32", "run.threads_per_worker=1", "run.max_failures=2"]).resolved()
 
@@ -61,7 +62,8 @@ def latest_checkpoint(run: Path) -> Path:
 def checkpoint_digest(folder: Path) -> str:
     """The digest of G, D, G_ema and both optimizers as stored in a checkpoint folder."""
     model = json.loads((folder.parent / "export" / "config.json").read_text()) if (folder.parent / "export").exists() else None
-    config = {k: model[k] for k in ("vocab", "resolution", "z_dim", "embed_dim", "g_channels", "d_channels")}
+    config = {k: model[k] for k in ("vocab", "resolution", "z_dim", "embed_dim", "g_channels", "d_channels",
+                                    "d_mbstd_group")}
     generator, discriminator = build_generator(config), build_discriminator(config)
     networks = {"generator": generator, "discriminator": discriminator, "generator_ema": make_ema(generator)}
     import torch
