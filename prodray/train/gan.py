@@ -23,8 +23,8 @@ from prodray.gan_data import decode_small, encode_attributes, read_vocab
 from prodray.losses import d_loss, g_loss, mode_seeking_loss, r1_penalty
 from prodray.models import count_parameters
 from prodray.models.gan import build_discriminator, build_generator
-from prodray.train.run_files import RunFiles, end_tick, maybe_crash_for_test
 from prodray.train.loop import image_grid, make_ema, restore_rng, rng_state, update_ema
+from prodray.train.run_files import RunFiles, end_tick, maybe_crash_for_test
 
 NETWORKS = ("generator", "discriminator", "generator_ema")
 
