@@ -1,6 +1,7 @@
 """Bulk catalog enhancement on Ray Data: input prefix -> enhanced objects + manifest + _SUCCESS.
 
-Stages: fetch + decode (CPU tasks, per-image failures recorded, never dropping neighbours) ->
+Stages: listing (Ray tasks per folder level, pending rows to parquet shards; see listing.py) ->
+fetch + decode (CPU tasks, per-image failures recorded, never dropping neighbours) ->
 enhance + encode + create-only write (actor pool, model loaded once per actor) -> manifest
 rows streamed back to the driver, which writes them in parquet shards and prints progress.
 Output keys are a pure function of (input key, model id, parameters), so reruns resume.
