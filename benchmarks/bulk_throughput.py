@@ -13,7 +13,7 @@ and workers) during the pipeline at two catalog sizes (images/3 first, then imag
 
 Threads: the pipeline runs `--actors` enhancer actors with `--threads` torch threads each (Ray
 sets OMP_NUM_THREADS from the actor's CPUs; where actors x threads would take every CPU, each
-actor reserves a fraction so the fetch/decode tasks can run, see actor_cpus); the plain loop and
+actor reserves a fraction so Ray Data's read and decode tasks can run, see actor_cpus); the plain loop and
 the compute bound use actors x threads torch threads. Ray gets all `nproc` CPUs.
 
     .venv/bin/python benchmarks/bulk_throughput.py [--images 150] [--channels 16] [--blocks 2] [--model REF]
@@ -197,13 +197,14 @@ def run_compute_bound(keys: list[str], model: str, threads: int, batch_size: int
 
 
 def actor_cpus(args) -> float:
-    """CPUs each enhancer actor reserves: `threads`, unless the actors would then take every CPU and
-    leave none for the fetch/decode tasks (0.25 CPU each); then a share that leaves half a CPU free.
-    Ray sets OMP_NUM_THREADS from it (1 for a fraction); actor_torch_threads() shows what torch gets."""
+    """CPUs each enhancer actor reserves: `threads`, unless the actors would then leave less than
+    the 1 CPU Ray Data's read tasks need (prodray.bulk.check_cpus_left); then a share that leaves 1
+    CPU free. Ray sets OMP_NUM_THREADS from it (1 for a fraction); actor_torch_threads() shows
+    what torch gets."""
     cpus = os.cpu_count() or 1
-    if args.actors * args.threads <= cpus - 0.5:
+    if args.actors * args.threads <= cpus - 1:
         return float(args.threads)
-    return min(float(args.threads), (cpus - 0.5) / args.actors)
+    return min(float(args.threads), (cpus - 1) / args.actors)
 
 
 def actor_torch_threads(cpus: float) -> int:

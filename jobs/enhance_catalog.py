@@ -20,7 +20,8 @@ def main() -> None:
     parser.add_argument("--quality", type=int, default=90)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--actors", type=int, default=1, help="enhancer actors (model replicas)")
-    parser.add_argument("--actor-cpus", type=float, default=1.0, help="CPUs reserved per enhancer actor")
+    parser.add_argument("--actor-cpus", type=float, default=1.0,
+                        help="CPUs reserved per enhancer actor; leave 1 of the cluster free for Ray Data")
     parser.add_argument("--max-error-fraction", type=float, help="fail if more than this share is rejected/error")
     parser.add_argument("--min-longest-side", type=int, help="reject outputs whose longest side is below this (px)")
     parser.add_argument("--pad-square", action="store_true", help="centre outputs on a pure-white square")

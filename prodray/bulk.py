@@ -247,6 +247,17 @@ def resolve_model(options: BulkOptions) -> tuple[str, dict]:
     return reference, config
 
 
+def check_cpus_left(options: BulkOptions, cluster_cpus: float) -> None:
+    """Fail before any work if the enhancer actors would reserve so many CPUs that Ray Data's own
+    file-listing and repartition tasks (1 CPU each, not configurable) can never start: the job
+    would hang, not fail. A cluster with no CPUs yet is autoscaling, and is not checked."""
+    reserved = options.actors * options.actor_cpus
+    if cluster_cpus > 0 and cluster_cpus - reserved < 1:
+        raise ValueError(f"--actors {options.actors} x --actor-cpus {options.actor_cpus:g} reserves {reserved:g} of "
+                         f"the cluster's {cluster_cpus:g} CPUs; Ray Data's read tasks need 1 CPU free. "
+                         f"Lower --actor-cpus (a fraction still runs one torch thread) or --actors")
+
+
 def run_bulk(options: BulkOptions, echo=print) -> dict:
     """Run the whole job; returns the _SUCCESS summary (or {'nothing_to_do': True, ...})."""
     options.check()
@@ -275,6 +286,7 @@ def _run_listed(options: BulkOptions, model_ref: str, model_id: str, run_id: str
     if not listing.pending:
         return {"nothing_to_do": True, "inputs": listing.listed, "model_id": model_id}
 
+    check_cpus_left(options, ray.cluster_resources().get("CPU", 0.0))
     filesystem, path = storage.pyarrow_filesystem(listing_uri)
     # Small blocks, so decode tasks spread over the cluster instead of one per listing shard.
     dataset = ray.data.read_parquet(path, filesystem=filesystem).repartition(target_num_rows_per_block=16)

@@ -109,15 +109,21 @@ class SwappableModel:
             logger.info("serving %s from %s on %s", model.model_id, reference, device)
 
 
-@serve.deployment(
-    ray_actor_options={"num_cpus": 1},
+# Options both model deployments share.
+MODEL_REPLICA_OPTIONS = dict(
     autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 4},
     # >= max_batch_size so a full batch can form; beyond that callers queue, then get 503.
     max_ongoing_requests=16,
     max_queued_requests=64,
     backpressure_config=BACKPRESSURE,
+)
+
+
+@serve.deployment(
+    ray_actor_options={"num_cpus": 1},
     # Let in-flight batches of large images finish when a replica is scaled down or replaced.
     graceful_shutdown_timeout_s=60,
+    **MODEL_REPLICA_OPTIONS,
 )
 class EnhancerDeployment(SwappableModel):
     """Holds one loaded Enhancer; `enhance` calls from many requests are batched together."""
@@ -166,12 +172,8 @@ class EnhancerDeployment(SwappableModel):
     # Half a CPU: a 64 px generator is cheap, and ingress (0.5) + enhancer (1) + generator (0.5)
     # then fit a 2-CPU head (the local demo). Scale-out adds replicas.
     ray_actor_options={"num_cpus": 0.5},
-    autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 4},
-    # >= max_batch_size so a full batch can form; beyond that callers queue, then get 503.
-    max_ongoing_requests=16,
-    max_queued_requests=64,
-    backpressure_config=BACKPRESSURE,
     graceful_shutdown_timeout_s=30,
+    **MODEL_REPLICA_OPTIONS,
 )
 class GeneratorDeployment(SwappableModel):
     """Holds one loaded ProductGenerator; `generate` calls from many requests run as one forward pass."""

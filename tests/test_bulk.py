@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import image_bytes
 from prodray import storage
-from prodray.bulk import BulkOptions, output_key, run_bulk
+from prodray.bulk import BulkOptions, check_cpus_left, output_key, run_bulk
 from prodray.checkpoint import export_model
 from prodray.models import build_model
 
@@ -24,6 +24,16 @@ def local_ray(s3_env):
     ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR")
     yield
     ray.shutdown()
+
+
+def test_actors_that_leave_no_cpu_for_ray_data_fail_before_work():
+    # 2 actors x 0.75 CPU on 2 CPUs: Ray Data's 1-CPU file-listing task would wait forever.
+    options = BulkOptions(input="s3://b/in", output="s3://b/out", actors=2, actor_cpus=0.75)
+    with pytest.raises(ValueError, match="--actors 2 x --actor-cpus 0.75 reserves 1.5 of the cluster's 2 CPUs"):
+        check_cpus_left(options, cluster_cpus=2)
+    check_cpus_left(options, cluster_cpus=3)  # 1.5 left
+    check_cpus_left(BulkOptions(input="s3://b/in", output="s3://b/out", actors=2, actor_cpus=0.5), cluster_cpus=2)
+    check_cpus_left(options, cluster_cpus=0)  # an autoscaling cluster's empty head: not checked
 
 
 def rgba_png() -> bytes:
