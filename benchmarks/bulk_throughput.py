@@ -121,10 +121,12 @@ def _descendants(root: int) -> set[int]:
 
 
 class PeakRss:
-    """Samples RSS (MiB) of this process and of it plus all its descendants every `every_s`."""
+    """Samples RSS (MiB) of this process and of it plus all its descendants every `every_s`;
+    `driver_at_start` is this process's RSS when sampling began (what it held before the job)."""
 
     def __init__(self, every_s: float = 0.5):
         self.every_s, self.driver, self.tree = every_s, 0.0, 0.0
+        self.driver_at_start = _rss_kib(os.getpid()) / 1024
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 

@@ -104,17 +104,20 @@ def list_manifest(manifest: str, done: np.ndarray, folder: str) -> dict:
     base = manifest.rsplit("/", 1)[0]
     writer = ShardWriter(folder, "manifest")
     listed = pending = 0
-    parquet = pq.ParquetFile(io.BytesIO(storage.get_bytes(manifest)))
-    missing = {"key", "bytes"} - set(parquet.schema_arrow.names)
-    if missing:
-        raise ValueError(f"input manifest {manifest} lacks column(s) {sorted(missing)} (needs key, bytes)")
-    for batch in parquet.iter_batches(columns=["key", "bytes"], batch_size=SHARD_ROWS):
-        keys, sizes = batch.column("key").to_pylist(), batch.column("bytes").to_pylist()
-        keep = ~is_done(keys, done)
-        rows = [{"uri": storage.join(base, key), "key": key, "etag": "", "size": int(size)}
-                for key, size, kept in zip(keys, sizes, keep) if kept]
-        listed, pending = listed + len(keys), pending + len(rows)
-        writer.add(rows)
+    filesystem, path = storage.pyarrow_filesystem(manifest)
+    # Ranged reads: the footer, then one row group at a time, never the whole object.
+    with filesystem.open_input_file(path) as handle:
+        parquet = pq.ParquetFile(handle)
+        missing = {"key", "bytes"} - set(parquet.schema_arrow.names)
+        if missing:
+            raise ValueError(f"input manifest {manifest} lacks column(s) {sorted(missing)} (needs key, bytes)")
+        for batch in parquet.iter_batches(columns=["key", "bytes"], batch_size=SHARD_ROWS):
+            keys, sizes = batch.column("key").to_pylist(), batch.column("bytes").to_pylist()
+            keep = ~is_done(keys, done)
+            rows = [{"uri": storage.join(base, key), "key": key, "etag": "", "size": int(size)}
+                    for key, size, kept in zip(keys, sizes, keep) if kept]
+            listed, pending = listed + len(keys), pending + len(rows)
+            writer.add(rows)
     return {"subdirectories": [], "listed": listed, "pending": pending, "shards": writer.close()}
 
 

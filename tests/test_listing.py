@@ -5,6 +5,7 @@ import io
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -69,6 +70,29 @@ def test_s3_level_pages_and_shards_stay_bounded(bucket, boto_client, monkeypatch
     sizes = [pq.read_metadata(io.BytesIO(storage.get_bytes(s["uri"]))).num_rows
              for s in storage.list_files(folder)]
     assert max(sizes) <= 300
+
+
+def test_key_manifest_input_is_streamed_into_shards(bucket, monkeypatch, tmp_path):
+    """A .parquet manifest of keys (several row groups) on S3 -> shards of the keys not done,
+    with URIs next to the manifest; a manifest without the needed columns is refused."""
+    manifest = f"s3://{bucket}/lists/keys.parquet"
+    keys = [f"shoes/img-{i:04d}.jpg" for i in range(250)]
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"key": keys, "bytes": list(range(250))}), buffer, row_group_size=64)
+    storage.put_bytes(manifest, buffer.getvalue())
+    monkeypatch.setattr(listing, "SHARD_ROWS", 100)
+    done = np.unique(listing.key_hashes(keys[:50]))
+    result = listing.list_manifest(manifest, done, str(tmp_path / "shards"))
+    assert result["listed"] == 250 and result["pending"] == 200 and result["shards"] == 2
+    rows = shard_rows(str(tmp_path / "shards"))
+    assert sorted(row["key"] for row in rows) == keys[50:]
+    assert {row["uri"] for row in rows} == {f"s3://{bucket}/lists/{key}" for key in keys[50:]}
+    assert sum(row["size"] for row in rows) == sum(range(50, 250))
+
+    pq.write_table(pa.table({"path": keys}), buffer := io.BytesIO())
+    storage.put_bytes(manifest, buffer.getvalue())
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['bytes', 'key'\]"):
+        listing.list_manifest(manifest, done, str(tmp_path / "other"))
 
 
 def test_is_done_matches_exactly():
