@@ -277,6 +277,8 @@ def _run_listed(options: BulkOptions, model_ref: str, model_id: str, run_id: str
     import ray
     import ray.data
 
+    # Before the listing, which on a large catalog is minutes of work.
+    check_cpus_left(options, ray.cluster_resources().get("CPU", 0.0))
     done = done_hashes(storage.join(options.output, MANIFEST_DIR), DONE_STATUSES)
     listing = list_pending(options.input, INPUT_SUFFIXES, done, listing_uri, echo)
     if not listing.listed:
@@ -286,7 +288,6 @@ def _run_listed(options: BulkOptions, model_ref: str, model_id: str, run_id: str
     if not listing.pending:
         return {"nothing_to_do": True, "inputs": listing.listed, "model_id": model_id}
 
-    check_cpus_left(options, ray.cluster_resources().get("CPU", 0.0))
     filesystem, path = storage.pyarrow_filesystem(listing_uri)
     # Small blocks, so decode tasks spread over the cluster instead of one per listing shard.
     dataset = ray.data.read_parquet(path, filesystem=filesystem).repartition(target_num_rows_per_block=16)
