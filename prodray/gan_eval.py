@@ -174,9 +174,10 @@ def evaluate_gan(sample_fn: SampleFn, prepared: str, classifier: str | Attribute
     }
 
 
-def generator_sample_fn(generator, vocab: dict[str, list[str]]) -> SampleFn:
+def generator_sample_fn(generator, vocab: dict[str, list[str]], truncation: float | None = None) -> SampleFn:
     """Adapt a ProductGenerator (`.vocab`, `.generate_indices`) to a dataset's vocabulary: the
-    dataset's value indices are translated to the generator's by value name."""
+    dataset's value indices are translated to the generator's by value name. `truncation` is
+    passed on (see prodray/generate.py)."""
     missing = {name: sorted(set(values) - set(generator.vocab.get(name, [])))
                for name, values in vocab.items() if set(values) - set(generator.vocab.get(name, []))}
     if missing:
@@ -187,5 +188,6 @@ def generator_sample_fn(generator, vocab: dict[str, list[str]]) -> SampleFn:
 
     def sample(attributes: dict[str, np.ndarray], seed: int) -> np.ndarray:
         return generator.generate_indices(
-            {name: translate[name][np.asarray(attributes[name], dtype=np.int64)] for name in vocab}, seed=seed)
+            {name: translate[name][np.asarray(attributes[name], dtype=np.int64)] for name in vocab}, seed=seed,
+            truncation=truncation)
     return sample

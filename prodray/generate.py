@@ -13,6 +13,7 @@ from prodray.checkpoint import load_export
 from prodray.models.gan import build_generator
 
 MAX_SEED = 2**63 - 1
+MAX_TRUNCATION = 4.0  # beyond 4 standard deviations a cut changes almost no draw
 
 
 class UnknownAttribute(ValueError):
@@ -54,11 +55,18 @@ class ProductGenerator:
             result[name] = self.vocab[name].index(value)
         return result
 
-    def noise(self, count: int, seed: int) -> torch.Tensor:
-        """(count, z_dim) float32 on the CPU: the first `count` draws from `seed`."""
+    def noise(self, count: int, seed: int, truncation: float | None = None) -> torch.Tensor:
+        """(count, z_dim) float32 on the CPU: the first `count` draws from `seed`, from a normal
+        truncated to [-truncation, truncation] when that is given."""
         if isinstance(seed, bool) or not 0 <= int(seed) <= MAX_SEED:
             raise ValueError(f"seed must be an integer in [0, 2**63 - 1], got {seed}")
-        return torch.randn(count, self.z_dim, generator=torch.Generator().manual_seed(int(seed)))
+        draws = torch.Generator().manual_seed(int(seed))
+        if truncation is None:
+            return torch.randn(count, self.z_dim, generator=draws)
+        if isinstance(truncation, bool) or not 0 < float(truncation) <= MAX_TRUNCATION:
+            raise ValueError(f"truncation must be a number in (0, {MAX_TRUNCATION:g}], got {truncation}")
+        cut = float(truncation)
+        return torch.nn.init.trunc_normal_(torch.empty(count, self.z_dim), a=-cut, b=cut, generator=draws)
 
     @torch.no_grad()
     def generate_noise(self, attributes: dict[str, np.ndarray], noise: torch.Tensor, chunk: int = 256) -> np.ndarray:
@@ -72,13 +80,16 @@ class ProductGenerator:
             out.append(images.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
         return np.concatenate(out)
 
-    def generate_indices(self, attributes: dict[str, np.ndarray], seed: int, chunk: int = 256) -> np.ndarray:
+    def generate_indices(self, attributes: dict[str, np.ndarray], seed: int, chunk: int = 256,
+                         truncation: float | None = None) -> np.ndarray:
         """uint8 (N, R, R, 3) for N attribute index rows; noise row i is the i-th draw from `seed`."""
         count = len(next(iter(attributes.values())))
-        return self.generate_noise(attributes, self.noise(count, seed), chunk)
+        return self.generate_noise(attributes, self.noise(count, seed, truncation), chunk)
 
-    def generate(self, attributes: dict[str, str], n: int = 1, seed: int = 0) -> list[np.ndarray]:
+    def generate(self, attributes: dict[str, str], n: int = 1, seed: int = 0,
+                 truncation: float | None = None) -> list[np.ndarray]:
         """n images of one attribute combination, as uint8 HWC RGB."""
         index = self.indices(attributes)
-        images = self.generate_indices({name: np.full(n, i) for name, i in index.items()}, seed)
+        images = self.generate_indices({name: np.full(n, i) for name, i in index.items()}, seed,
+                                       truncation=truncation)
         return list(images)

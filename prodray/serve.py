@@ -24,7 +24,7 @@ import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
@@ -45,6 +45,7 @@ DEFAULT_MAX_BYTES = 20 * 2**20
 MAX_GENERATE_N = 16  # images per /v1/generate request
 MAX_GENERATE_BYTES = 64 * 1024  # a /v1/generate JSON body
 MAX_SEED = 2**63 - 1  # = prodray.generate.MAX_SEED (not imported: it would pull in torch)
+MAX_TRUNCATION = 4.0  # = prodray.generate.MAX_TRUNCATION
 # A 2x result of 16 MP is 64 MP (192 MB of RGB): the biggest we accept per request.
 DEFAULT_MAX_PIXELS = 4096 * 4096
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file
@@ -193,19 +194,19 @@ class GeneratorDeployment(SwappableModel):
         generator = self._model
         return {"id": generator.model_id, "resolution": generator.resolution, "attributes": generator.vocab}
 
-    async def generate(self, attributes: dict, n: int, seed: int) -> dict:
+    async def generate(self, attributes: dict, n: int, seed: int, truncation: float | None = None) -> dict:
         """-> {"images": uint8 (n, R, R, 3), "model_id"}, or {"rejected": reason, "message",
         "known": vocabularies} for attributes this model does not know (nothing runs then).
 
-        The images are exactly ProductGenerator.generate(attributes, n, seed): the noise is this
-        request's own draws from `seed`, whatever else shares the batch."""
+        The images are exactly ProductGenerator.generate(attributes, n, seed, truncation): the noise
+        is this request's own draws from `seed`, whatever else shares the batch."""
         if self._model is None:  # only when deployed without any user_config
             await self._ensure_loaded()
         generator = self._model
         from prodray.generate import UnknownAttribute
         try:
             index = generator.indices(attributes)
-            noise = generator.noise(n, seed)
+            noise = generator.noise(n, seed, truncation)
         except UnknownAttribute as exc:
             missing = any(name not in attributes for name in generator.vocab)
             unknown = any(name not in generator.vocab for name in attributes)
@@ -310,6 +311,7 @@ class GenerateRequest(BaseModel):
     attributes: dict[StrictStr, StrictStr]
     n: StrictInt = Field(1, ge=1, le=MAX_GENERATE_N)
     seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED)  # None: a random seed, sent back in x-seed
+    truncation: StrictFloat | None = Field(None, gt=0, le=MAX_TRUNCATION, allow_inf_nan=False)  # None: no cut
 
 
 def _parse_generate(body: bytes) -> GenerateRequest | JSONResponse:
@@ -406,8 +408,9 @@ class Ingress:
 
     @api.post("/v1/generate")
     async def generate(self, request: Request):
-        """JSON {"attributes": {name: value}, "n": 1..MAX_GENERATE_N, "seed": 0..2**63-1} ->
-        one PNG (n = 1) or a zip of n PNGs. The same body gives the same bytes."""
+        """JSON {"attributes": {name: value}, "n": 1..MAX_GENERATE_N, "seed": 0..2**63-1,
+        "truncation": (0, 4] (optional)} -> one PNG (n = 1) or a zip of n PNGs. The same body
+        gives the same bytes."""
         if self.generator is None:
             return _error(404, "no_generator", "this deployment serves no generator")
         try:
@@ -421,7 +424,7 @@ class Ingress:
 
         start = time.perf_counter()
         try:
-            result = await self.generator.generate.remote(parsed.attributes, parsed.n, seed)
+            result = await self.generator.generate.remote(parsed.attributes, parsed.n, seed, parsed.truncation)
         except UNAVAILABLE:
             return _overloaded()
         generated = time.perf_counter()
@@ -443,6 +446,8 @@ class Ingress:
             "x-generate-ms": f"{(generated - start) * 1000:.1f}",
             "x-encode-ms": f"{(time.perf_counter() - generated) * 1000:.1f}",
         }
+        if parsed.truncation is not None:
+            headers["x-truncation"] = f"{parsed.truncation:g}"
         if parsed.n == 1:
             return Response(payload, media_type="image/png", headers=headers)
         headers["content-disposition"] = f'attachment; filename="generated-seed{seed}.zip"'

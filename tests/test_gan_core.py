@@ -213,6 +213,23 @@ def test_generator_rejects_unknown_attributes_and_seeds(exported):
         generator.generate({"articleType": "Watches", "baseColour": "Red"}, seed=-1)
 
 
+def test_truncation_bounds_the_noise_and_is_seeded(exported):
+    generator = ProductGenerator.load(exported[0])
+    cut = generator.noise(4000, seed=5, truncation=0.5)
+    assert cut.shape == (4000, generator.z_dim) and cut.abs().max() <= 0.5
+    assert cut.std() < 0.3  # a normal cut at +-0.5 has std 0.28, the plain draws 1.0
+    assert torch.equal(cut, generator.noise(4000, seed=5, truncation=0.5))
+    assert not torch.equal(cut, generator.noise(4000, seed=6, truncation=0.5))
+    assert generator.noise(4000, seed=5).abs().max() > 3  # untruncated: the plain normal draws
+    request = {"articleType": "Watches", "baseColour": "Red"}
+    tight = generator.generate(request, n=2, seed=1, truncation=0.5)
+    assert all(np.array_equal(a, b) for a, b in zip(tight, generator.generate(request, n=2, seed=1, truncation=0.5)))
+    assert not np.array_equal(tight[0], generator.generate(request, n=1, seed=1)[0])
+    for bad in (0, -1.0, 4.5, float("nan"), True):
+        with pytest.raises(ValueError, match="truncation"):
+            generator.noise(1, seed=0, truncation=bad)
+
+
 def test_enhancer_export_is_not_a_generator(tmp_path):
     from prodray.models import build_model
     ckpt_io.export_model(str(tmp_path), "enhancer", build_model("rpsnet", scale=2, channels=8, blocks=1),

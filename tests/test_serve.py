@@ -285,6 +285,16 @@ def test_generate_seed_semantics(server):
     assert _generate(server, {"attributes": WATCH, "seed": seed}).content == chosen.content
 
 
+def test_generate_truncation_is_the_generators(server, local_generator):
+    resp = _generate(server, {"attributes": WATCH, "n": 1, "seed": 7, "truncation": 0.5})
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-truncation"] == "0.5"
+    image = np.asarray(_decode(resp))
+    assert np.array_equal(image, local_generator.generate(WATCH, 1, 7, truncation=0.5)[0])
+    assert not np.array_equal(image, local_generator.generate(WATCH, 1, 7)[0])
+    assert "x-truncation" not in _generate(server, {"attributes": WATCH, "seed": 7}).headers
+
+
 def test_generate_concurrent_requests_keep_their_seeds(server, local_generator):
     cases = [({"articleType": t, "baseColour": c}, n, seed)
              for (t, c, n, seed) in [("Tshirts", "Black", 1, 1), ("Watches", "Red", 3, 1),
@@ -369,6 +379,11 @@ def test_generator_reconfigure_in_process(server, tmp_path):
     ({"attributes": WATCH, "seed": 1.5}, 422, "invalid_parameter", "seed"),
     ({"attributes": WATCH, "seed": False}, 422, "invalid_parameter", "seed"),
     ({"attributes": WATCH, "seed": [1]}, 422, "invalid_parameter", "seed"),
+    ({"attributes": WATCH, "truncation": 0}, 422, "invalid_parameter", "truncation"),
+    ({"attributes": WATCH, "truncation": 4.5}, 422, "invalid_parameter", "truncation"),
+    ({"attributes": WATCH, "truncation": "0.5"}, 422, "invalid_parameter", "truncation"),
+    (b'{"attributes": {"articleType": "Watches", "baseColour": "Red"}, "truncation": NaN}', 422,
+     "invalid_parameter", "truncation"),
     ({"attributes": WATCH, "colour": "Red"}, 422, "invalid_parameter", "colour"),
     ({"n": 1}, 422, "invalid_parameter", "attributes"),
     ({"attributes": ["Watches"]}, 422, "invalid_parameter", "attributes"),
@@ -513,6 +528,10 @@ def test_web_page_in_headless_chromium(server, tmp_path):
             page.click("#gen-button")
             page.wait_for_function("document.querySelectorAll('#generated img').length === 1 && "
                                    "document.querySelector('#generated img').naturalWidth === 32", timeout=60_000)
+            page.fill("#gen-truncation", "0.5")
+            page.click("#gen-button")
+            page.wait_for_function("document.getElementById('gen-status').textContent.includes('truncation 0.5')",
+                                   timeout=60_000)
             # A refusal shows the server's reason: 2**63 is one past the largest seed (the page
             # sends the seed's digits as typed, not as a rounded JS number).
             page.fill("#gen-seed", str(2**63))
