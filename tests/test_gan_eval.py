@@ -162,8 +162,8 @@ class FakeGenerator:
     def __init__(self):
         self.calls = []
 
-    def generate_indices(self, attributes, seed):
-        self.calls.append((len(attributes["shape"]), seed))
+    def generate_indices(self, attributes, seed, truncation=None):
+        self.calls.append((len(attributes["shape"]), seed, truncation))
         # Encode the requested (generator) indices into pixel values so the test can read them back.
         out = np.zeros((len(attributes["shape"]), 32, 32, 3), np.uint8)
         out[:, 0, 0, 0] = attributes["shape"]
@@ -179,7 +179,10 @@ def test_generator_sample_fn_translates_vocabularies():
     assert images.shape == (10, 32, 32, 3)
     np.testing.assert_array_equal(images[:, 0, 0, 0], 3 - shape)  # reversed vocabulary
     np.testing.assert_array_equal(images[:, 0, 0, 1], 2 - colour)
-    assert generator.calls == [(10, 7)]
+    assert generator.calls == [(10, 7, None)]
+    generator_sample_fn(generator, {"shape": SHAPES, "colour": COLOURS}, truncation=0.7)({"shape": shape,
+                                                                                        "colour": colour}, seed=8)
+    assert generator.calls[-1] == (10, 8, 0.7)  # passed on to the generator
     with pytest.raises(ValueError, match="cannot produce"):
         generator_sample_fn(generator, {"shape": SHAPES + ["star"], "colour": COLOURS})
 
@@ -219,7 +222,7 @@ def test_cli_eval_gan_with_a_stand_in_generator(prepared, classifier, tmp_path, 
     import types
 
     from prodray.cli import build_parser
-    sample = real_sampler(prepared)
+    sample, truncations = real_sampler(prepared), set()
 
     class StandIn:
         model_id, resolution = "stand-in-real", 32
@@ -230,16 +233,18 @@ def test_cli_eval_gan_with_a_stand_in_generator(prepared, classifier, tmp_path, 
             assert reference == "my-gan"
             return cls()
 
-        def generate_indices(self, attributes, seed):
+        def generate_indices(self, attributes, seed, truncation=None):
+            truncations.add(truncation)
             return sample(attributes, seed)
 
     monkeypatch.setitem(sys.modules, "prodray.generate", types.SimpleNamespace(ProductGenerator=StandIn))
     export = str(tmp_path / "classifier")
     save_classifier(export, classifier, {"shape": SHAPES, "colour": COLOURS})
     args = build_parser().parse_args(["eval", "gan", "--model", "my-gan", "--data", prepared, "--classifier", export,
-                                      "--n", "60", "--cas-epochs", "1", "--json"])
+                                      "--n", "60", "--cas-epochs", "1", "--truncation", "0.5", "--json"])
     args.func(args)
     result = json.loads(capsys.readouterr().out)
     assert result["model_id"] == "stand-in-real" and result["n"] == 60
+    assert result["truncation"] == 0.5 and truncations == {0.5}
     assert {"fid", "kid", "fid_floor", "cas", "real_acc", "attr_acc"} <= set(result)
     assert result["classifier"].startswith("classifier-")
