@@ -12,7 +12,8 @@ from prodray.config import ConfigError, GanTrainConfig, load_config
 from prodray.generate import ProductGenerator, UnknownAttribute
 from prodray.losses import d_loss, g_loss, mode_seeking_loss, r1_penalty
 from prodray.models.gan import MinibatchStddev, build_discriminator, build_generator
-from prodray.train.gan import grid_conditions, read_checkpoint, state_digest, write_checkpoint
+from prodray.train.gan import (apply_configured_hyperparameters, grid_conditions, read_checkpoint, state_digest,
+                               write_checkpoint)
 from prodray.train.loop import make_ema
 
 VOCAB = {"articleType": ["Shirts", "Tshirts", "Watches"], "baseColour": ["Black", "Red", "Blue", "White"]}
@@ -171,6 +172,19 @@ def test_checkpoint_round_trip_restores_every_tensor(tmp_path):
             for key in slot_a:
                 assert torch.equal(slot_a[key], slot_b[key])
     assert state_digest(fresh, fresh_opt) == digest
+
+
+def test_resume_takes_the_configs_learning_rate_not_the_checkpoints(tmp_path):
+    generator = build_generator(model_config(8))
+    saved = {"g": torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))}
+    (tmp_path / "opt.pt").write_bytes(ckpt_io.state_bytes({"g": saved["g"].state_dict()}))
+    resumed = {"g": torch.optim.Adam(generator.parameters(), lr=5e-5, betas=(0.0, 0.99))}  # the new config
+    resumed["g"].load_state_dict(ckpt_io.load_state_bytes((tmp_path / "opt.pt").read_bytes())["g"])
+    assert resumed["g"].param_groups[0]["lr"] == 2e-4  # what load_state_dict alone leaves
+    changes = apply_configured_hyperparameters(resumed, {"g": {"lr": 5e-5, "betas": (0.0, 0.99)}})
+    assert resumed["g"].param_groups[0]["lr"] == 5e-5 and resumed["g"].param_groups[0]["betas"] == (0.0, 0.99)
+    assert changes == ["g.lr 0.0002 -> 5e-05", "g.betas (0.5, 0.999) -> (0.0, 0.99)"]
+    assert apply_configured_hyperparameters(resumed, {"g": {"lr": 5e-5}}) == []
 
 
 def test_grid_rows_cover_several_combinations():

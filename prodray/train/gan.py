@@ -148,6 +148,21 @@ def read_checkpoint(folder: Path, networks: dict, optimizers: dict, scalers: dic
     return state
 
 
+def apply_configured_hyperparameters(optimizers: dict, settings: dict[str, dict]) -> list[str]:
+    """Set each optimizer's param-group settings (e.g. {"g": {"lr": 1e-4, "betas": (0.5, 0.999)}})
+    after a resume: `load_state_dict` brings back the checkpoint's, which would silently override
+    a changed config (say, a lower lr on resubmission). Returns what changed, for the log."""
+    changes = []
+    for name, values in settings.items():
+        for key, value in values.items():
+            old = optimizers[name].param_groups[0][key]
+            if old != value:
+                changes.append(f"{name}.{key} {old} -> {value}")
+            for group in optimizers[name].param_groups:
+                group[key] = value
+    return changes
+
+
 def set_requires_grad(module: torch.nn.Module, flag: bool) -> None:
     for parameter in module.parameters():
         parameter.requires_grad_(flag)
@@ -193,6 +208,10 @@ def train_worker(config: dict) -> None:
             rng = np.random.default_rng(cfg.run.seed + rank + step)
         resumed_digest = state_digest(networks, optimizers)
         log(f"resumed at step {step}, {images_seen} images seen (state {resumed_digest})")
+        changed = apply_configured_hyperparameters(
+            optimizers, {"g": {"lr": cfg.optim.lr_g, "betas": betas}, "d": {"lr": cfg.optim.lr_d, "betas": betas}})
+        if changed:
+            log("optimizer settings from the config, not the checkpoint: " + ", ".join(changed))
     g_ddp, d_ddp = prepare_model(generator_net), prepare_model(discriminator)
 
     files = RunFiles(storage.join(cfg.run.storage_path, cfg.run.name)) if rank == 0 else None
