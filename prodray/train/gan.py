@@ -23,7 +23,8 @@ from prodray.gan_data import decode_small, encode_attributes, read_vocab
 from prodray.losses import d_loss, g_loss, mode_seeking_loss, r1_penalty
 from prodray.models import count_parameters
 from prodray.models.gan import build_discriminator, build_generator
-from prodray.train.loop import image_grid, make_ema, restore_rng, rng_state, update_ema
+from prodray.train.loop import (apply_configured_hyperparameters, image_grid, make_ema, restore_rng, rng_state,
+                                update_ema)
 from prodray.train.run_files import RunFiles, end_tick, maybe_crash_for_test
 
 NETWORKS = ("generator", "discriminator", "generator_ema")
@@ -146,21 +147,6 @@ def read_checkpoint(folder: Path, networks: dict, optimizers: dict, scalers: dic
     for name, scaler in scalers.items():
         scaler.load_state_dict(state[f"scaler_{name}"])
     return state
-
-
-def apply_configured_hyperparameters(optimizers: dict, settings: dict[str, dict]) -> list[str]:
-    """Set each optimizer's param-group settings (e.g. {"g": {"lr": 1e-4, "betas": (0.5, 0.999)}})
-    after a resume: `load_state_dict` brings back the checkpoint's, which would silently override
-    a changed config (say, a lower lr on resubmission). Returns what changed, for the log."""
-    changes = []
-    for name, values in settings.items():
-        for key, value in values.items():
-            old = optimizers[name].param_groups[0][key]
-            if old != value:
-                changes.append(f"{name}.{key} {old} -> {value}")
-            for group in optimizers[name].param_groups:
-                group[key] = value
-    return changes
 
 
 def set_requires_grad(module: torch.nn.Module, flag: bool) -> None:

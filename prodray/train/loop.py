@@ -1,4 +1,5 @@
-"""Pure-torch training pieces shared by every trainer: schedule, EMA, crops, grids, RNG state.
+"""Pure-torch training pieces shared by every trainer: schedule, resumed optimizer settings, EMA,
+crops, grids, RNG state.
 
 No Ray here, so the same step runs in a plain process (benchmarks, GPU checks) and in a Ray
 Train worker.
@@ -17,6 +18,21 @@ def lr_at(images_seen: int, base_lr: float, warmup_images: int, total_images: in
         return base_lr * max(images_seen, 1) / warmup_images
     progress = min(1.0, (images_seen - warmup_images) / max(1, total_images - warmup_images))
     return base_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def apply_configured_hyperparameters(optimizers: dict, settings: dict[str, dict]) -> list[str]:
+    """Set each optimizer's param-group settings (e.g. {"g": {"lr": 1e-4, "betas": (0.5, 0.999)}})
+    after a resume: `load_state_dict` brings back the checkpoint's, which would silently override
+    a changed config (say, a lower lr on resubmission). Returns what changed, for the log."""
+    changes = []
+    for name, values in settings.items():
+        for key, value in values.items():
+            old = optimizers[name].param_groups[0][key]
+            if old != value:
+                changes.append(f"{name}.{key} {old} -> {value}")
+            for group in optimizers[name].param_groups:
+                group[key] = value
+    return changes
 
 
 def make_ema(model: torch.nn.Module) -> torch.nn.Module:
