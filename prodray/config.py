@@ -166,6 +166,9 @@ class GanOptimConfig(Strict):
     augment: str = "translation,cutout"  # DiffAugment policy: any of color, translation, cutout
     grad_clip: Optional[float] = None
     mode_seeking: float = Field(0.0, ge=0)  # weight of the mode-seeking term on G (MSGAN); 0 = off
+    # Constant lr until this many images, then linear decay to lr_final_fraction x lr at total_images.
+    lr_decay_from_images: Optional[int] = Field(None, ge=0)  # None: constant lr throughout
+    lr_final_fraction: float = Field(0.0, ge=0, le=1)
 
 
 class GanTrainConfig(Strict):
@@ -181,6 +184,10 @@ class GanTrainConfig(Strict):
             parse_policy(self.optim.augment)
         except ValueError as exc:
             raise ConfigError(f"config field optim.augment: {exc}") from None
+        start = self.optim.lr_decay_from_images
+        if start is not None and start >= self.optim.total_images:
+            raise ConfigError(f"config field optim.lr_decay_from_images: {start} must be below "
+                              f"optim.total_images ({self.optim.total_images}), or the decay never starts")
         return self
 
     def resolved(self) -> "GanTrainConfig":

@@ -13,7 +13,7 @@ from prodray.generate import ProductGenerator, UnknownAttribute
 from prodray.losses import d_loss, g_loss, mode_seeking_loss, r1_penalty
 from prodray.models.gan import MinibatchStddev, build_discriminator, build_generator
 from prodray.train.gan import grid_conditions, read_checkpoint, state_digest, write_checkpoint
-from prodray.train.loop import apply_configured_hyperparameters, make_ema
+from prodray.train.loop import apply_configured_hyperparameters, linear_decay_factor, make_ema
 
 VOCAB = {"articleType": ["Shirts", "Tshirts", "Watches"], "baseColour": ["Black", "Red", "Blue", "White"]}
 
@@ -186,6 +186,15 @@ def test_resume_takes_the_configs_learning_rate_not_the_checkpoints(tmp_path):
     assert apply_configured_hyperparameters(resumed, {"g": {"lr": 5e-5}}) == []
 
 
+def test_lr_decay_is_flat_then_linear_to_the_final_fraction():
+    assert linear_decay_factor(500_000, None, 600_000, 0.0) == 1.0  # no decay configured
+    assert linear_decay_factor(440_000, 440_000, 600_000, 0.0) == 1.0
+    assert linear_decay_factor(520_000, 440_000, 600_000, 0.0) == pytest.approx(0.5)
+    assert linear_decay_factor(520_000, 440_000, 600_000, 0.2) == pytest.approx(0.6)
+    assert linear_decay_factor(600_000, 440_000, 600_000, 0.1) == pytest.approx(0.1)
+    assert linear_decay_factor(700_000, 440_000, 600_000, 0.1) == pytest.approx(0.1)  # held past the end
+
+
 def test_grid_rows_cover_several_combinations():
     rows = grid_conditions(VOCAB)
     assert len(rows) == 4  # min(10, longest vocabulary)
@@ -259,3 +268,6 @@ def test_config_errors_name_the_field(tmp_path):
         load_config(GanTrainConfig, None, [f"data.prepared={tmp_path}/missing"]).resolved()
     with pytest.raises(ConfigError, match="optim.loss"):
         load_config(GanTrainConfig, None, ["data.prepared=x", "optim.loss=wgan"])
+    with pytest.raises(ConfigError, match="optim.lr_decay_from_images"):
+        load_config(GanTrainConfig, None, ["data.prepared=x", "optim.total_images=1000",
+                                           "optim.lr_decay_from_images=1000"])

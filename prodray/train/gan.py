@@ -23,8 +23,8 @@ from prodray.gan_data import decode_small, encode_attributes, read_vocab
 from prodray.losses import d_loss, g_loss, mode_seeking_loss, r1_penalty
 from prodray.models import count_parameters
 from prodray.models.gan import build_discriminator, build_generator
-from prodray.train.loop import (apply_configured_hyperparameters, image_grid, make_ema, restore_rng, rng_state,
-                                update_ema)
+from prodray.train.loop import (apply_configured_hyperparameters, image_grid, linear_decay_factor, make_ema,
+                                restore_rng, rng_state, update_ema)
 from prodray.train.run_files import RunFiles, end_tick, maybe_crash_for_test
 
 NETWORKS = ("generator", "discriminator", "generator_ema")
@@ -222,7 +222,13 @@ def train_worker(config: dict) -> None:
     def autocast():
         return torch.autocast(device.type, dtype=torch.float16, enabled=use_amp)
 
+    base_lr = {"g": cfg.optim.lr_g, "d": cfg.optim.lr_d}
     while images_seen < cfg.optim.total_images:
+        lr_factor = linear_decay_factor(images_seen, cfg.optim.lr_decay_from_images, cfg.optim.total_images,
+                                        cfg.optim.lr_final_fraction)
+        for name, optimizer in optimizers.items():
+            for group in optimizer.param_groups:
+                group["lr"] = base_lr[name] * lr_factor
         real, attributes = sample_batch(pool, batch, rng, device)
         both = {name: torch.cat([values, values]) for name, values in attributes.items()}
 
@@ -289,6 +295,7 @@ def train_worker(config: dict) -> None:
         # ---- tick maintenance: every rank reports; rank 0 logs, samples and checkpoints.
         elapsed = time.perf_counter() - tick_start
         metrics = {"step": step, "images_seen": images_seen, "images_per_s": tick_images / max(elapsed, 1e-9),
+                   "lr_g": optimizers["g"].param_groups[0]["lr"],
                    **{k: v / max(counts["steps"], 1) for k, v in sums.items() if k != "r1"},
                    "r1": sums["r1"] / max(counts["r1"], 1)}
         if resumed_digest:

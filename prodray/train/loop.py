@@ -20,6 +20,15 @@ def lr_at(images_seen: int, base_lr: float, warmup_images: int, total_images: in
     return base_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def linear_decay_factor(images_seen: int, decay_from: int | None, total_images: int, final_fraction: float) -> float:
+    """1 until `decay_from` images, then a straight line down to `final_fraction` at `total_images`
+    (the GAN's schedule: a resumed run can be given one late, from where it stands)."""
+    if decay_from is None or images_seen <= decay_from:
+        return 1.0
+    progress = min(1.0, (images_seen - decay_from) / max(1, total_images - decay_from))
+    return 1.0 - (1.0 - final_fraction) * progress
+
+
 def apply_configured_hyperparameters(optimizers: dict, settings: dict[str, dict]) -> list[str]:
     """Set each optimizer's param-group settings (e.g. {"g": {"lr": 1e-4, "betas": (0.5, 0.999)}})
     after a resume: `load_state_dict` brings back the checkpoint's, which would silently override
