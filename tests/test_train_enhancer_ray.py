@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 ray = pytest.importorskip("ray")
@@ -38,8 +39,8 @@ def images(tmp_path_factory):
     return folder
 
 
-def tiny_config(images, storage, name, total):
-    return load_config(EnhancerTrainConfig, None, [
+def tiny_config(images, storage, name, total, *extra):
+    return load_config(EnhancerTrainConfig, None, [*extra,
         f"data.sources=[{images}]", "data.patch_size=24", "data.batch_size=4", "data.patches_per_image=2",
         f"data.val_folder={images}", "data.val_max_images=2",
         "model.channels=8", "model.blocks=1", f"optim.total_images={total}", "optim.warmup_images=8",
@@ -62,13 +63,17 @@ def test_ddp_run_checkpoints_exports_and_resumes(local_ray, images, tmp_path):
     assert (run / "samples").is_dir() and list((run / "samples").glob("*.png"))
     first_steps = [s["step"] for s in stats(tmp_path, "ddp")]
 
-    # Resubmission with a longer schedule continues from the checkpoint: step count goes on.
-    result = build_trainer(tiny_config(images, tmp_path, "ddp", total=64)).fit()
+    # Resubmission with a longer schedule continues from the checkpoint: step count goes on, and a
+    # changed weight decay is used (the optimizer's load_state_dict alone would keep the old one).
+    result = build_trainer(tiny_config(images, tmp_path, "ddp", 64, "optim.weight_decay=0.05")).fit()
     assert result.error is None
     history = stats(tmp_path, "ddp")
     assert [s["images_seen"] for s in history] == [16, 32, 48, 64]
     steps = [s["step"] for s in history]
     assert steps[:2] == first_steps and steps[2] == steps[1] + 2 and steps[3] == steps[2] + 2  # 2 x 4 per step
+    last = sorted(p for p in run.glob("checkpoint_*") if p.is_dir())[-1]
+    saved = torch.load(last / "state.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert {group["weight_decay"] for group in saved} == {0.05}
 
     enhancer = Enhancer.load(str(run / "export"))
     assert enhancer.scale == 2 and enhancer.model_id.startswith("enhancer-")

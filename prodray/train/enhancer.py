@@ -19,8 +19,8 @@ from prodray.config import EnhancerTrainConfig
 from prodray.degradations import DegradationRanges, degrade, from_uint8_hwc, imresize_uint8, to_uint8_hwc
 from prodray.evaluation import IMAGE_SUFFIXES, bicubic_upscale, score_sr
 from prodray.models import build_model, count_parameters
-from prodray.train.loop import (charbonnier, image_grid, lr_at, make_ema, random_crops, restore_rng,
-                                rng_state, update_ema)
+from prodray.train.loop import (apply_configured_hyperparameters, charbonnier, image_grid, lr_at, make_ema,
+                                random_crops, restore_rng, rng_state, update_ema)
 from prodray.train.run_files import RunFiles, end_tick, maybe_crash_for_test
 
 MAX_POOL_IMAGES = 20_000
@@ -122,6 +122,9 @@ def train_worker(config: dict) -> None:
             ckpt_io.load_weights_bytes(ema, (folder / "ema.safetensors").read_bytes())
             state = ckpt_io.load_state_bytes((folder / "state.pt").read_bytes())
         optimizer.load_state_dict(state["optimizer"])
+        # lr follows the schedule every step; weight decay would otherwise stay the checkpoint's
+        apply_configured_hyperparameters({"enhancer": optimizer},
+                                         {"enhancer": {"weight_decay": cfg.optim.weight_decay}}, log)
         scaler.load_state_dict(state["scaler"])
         images_seen, step = int(state["images_seen"]), int(state["step"])
         if rank < len(state["rng"]):

@@ -26,7 +26,7 @@ from prodray.losses import d_loss, g_loss
 from prodray.evaluation import score_sr
 from prodray.models.sr_discriminator import build_discriminator
 from prodray.train.enhancer import build_enhancer, load_pool, make_batch, run_uri, sample_grid, upscale_with
-from prodray.train.loop import lr_at, make_ema, restore_rng, rng_state, update_ema
+from prodray.train.loop import apply_configured_hyperparameters, lr_at, make_ema, restore_rng, rng_state, update_ema
 from prodray.train.run_files import RunFiles, end_tick
 
 MODEL_FIELDS = ("arch", "scale", "channels", "blocks")
@@ -93,6 +93,8 @@ def finetune_worker(config: dict) -> None:
             state = ckpt_io.load_state_bytes((folder / "state.pt").read_bytes())
         g_optimizer.load_state_dict(state["g_optimizer"])
         d_optimizer.load_state_dict(state["d_optimizer"])
+        # lr follows the schedule every step; G's weight decay would otherwise stay the checkpoint's
+        apply_configured_hyperparameters({"g": g_optimizer}, {"g": {"weight_decay": cfg.optim.weight_decay}}, log)
         g_scaler.load_state_dict(state["g_scaler"])
         d_scaler.load_state_dict(state["d_scaler"])
         images_seen, step = int(state["images_seen"]), int(state["step"])

@@ -194,10 +194,8 @@ def train_worker(config: dict) -> None:
             rng = np.random.default_rng(cfg.run.seed + rank + step)
         resumed_digest = state_digest(networks, optimizers)
         log(f"resumed at step {step}, {images_seen} images seen (state {resumed_digest})")
-        changed = apply_configured_hyperparameters(
-            optimizers, {"g": {"lr": cfg.optim.lr_g, "betas": betas}, "d": {"lr": cfg.optim.lr_d, "betas": betas}})
-        if changed:
-            log("optimizer settings from the config, not the checkpoint: " + ", ".join(changed))
+        apply_configured_hyperparameters(
+            optimizers, {"g": {"lr": cfg.optim.lr_g, "betas": betas}, "d": {"lr": cfg.optim.lr_d, "betas": betas}}, log)
     g_ddp, d_ddp = prepare_model(generator_net), prepare_model(discriminator)
 
     files = RunFiles(storage.join(cfg.run.storage_path, cfg.run.name)) if rank == 0 else None

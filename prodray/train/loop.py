@@ -29,10 +29,10 @@ def linear_decay_factor(images_seen: int, decay_from: int | None, total_images: 
     return 1.0 - (1.0 - final_fraction) * progress
 
 
-def apply_configured_hyperparameters(optimizers: dict, settings: dict[str, dict]) -> list[str]:
+def apply_configured_hyperparameters(optimizers: dict, settings: dict[str, dict], log=print) -> list[str]:
     """Set each optimizer's param-group settings (e.g. {"g": {"lr": 1e-4, "betas": (0.5, 0.999)}})
     after a resume: `load_state_dict` brings back the checkpoint's, which would silently override
-    a changed config (say, a lower lr on resubmission). Returns what changed, for the log."""
+    a changed config (say, a lower lr on resubmission). Logs and returns what changed."""
     changes = []
     for name, values in settings.items():
         for key, value in values.items():
@@ -41,6 +41,8 @@ def apply_configured_hyperparameters(optimizers: dict, settings: dict[str, dict]
                 changes.append(f"{name}.{key} {old} -> {value}")
             for group in optimizers[name].param_groups:
                 group[key] = value
+    if changes:
+        log("optimizer settings from the config, not the checkpoint: " + ", ".join(changes))
     return changes
 
 
