@@ -10,10 +10,8 @@ import numpy as np
 import torch
 
 from prodray.checkpoint import load_export
+from prodray.generation_limits import MAX_SEED, MAX_TRUNCATION
 from prodray.models.gan import build_generator
-
-MAX_SEED = 2**63 - 1
-MAX_TRUNCATION = 4.0  # beyond 4 standard deviations a cut changes almost no draw
 
 
 class UnknownAttribute(ValueError):

@@ -32,6 +32,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request as StarletteRequest
 
 from prodray.codec import ImageRejected, content_type, decode_image, encode_image
+from prodray.generation_limits import MAX_SEED, MAX_TRUNCATION
 
 logger = logging.getLogger("ray.serve")  # Serve routes it into each replica's log file
 
@@ -44,8 +45,6 @@ NO_GENERATOR = "none"
 DEFAULT_MAX_BYTES = 20 * 2**20
 MAX_GENERATE_N = 16  # images per /v1/generate request
 MAX_GENERATE_BYTES = 64 * 1024  # a /v1/generate JSON body
-MAX_SEED = 2**63 - 1  # = prodray.generate.MAX_SEED (not imported: it would pull in torch)
-MAX_TRUNCATION = 4.0  # = prodray.generate.MAX_TRUNCATION
 # A 2x result of 16 MP is 64 MP (192 MB of RGB): the biggest we accept per request.
 DEFAULT_MAX_PIXELS = 4096 * 4096
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file
