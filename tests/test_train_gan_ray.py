@@ -42,8 +42,8 @@ def prepared(tmp_path_factory):
     return out
 
 
-def tiny_config(prepared, storage, name, total):
-    return load_config(GanTrainConfig, None, [
+def tiny_config(prepared, storage, name, total, *extra):
+    return load_config(GanTrainConfig, None, [*extra,
         f"data.prepared={prepared}", "data.batch_size=8", "model.z_dim=16", "model.embed_dim=8",
         "model.g_channels=32", "model.d_channels=8", f"optim.total_images={total}", "optim.r1_interval=2",
         "optim.mode_seeking=0.2",  # the DDP run covers the mode-seeking term and D's minibatch-stddev (default on)
@@ -87,13 +87,17 @@ def test_ddp_run_checkpoints_resumes_exactly_and_exports(local_ray, prepared, tm
     state = ckpt_io.load_state_bytes((checkpoint / "state.pt").read_bytes())
     assert state["step"] == 4 and state["images_seen"] == 64
 
-    # Resubmission with a longer schedule: every tensor restored exactly, the step count goes on.
-    result = build_trainer(tiny_config(prepared, tmp_path, "gan", total=128)).fit()
+    # Resubmission with a longer schedule: every tensor restored exactly, the step count goes on, and
+    # the new lr (half the default) falls linearly to 0 from where the run stood.
+    result = build_trainer(tiny_config(prepared, tmp_path, "gan", 128, "optim.lr_g=1.0e-4",
+                                       "optim.lr_decay_from_images=64")).fit()
     assert result.error is None
     history = stats(tmp_path, "gan")
     assert [s["images_seen"] for s in history] == [32, 64, 96, 128]
     assert [s["step"] for s in history] == [2, 4, 6, 8]
     assert history[2]["resumed_state"] == stored
+    # lr_g is the rate of each tick's last step, set at 16, 48, 80 and 112 images seen
+    assert [s["lr_g"] for s in history] == pytest.approx([2e-4, 2e-4, 1e-4 * 0.75, 1e-4 * 0.25])
 
     generator = ProductGenerator.load(str(run / "export"))
     assert generator.resolution == 32 and generator.model_id.startswith("generator-")
