@@ -20,7 +20,7 @@ from prodray.degradations import DegradationRanges, degrade, from_uint8_hwc, imr
 from prodray.evaluation import IMAGE_SUFFIXES, bicubic_upscale, score_sr
 from prodray.models import build_model, count_parameters
 from prodray.train.loop import (apply_configured_hyperparameters, charbonnier, image_grid, lr_at, make_ema,
-                                random_crops, restore_rng, rng_state, update_ema)
+                                random_crops, restore_rng, rng_state, set_lr, update_ema)
 from prodray.train.run_files import RunFiles, end_tick, maybe_crash_for_test
 
 MAX_POOL_IMAGES = 20_000
@@ -150,8 +150,7 @@ def train_worker(config: dict) -> None:
 
     while images_seen < cfg.optim.total_images:
         lr_now = lr_at(images_seen, cfg.optim.lr, cfg.optim.warmup_images, cfg.optim.total_images)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_now
+        set_lr(optimizer, lr_now)
         lr_batch, hr_batch = make_batch(pool, cfg, rng, generator, device, ranges)
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
             loss = charbonnier(ddp_model(lr_batch), hr_batch)

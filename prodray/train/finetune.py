@@ -26,7 +26,8 @@ from prodray.losses import d_loss, g_loss
 from prodray.evaluation import score_sr
 from prodray.models.sr_discriminator import build_discriminator
 from prodray.train.enhancer import build_enhancer, load_pool, make_batch, run_uri, sample_grid, upscale_with
-from prodray.train.loop import apply_configured_hyperparameters, lr_at, make_ema, restore_rng, rng_state, update_ema
+from prodray.train.loop import (apply_configured_hyperparameters, lr_at, make_ema, restore_rng, rng_state, set_lr,
+                                update_ema)
 from prodray.train.run_files import RunFiles, end_tick
 
 MODEL_FIELDS = ("arch", "scale", "channels", "blocks")
@@ -127,10 +128,8 @@ def finetune_worker(config: dict) -> None:
 
     while images_seen < cfg.optim.total_images:
         lr_now = lr_at(images_seen, cfg.optim.lr, cfg.optim.warmup_images, cfg.optim.total_images)
-        for group in g_optimizer.param_groups:
-            group["lr"] = lr_now
-        for group in d_optimizer.param_groups:
-            group["lr"] = lr_now * d_lr / cfg.optim.lr
+        set_lr(g_optimizer, lr_now)
+        set_lr(d_optimizer, lr_now * d_lr / cfg.optim.lr)
         lr_batch, hr_batch = make_batch(pool, cfg, rng, generator, device, ranges)  # (B,3,h,w), (B,3,H,W) in [0,1]
 
         # ---- g_step: enhancer against the frozen discriminator

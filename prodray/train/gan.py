@@ -24,7 +24,7 @@ from prodray.losses import d_loss, g_loss, mode_seeking_loss, r1_penalty
 from prodray.models import count_parameters
 from prodray.models.gan import build_discriminator, build_generator
 from prodray.train.loop import (apply_configured_hyperparameters, image_grid, linear_decay_factor, make_ema,
-                                restore_rng, rng_state, update_ema)
+                                restore_rng, rng_state, set_lr, update_ema)
 from prodray.train.run_files import RunFiles, end_tick, maybe_crash_for_test
 
 NETWORKS = ("generator", "discriminator", "generator_ema")
@@ -225,8 +225,7 @@ def train_worker(config: dict) -> None:
         lr_factor = linear_decay_factor(images_seen, cfg.optim.lr_decay_from_images, cfg.optim.total_images,
                                         cfg.optim.lr_final_fraction)
         for name, optimizer in optimizers.items():
-            for group in optimizer.param_groups:
-                group["lr"] = base_lr[name] * lr_factor
+            set_lr(optimizer, base_lr[name] * lr_factor)
         real, attributes = sample_batch(pool, batch, rng, device)
         both = {name: torch.cat([values, values]) for name, values in attributes.items()}
 

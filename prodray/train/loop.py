@@ -20,6 +20,12 @@ def lr_at(images_seen: int, base_lr: float, warmup_images: int, total_images: in
     return base_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The schedules set the rate of every param group before each step."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def linear_decay_factor(images_seen: int, decay_from: int | None, total_images: int, final_fraction: float) -> float:
     """1 until `decay_from` images, then a straight line down to `final_fraction` at `total_images`
     (the GAN's schedule: a resumed run can be given one late, from where it stands)."""
