@@ -175,12 +175,17 @@ def start_seaweedfs(data_dir: Path, ports: Ports, access_key: str, secret_key: s
     command = [find_weed(), "server", f"-dir={data_dir}", "-s3", f"-s3.port={ports.s3}",
                f"-s3.config={identities}", f"-ip={HOST}", f"-ip.bind={HOST}",
                f"-master.port={ports.master}", f"-volume.port={ports.volume}", f"-filer.port={ports.filer}",
-               "-volume.max=0", "-master.volumeSizeLimitMB=256",
+               # A fixed slot count: "0" (auto) is free disk / volume size, and with SeaweedFS's default
+               # of 7 new volumes per bucket a machine with 30 GB free refused writes to its 19th bucket.
+               # Volumes are sparse files; a full disk still turns them read-only (-volume.minFreeSpace).
+               "-volume.max=1000", "-master.volumeSizeLimitMB=256",
                # Extra listeners on fixed default ports (8181, 9101) would clash with a second stack.
                "-s3.port.iceberg=0", "-s3.port.lance=0"]
+    # One volume per new bucket (master.toml's volume_growth.copy_1, default 7), so slots last.
+    env = {**os.environ, "WEED_MASTER_VOLUME_GROWTH_COPY_1": "1"}
     log_handle = open(log_path, "ab")
     return subprocess.Popen(command, stdout=log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, env=env)
 
 
 def wait_for_s3(endpoint: str, access_key: str, secret_key: str, timeout_s: float = 60.0, process=None) -> None:

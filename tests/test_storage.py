@@ -104,6 +104,23 @@ def test_local_put_leaves_no_temp_files(tmp_path):
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["x.bin"]
 
 
+# ---------------------------------------------------------------- the embedded server's capacity
+
+def test_many_buckets_each_take_writes(s3_env, boto_client):
+    """The test suite and catalog teams make many buckets; each must accept writes whatever the
+    disk's free space (auto volume slots with 7 volumes per bucket refused the 19th bucket with
+    30 GB free, an S3 InternalError)."""
+    import uuid
+
+    from prodray import local
+
+    names = [f"cap-{uuid.uuid4().hex[:12]}" for _ in range(50)]
+    for name in names:
+        local.create_bucket(s3_env.endpoint, s3_env.access_key, s3_env.secret_key, name)
+        boto_client.put_object(Bucket=name, Key="k", Body=name.encode())
+    assert [boto_client.get_object(Bucket=n, Key="k")["Body"].read() for n in names] == [n.encode() for n in names]
+
+
 # ---------------------------------------------------------------- failures
 
 def test_wrong_credentials_error_is_redacted(bucket, s3_env, monkeypatch):
