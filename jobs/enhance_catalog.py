@@ -22,6 +22,10 @@ def main() -> None:
     parser.add_argument("--actors", type=int, default=1, help="enhancer actors (model replicas)")
     parser.add_argument("--actor-cpus", type=float, default=1.0,
                         help="CPUs reserved per enhancer actor; leave 1 of the cluster free for Ray Data")
+    parser.add_argument("--actor-gpus", type=float,
+                        help="GPUs per enhancer actor (default: 1 when the cluster has GPUs, else 0)")
+    parser.add_argument("--actor-memory-gib", type=float, default=2.0,
+                        help="memory reserved per enhancer actor for Ray's scheduler (0: none)")
     parser.add_argument("--max-error-fraction", type=float, help="fail if more than this share is rejected/error")
     parser.add_argument("--min-longest-side", type=int, help="reject outputs whose longest side is below this (px)")
     parser.add_argument("--pad-square", action="store_true", help="centre outputs on a pure-white square")
@@ -30,6 +34,7 @@ def main() -> None:
     from prodray.bulk import BulkOptions, run_bulk
     options = BulkOptions(input=args.input, output=args.output, model=args.model, scale=args.scale, format=args.format,
                           quality=args.quality, batch_size=args.batch_size, actors=args.actors, actor_cpus=args.actor_cpus,
+                          actor_gpus=args.actor_gpus, actor_memory_gib=args.actor_memory_gib,
                           max_error_fraction=args.max_error_fraction, min_longest_side=args.min_longest_side,
                           pad_square=args.pad_square, max_output_bytes=args.max_output_bytes).check()
     connect_ray()

@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import image_bytes
 from prodray import storage
-from prodray.bulk import BulkOptions, check_cpus_left, output_key, run_bulk
+from prodray.bulk import BulkOptions, check_reservations, output_key, run_bulk, with_cluster_defaults
 from prodray.checkpoint import export_model
 from prodray.models import build_model
 
@@ -29,11 +29,38 @@ def local_ray(s3_env):
 def test_actors_that_leave_no_cpu_for_ray_data_fail_before_work():
     # 2 actors x 0.75 CPU on 2 CPUs: Ray Data's 1-CPU file-listing task would wait forever.
     options = BulkOptions(input="s3://b/in", output="s3://b/out", actors=2, actor_cpus=0.75)
+    plenty = 64 * 2**30
     with pytest.raises(ValueError, match="--actors 2 x --actor-cpus 0.75 reserves 1.5 of the cluster's 2 CPUs"):
-        check_cpus_left(options, cluster_cpus=2)
-    check_cpus_left(options, cluster_cpus=3)  # 1.5 left
-    check_cpus_left(BulkOptions(input="s3://b/in", output="s3://b/out", actors=2, actor_cpus=0.5), cluster_cpus=2)
-    check_cpus_left(options, cluster_cpus=0)  # an autoscaling cluster's empty head: not checked
+        check_reservations(options, {"CPU": 2, "memory": plenty})
+    check_reservations(options, {"CPU": 3, "memory": plenty})  # 1.5 left
+    check_reservations(BulkOptions(input="s3://b/in", output="s3://b/out", actors=2, actor_cpus=0.5),
+                       {"CPU": 2, "memory": plenty})
+    check_reservations(options, {})  # an autoscaling cluster's empty head: not checked
+
+
+def test_actors_that_cannot_get_their_memory_fail_before_work():
+    options = BulkOptions(input="s3://b/in", output="s3://b/out", actors=3, actor_cpus=0.5, actor_memory_gib=2.0)
+    with pytest.raises(ValueError, match="--actors 3 x --actor-memory-gib 2 reserves 6 GiB; the cluster has 5.0 GiB"):
+        check_reservations(options, {"CPU": 4, "memory": 5 * 2**30})
+    check_reservations(options, {"CPU": 4, "memory": 6 * 2**30})
+    no_request = BulkOptions(input="s3://b/in", output="s3://b/out", actors=3, actor_cpus=0.5, actor_memory_gib=0)
+    check_reservations(no_request, {"CPU": 4, "memory": 0})
+    with pytest.raises(ValueError, match="--actor-memory-gib must be 0 or more"):
+        BulkOptions(input="s3://b/in", output="s3://b/out", actor_memory_gib=-1).check()
+
+
+def test_actors_take_a_gpu_each_when_the_cluster_has_gpus():
+    options = BulkOptions(input="s3://b/in", output="s3://b/out", actors=2, actor_cpus=0.5)
+    assert with_cluster_defaults(options, {"CPU": 8}).actor_gpus == 0
+    on_gpus = with_cluster_defaults(options, {"CPU": 8, "GPU": 2})
+    assert on_gpus.actor_gpus == 1
+    check_reservations(on_gpus, {"CPU": 8, "GPU": 2, "memory": 64 * 2**30})
+    with pytest.raises(ValueError, match="--actors 2 x --actor-gpus 1 asks for 2 GPUs; the cluster has 1"):
+        check_reservations(with_cluster_defaults(options, {"GPU": 1}), {"CPU": 8, "GPU": 1, "memory": 64 * 2**30})
+    forced_cpu = BulkOptions(input="s3://b/in", output="s3://b/out", actor_gpus=0)
+    assert with_cluster_defaults(forced_cpu, {"CPU": 8, "GPU": 2}).actor_gpus == 0
+    with pytest.raises(ValueError, match="--actor-gpus must be 0 or more"):
+        BulkOptions(input="s3://b/in", output="s3://b/out", actor_gpus=-1).check()
 
 
 def rgba_png() -> bytes:

@@ -32,7 +32,7 @@ DEPLOY_FILES = {
     "rayjob-enhance.yaml": (
         "RayJob",
         "python jobs/enhance_catalog.py --input s3://catalog/images "
-        "--output s3://catalog/enhanced",
+        "--output s3://catalog/enhanced --actor-gpus 1",
     ),
     "rayservice.yaml": ("RayService", None),
 }
