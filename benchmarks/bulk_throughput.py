@@ -200,7 +200,7 @@ def run_compute_bound(keys: list[str], model: str, threads: int, batch_size: int
 
 def actor_cpus(args) -> float:
     """CPUs each enhancer actor reserves: `threads`, unless the actors would then leave less than
-    the 1 CPU Ray Data's read tasks need (prodray.bulk.check_cpus_left); then a share that leaves 1
+    the 1 CPU Ray Data's read tasks need (prodray.bulk.check_reservations); then a share that leaves 1
     CPU free. Ray sets OMP_NUM_THREADS from it (1 for a fraction); actor_torch_threads() shows
     what torch gets."""
     cpus = os.cpu_count() or 1
