@@ -203,7 +203,7 @@ def main() -> None:
     try:
         t0 = time.perf_counter()
         for name, max_batch_size in (("batched", args.max_batch_size), ("unbatched", 1)):
-            serve.run(build_app(args.model, enhancer_options={
+            serve.run(build_app(args.model, generator=False, enhancer_options={
                 "user_config": {"max_batch_size": max_batch_size},
                 "ray_actor_options": {"num_cpus": args.threads,
                                       "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(args.threads)}}},
