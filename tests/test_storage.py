@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 import pytest
 from botocore.exceptions import ClientError
 
-from prodray import storage
+from prodray import local, storage
 from prodray.storage import StorageError
 
 from conftest import closed_port
@@ -110,10 +111,6 @@ def test_many_buckets_each_take_writes(s3_env, boto_client):
     """The test suite and catalog teams make many buckets; each must accept writes whatever the
     disk's free space (auto volume slots with 7 volumes per bucket refused the 19th bucket with
     30 GB free, an S3 InternalError)."""
-    import uuid
-
-    from prodray import local
-
     names = [f"cap-{uuid.uuid4().hex[:12]}" for _ in range(50)]
     for name in names:
         local.create_bucket(s3_env.endpoint, s3_env.access_key, s3_env.secret_key, name)
