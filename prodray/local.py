@@ -176,7 +176,7 @@ def start_seaweedfs(data_dir: Path, ports: Ports, access_key: str, secret_key: s
                f"-s3.config={identities}", f"-ip={HOST}", f"-ip.bind={HOST}",
                f"-master.port={ports.master}", f"-volume.port={ports.volume}", f"-filer.port={ports.filer}",
                # A fixed slot count: "0" (auto) is free disk / volume size, and with SeaweedFS's default
-               # of 7 new volumes per bucket a machine with 30 GB free refused writes to its 19th bucket.
+               # of 7 new volumes per bucket a machine with 30 GB free refused writes to its 20th bucket.
                # Volumes are sparse files; a full disk still turns them read-only (-volume.minFreeSpace).
                "-volume.max=1000", "-master.volumeSizeLimitMB=256",
                # Extra listeners on fixed default ports (8181, 9101) would clash with a second stack.

@@ -109,7 +109,7 @@ def test_local_put_leaves_no_temp_files(tmp_path):
 
 def test_many_buckets_each_take_writes(s3_env, boto_client):
     """The test suite and catalog teams make many buckets; each must accept writes whatever the
-    disk's free space (auto volume slots with 7 volumes per bucket refused the 19th bucket with
+    disk's free space (auto volume slots with 7 volumes per bucket refused the 20th bucket with
     30 GB free, an S3 InternalError)."""
     names = [f"cap-{uuid.uuid4().hex[:12]}" for _ in range(50)]
     for name in names:
