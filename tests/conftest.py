@@ -144,6 +144,11 @@ def boto_client(s3_env):
 
 # ---------------------------------------------------------------- real images
 
+def run_checkpoints(run: Path) -> list[Path]:
+    """A Ray Train run folder's checkpoint folders, oldest first (their names carry the time)."""
+    return sorted(p for p in run.glob("checkpoint_*") if p.is_dir())
+
+
 def gradient(height: int = 48, width: int = 64, seed: int = 0) -> np.ndarray:
     """(H, W, 3) uint8 RGB gradient, a little different per seed."""
     y, x = np.mgrid[0:height, 0:width]

@@ -16,6 +16,8 @@ from prodray.config import EnhancerTrainConfig, load_config  # noqa: E402
 from prodray.enhance import Enhancer  # noqa: E402
 from prodray.train.enhancer import build_enhancer, build_trainer  # noqa: E402
 
+from conftest import run_checkpoints  # noqa: E402
+
 MODEL = {"arch": "rpsnet", "scale": 2, "channels": 8, "blocks": 1}
 
 
@@ -64,7 +66,7 @@ def test_adversarial_stage_trains_with_ddp_exports_its_own_model_and_resumes(loc
     assert [s["images_seen"] for s in history] == [8, 16]
     for key in ("loss_g", "loss_pixel", "loss_perceptual", "loss_adversarial", "loss_d", "d_real", "d_fake", "val_psnr_y"):
         assert np.isfinite(history[-1][key]), key
-    checkpoints = sorted(p for p in run.glob("checkpoint_*") if p.is_dir())
+    checkpoints = run_checkpoints(run)
     assert checkpoints and (checkpoints[-1] / "discriminator.safetensors").is_file()
 
     export = run / "export"

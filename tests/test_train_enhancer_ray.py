@@ -8,14 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 ray = pytest.importorskip("ray")
 
+from prodray import checkpoint as ckpt_io  # noqa: E402
 from prodray.config import EnhancerTrainConfig, load_config  # noqa: E402
 from prodray.enhance import Enhancer  # noqa: E402
 from prodray.train.enhancer import build_trainer  # noqa: E402
+
+from conftest import run_checkpoints  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +59,7 @@ def test_ddp_run_checkpoints_exports_and_resumes(local_ray, images, tmp_path):
     assert result.error is None
     assert result.metrics["images_seen"] == 32
     run = tmp_path / "ddp"
-    checkpoints = sorted(p for p in run.glob("checkpoint_*") if p.is_dir())
+    checkpoints = run_checkpoints(run)
     assert checkpoints and (checkpoints[-1] / "state.pt").is_file() and (checkpoints[-1] / "ema.safetensors").is_file()
     assert [s["images_seen"] for s in stats(tmp_path, "ddp")] == [16, 32]
     assert (run / "samples").is_dir() and list((run / "samples").glob("*.png"))
@@ -71,8 +73,7 @@ def test_ddp_run_checkpoints_exports_and_resumes(local_ray, images, tmp_path):
     assert [s["images_seen"] for s in history] == [16, 32, 48, 64]
     steps = [s["step"] for s in history]
     assert steps[:2] == first_steps and steps[2] == steps[1] + 2 and steps[3] == steps[2] + 2  # 2 x 4 per step
-    last = sorted(p for p in run.glob("checkpoint_*") if p.is_dir())[-1]
-    saved = torch.load(last / "state.pt", weights_only=True)["optimizer"]["param_groups"]
+    saved = ckpt_io.load_state_bytes((run_checkpoints(run)[-1] / "state.pt").read_bytes())["optimizer"]["param_groups"]
     assert {group["weight_decay"] for group in saved} == {0.05}
 
     enhancer = Enhancer.load(str(run / "export"))

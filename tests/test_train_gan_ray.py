@@ -22,6 +22,8 @@ from prodray.models.gan import build_discriminator, build_generator  # noqa: E40
 from prodray.train.gan import build_trainer, export_checkpoint, read_checkpoint, state_digest  # noqa: E402
 from prodray.train.loop import make_ema  # noqa: E402
 
+from conftest import run_checkpoints  # noqa: E402
+
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="dataset-fashion-mnist not installed")]
 
@@ -56,7 +58,7 @@ def stats(storage, name):
 
 
 def latest_checkpoint(run: Path) -> Path:
-    return sorted(p for p in run.glob("checkpoint_*") if p.is_dir())[-1]
+    return run_checkpoints(run)[-1]
 
 
 def checkpoint_digest(folder: Path) -> str:
