@@ -30,13 +30,16 @@ def main() -> None:
     parser.add_argument("--min-longest-side", type=int, help="reject outputs whose longest side is below this (px)")
     parser.add_argument("--pad-square", action="store_true", help="centre outputs on a pure-white square")
     parser.add_argument("--max-output-bytes", type=int, help="lower JPEG/WebP quality until outputs fit (PNG: reject)")
+    parser.add_argument("--self-ensemble", action="store_true",
+                        help="average over the 8 flips/turns of each image: 8x the compute, slightly sharper")
     args = parser.parse_args()
     from prodray.bulk import BulkOptions, run_bulk
     options = BulkOptions(input=args.input, output=args.output, model=args.model, scale=args.scale, format=args.format,
                           quality=args.quality, batch_size=args.batch_size, actors=args.actors, actor_cpus=args.actor_cpus,
                           actor_gpus=args.actor_gpus, actor_memory_gib=args.actor_memory_gib,
                           max_error_fraction=args.max_error_fraction, min_longest_side=args.min_longest_side,
-                          pad_square=args.pad_square, max_output_bytes=args.max_output_bytes).check()
+                          pad_square=args.pad_square, max_output_bytes=args.max_output_bytes,
+                          self_ensemble=args.self_ensemble).check()
     connect_ray()
     print(json.dumps(run_bulk(options), indent=2))
 

@@ -58,6 +58,9 @@ class BulkOptions:
     min_longest_side: int | None = None
     pad_square: bool = False
     max_output_bytes: int | None = None
+    # Average the model over the 8 flips/turns of each input: 8x the compute for +0.07 dB (x2) /
+    # +0.09 dB (x4) on Set5 with the shipped models (MODEL_CARD.md).
+    self_ensemble: bool = False
 
     def check(self) -> "BulkOptions":
         storage.split_uri(self.input)
@@ -91,6 +94,8 @@ def output_key(input_key: str, model_id: str, options: BulkOptions) -> str:
         params += "-square"
     if options.max_output_bytes:
         params += f"-max{options.max_output_bytes}b"
+    if options.self_ensemble:
+        params += "-ens8"
     stem = str(PurePosixPath(input_key).with_suffix(""))
     return f"{model_id}/{params}/{stem}.{EXTENSIONS[options.format]}"
 
@@ -184,7 +189,8 @@ class EnhanceWriter:
         from prodray.enhance import Enhancer
         # Ray sets CUDA_VISIBLE_DEVICES to the actor's GPU, so "cuda" is that one.
         device = "cuda" if options.actor_gpus and torch.cuda.is_available() else "cpu"
-        self.enhancer = Enhancer.load(model_ref, device=device, max_batch=options.batch_size)
+        self.enhancer = Enhancer.load(model_ref, device=device, max_batch=options.batch_size,
+                                      self_ensemble=options.self_ensemble)
         self.options = options
 
     def __call__(self, batch: dict) -> dict:

@@ -67,10 +67,10 @@ def cmd_catalog_sample(args) -> None:
     catalog.sample_catalog(args.dest, fashion_count=args.fashion_mnist)
 
 
-def _upscalers(model_ref: str, scale: int, device: str):
+def _upscalers(model_ref: str, scale: int, device: str, self_ensemble: bool = False):
     from prodray.enhance import Enhancer
     from prodray.evaluation import bicubic_upscale, unsharp_mask
-    enhancer = Enhancer.load(model_ref or f"enhancer-x{scale}", device=device)
+    enhancer = Enhancer.load(model_ref or f"enhancer-x{scale}", device=device, self_ensemble=self_ensemble)
     if enhancer.scale != scale:
         raise ValueError(f"model {enhancer.model_id} is x{enhancer.scale}, but --scale is {scale}")
     return enhancer, {"model": lambda lr, s: enhancer.enhance(lr).rgb, "bicubic": bicubic_upscale,
@@ -79,7 +79,7 @@ def _upscalers(model_ref: str, scale: int, device: str):
 
 def cmd_eval_sr(args) -> None:
     from prodray.evaluation import evaluate_sr
-    enhancer, upscalers = _upscalers(args.model, args.scale, args.device)
+    enhancer, upscalers = _upscalers(args.model, args.scale, args.device, args.self_ensemble)
     del upscalers["bicubic+unsharp"]
     result = evaluate_sr(args.data, args.scale, upscalers)
     result["model_id"] = enhancer.model_id
@@ -96,7 +96,7 @@ def cmd_eval_sr(args) -> None:
 
 def cmd_eval_catalog(args) -> None:
     from prodray.evaluation import evaluate_catalog
-    enhancer, upscalers = _upscalers(args.model, args.scale, args.device)
+    enhancer, upscalers = _upscalers(args.model, args.scale, args.device, args.self_ensemble)
     result = evaluate_catalog(args.data, args.scale, upscalers, seed=args.seed, limit=args.limit)
     result["model_id"] = enhancer.model_id
     _print_json(result) if args.json else print(json.dumps(result, indent=1))
@@ -237,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--scale", type=int, default=2, choices=[2, 4])
         command.add_argument("--device", default="cpu")
         command.add_argument("--json", action="store_true")
+        command.add_argument("--self-ensemble", action="store_true",
+                             help="average the model over the 8 flips/turns of each input (8x the compute)")
     catalog_eval.add_argument("--seed", type=int, default=0)
     catalog_eval.add_argument("--limit", type=int, default=50)
     sr.set_defaults(func=cmd_eval_sr)

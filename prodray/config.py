@@ -5,7 +5,7 @@ starts, with the offending field named.
 """
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -50,6 +50,9 @@ class EnhancerDataConfig(Strict):
     batch_size: int = Field(16, ge=1)  # per worker
     val_folder: Optional[str] = None  # HR images scored with the SR protocol each tick
     val_max_images: int = Field(5, ge=1)
+    # Each training image also enters the pool downscaled by these factors (MATLAB bicubic):
+    # sharper HR patches with less JPEG blocking, and objects at more scales. 1.0 = as stored.
+    hr_scales: list[Annotated[float, Field(gt=0, le=1)]] = Field(default_factory=lambda: [1.0], min_length=1)
 
 
 class OptimConfig(Strict):

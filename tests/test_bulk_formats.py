@@ -65,6 +65,8 @@ def test_constraints_are_part_of_the_output_key_only_when_set():
     constrained = BulkOptions(input="s3://b/in", output="s3://b/out", min_longest_side=1000, pad_square=True,
                               max_output_bytes=500_000)
     assert output_key("a/b.jpg", "m", constrained) == "m/x2-png-q90-min1000-square-max500000b/a/b.png"
+    ensembled = BulkOptions(input="s3://b/in", output="s3://b/out", self_ensemble=True)
+    assert output_key("a/b.jpg", "m", ensembled) == "m/x2-png-q90-ens8/a/b.png"  # other bytes, other key
     with pytest.raises(ValueError):
         BulkOptions(input="s3://b/in", output="s3://b/out", min_longest_side=0).check()
 

@@ -114,6 +114,28 @@ def test_bicubic_only_degradation_is_the_benchmark_one():
     assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
 
 
+class _ListShard:
+    """The one method of a Ray Data shard that load_pool uses, over in-memory encoded images."""
+
+    def __init__(self, encoded: list[bytes]):
+        self.encoded = encoded
+
+    def iter_batches(self, batch_size, batch_format):
+        yield {"bytes": np.array(self.encoded, dtype=object)}
+
+
+def test_training_pool_holds_each_image_at_every_hr_scale_that_fits_the_patch():
+    from prodray.codec import encode_image
+    from prodray.train.enhancer import load_pool
+    rng = np.random.default_rng(0)
+    large, small = (rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((300, 200, 3), (100, 80, 3)))
+    shard = _ListShard([encode_image(large), encode_image(small), b"not an image"])
+    pool = load_pool(shard, 64, lambda message: None, hr_scales=(1.0, 0.5))
+    # small at 0.5 (50x40) is under the 64 px patch, and the junk bytes are skipped
+    assert [p.shape for p in pool] == [(300, 200, 3), (150, 100, 3), (100, 80, 3)]
+    assert np.array_equal(pool[0], large) and np.array_equal(pool[1], imresize_uint8(large, 0.5))
+
+
 def _trained_like_model(scale=2):
     torch.manual_seed(0)
     model = build_model("rpsnet", scale=scale, channels=8, blocks=2)
@@ -131,6 +153,18 @@ def test_tiled_output_equals_whole_image_output():
     tiled = Enhancer(model, config, tile=48, pad=24).enhance(smooth).rgb
     assert whole.shape == tiled.shape == (300, 340, 3)
     assert np.abs(whole.astype(int) - tiled.astype(int)).max() <= 1
+
+
+def test_self_ensemble_is_exactly_flip_and_turn_equivariant():
+    # The mean over the 8 flips/turns, each mapped back, commutes with every flip/turn of the
+    # input; the plain network does not (a wrong inverse mapping would break the first assert).
+    config = {**SMALL, "scale": 2, "blocks": 2}
+    plain, ensemble = Enhancer(_trained_like_model(), config), Enhancer(_trained_like_model(), config, self_ensemble=True)
+    x = torch.rand(2, 3, 12, 17, generator=torch.Generator().manual_seed(0))
+    for turn in (lambda t: t.flip(3), lambda t: t.rot90(1, (2, 3)), lambda t: t.rot90(3, (2, 3)).flip(2)):
+        assert torch.allclose(ensemble.forward(turn(x)), turn(ensemble.forward(x)), atol=1e-5)
+    assert not torch.allclose(plain.forward(x.flip(3)), plain.forward(x).flip(3), atol=1e-3)
+    assert ensemble.forward(x).shape == plain.forward(x).shape == (2, 3, 24, 34)
 
 
 def test_pure_white_background_stays_white():

@@ -44,8 +44,9 @@ def upscale_with(model: torch.nn.Module, device) -> callable:
     return upscale
 
 
-def load_pool(shard, patch_size: int, log) -> list[np.ndarray]:
-    """Read this worker's shard once into memory as decoded uint8 images (bounded).
+def load_pool(shard, patch_size: int, log, hr_scales: tuple[float, ...] = (1.0,)) -> list[np.ndarray]:
+    """Read this worker's shard once into memory as decoded uint8 images (bounded), each at
+    every factor of `hr_scales` (1.0 = as stored; copies smaller than the patch are left out).
 
     One pass only: every rank then draws crops from its own pool forever, so ranks never
     wait on each other at epoch boundaries (DDP steps stay in lockstep)."""
@@ -57,12 +58,13 @@ def load_pool(shard, patch_size: int, log) -> list[np.ndarray]:
             except ImageRejected:
                 skipped += 1
                 continue
-            if min(image.shape[:2]) < patch_size:
-                skipped += 1
-                continue
-            if len(pool) < MAX_POOL_IMAGES:
-                pool.append(image)
-    log(f"training pool: {len(pool)} images in memory ({skipped} skipped: unreadable or smaller than the patch)")
+            for factor in hr_scales:
+                if min(image.shape[:2]) * factor < patch_size:
+                    skipped += 1
+                elif len(pool) < MAX_POOL_IMAGES:
+                    pool.append(image if factor == 1.0 else imresize_uint8(image, factor))
+    log(f"training pool: {len(pool)} images in memory at scales {list(hr_scales)} "
+        f"({skipped} skipped: unreadable or smaller than the patch)")
     if not pool:
         raise RuntimeError(f"no usable training images (need at least {patch_size}x{patch_size} px)")
     return pool
@@ -142,7 +144,7 @@ def train_worker(config: dict) -> None:
         from prodray.evaluation import list_images, load_benchmark_image
         val_images = [load_benchmark_image(p) for p in list_images(cfg.data.val_folder)[:cfg.data.val_max_images]]
 
-    pool = load_pool(ray.train.get_dataset_shard("train"), cfg.data.patch_size, log)
+    pool = load_pool(ray.train.get_dataset_shard("train"), cfg.data.patch_size, log, tuple(cfg.data.hr_scales))
     ranges = DegradationRanges(**cfg.degradation.model_dump())
     global_batch = cfg.data.batch_size * world
     next_tick = (images_seen // cfg.run.tick_images + 1) * cfg.run.tick_images

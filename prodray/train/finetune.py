@@ -119,7 +119,7 @@ def finetune_worker(config: dict) -> None:
         from prodray.evaluation import list_images, load_benchmark_image
         val_images = [load_benchmark_image(p) for p in list_images(cfg.data.val_folder)[:cfg.data.val_max_images]]
 
-    pool = load_pool(ray.train.get_dataset_shard("train"), cfg.data.patch_size, log)
+    pool = load_pool(ray.train.get_dataset_shard("train"), cfg.data.patch_size, log, tuple(cfg.data.hr_scales))
     ranges = DegradationRanges(**cfg.degradation.model_dump())
     global_batch = cfg.data.batch_size * world
     next_tick = (images_seen // cfg.run.tick_images + 1) * cfg.run.tick_images
