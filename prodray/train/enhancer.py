@@ -5,6 +5,7 @@ maintenance -> checkpoint/report -> export). The model, degradations, losses and
 calls are pure modules.
 """
 
+import ctypes
 import os
 import time
 from pathlib import Path
@@ -63,11 +64,22 @@ def load_pool(shard, patch_size: int, log, hr_scales: tuple[float, ...] = (1.0,)
                     skipped += 1
                 elif len(pool) < MAX_POOL_IMAGES:
                     pool.append(image if factor == 1.0 else imresize_uint8(image, factor))
+        _release_free_heap()
     log(f"training pool: {len(pool)} images in memory at scales {list(hr_scales)} "
         f"({skipped} skipped: unreadable or smaller than the patch)")
     if not pool:
         raise RuntimeError(f"no usable training images (need at least {patch_size}x{patch_size} px)")
     return pool
+
+
+def _release_free_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc only). Resizing leaves megabytes of freed float
+    temporaries between the kept images, which glibc keeps: a 1.65 GiB pool at three scales held
+    6.5 GiB of RSS without this, 2.2 GiB with a trim at the end (Ray's OOM killer reads RSS)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def make_batch(pool, cfg, rng, generator, device, ranges):
