@@ -58,8 +58,8 @@ class BulkOptions:
     min_longest_side: int | None = None
     pad_square: bool = False
     max_output_bytes: int | None = None
-    # Average the model over the 8 flips/turns of each input: 8x the compute for +0.07 dB (x2) /
-    # +0.09 dB (x4) on Set5 with the shipped models (MODEL_CARD.md).
+    # Average the model over the 8 flips/turns of each input: 8x the model's compute for
+    # +0.05-0.09 dB on Set5/Set14 with the shipped models (BENCHMARKS.md, "Self-ensemble").
     self_ensemble: bool = False
 
     def check(self) -> "BulkOptions":

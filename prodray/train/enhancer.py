@@ -75,7 +75,7 @@ def load_pool(shard, patch_size: int, log, hr_scales: tuple[float, ...] = (1.0,)
 def _release_free_heap() -> None:
     """Hand freed heap pages back to the OS (glibc only). Resizing leaves megabytes of freed float
     temporaries between the kept images, which glibc keeps: a 1.65 GiB pool at three scales held
-    6.5 GiB of RSS without this, 2.2 GiB with a trim at the end (Ray's OOM killer reads RSS)."""
+    6.5 GiB of RSS without this, 2.2 GiB with it after each batch (Ray's OOM killer reads RSS)."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to do
