@@ -25,7 +25,7 @@ def timed_scores(enhancer: Enhancer, folder: Path, scale: int) -> tuple[dict, fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/sr-bench"),
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/sr-bench"),
                         help="folder holding Set5/ and Set14/")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()

@@ -66,7 +66,7 @@ def load_pool(shard, patch_size: int, log, hr_scales: tuple[float, ...] = (1.0,)
                     pool.append(image if factor == 1.0 else imresize_uint8(image, factor))
         _release_free_heap()
     log(f"training pool: {len(pool)} images in memory at scales {list(hr_scales)} "
-        f"({skipped} skipped: unreadable or smaller than the patch)")
+        f"({skipped} skipped: unreadable images, or copies smaller than the patch)")
     if not pool:
         raise RuntimeError(f"no usable training images (need at least {patch_size}x{patch_size} px)")
     return pool
