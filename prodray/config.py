@@ -107,12 +107,18 @@ class EnhancerTrainConfig(Strict):
     data: EnhancerDataConfig
     optim: OptimConfig = OptimConfig()
     run: RunConfig = RunConfig()
+    # Start the PSNR training from an exported enhancer (shipped name, export folder or s3:// URI)
+    # instead of random weights: to continue a shipped model on more or other data.
+    init_from: Optional[str] = None
     adversarial: Optional[AdversarialConfig] = None  # set = run the adversarial fine-tuning stage
 
     def check(self) -> "EnhancerTrainConfig":
         if self.data.patch_size % self.model.scale:
             raise ConfigError(f"data.patch_size ({self.data.patch_size}) must be a multiple of "
                               f"model.scale ({self.model.scale})")
+        if self.init_from and self.adversarial is not None:
+            raise ConfigError("config field init_from: the adversarial stage starts from adversarial.init_from; "
+                              "set only that one")
         return self
 
     def resolved(self) -> "EnhancerTrainConfig":
@@ -123,13 +129,20 @@ class EnhancerTrainConfig(Strict):
         run = self.run.model_copy(update={"storage_path": resolve_local(self.run.storage_path, "run.storage_path",
                                                                         must_exist=False)})
         update = {"data": data, "run": run}
+        if self.init_from:
+            update["init_from"] = resolve_model(self.init_from, "init_from")
         if self.adversarial is not None:
             adv = self.adversarial
-            shipped = (Path(__file__).parent / "weights" / adv.init_from / "config.json").is_file()
             update["adversarial"] = adv.model_copy(update={
-                "init_from": adv.init_from if shipped else resolve_local(adv.init_from, "adversarial.init_from"),
+                "init_from": resolve_model(adv.init_from, "adversarial.init_from"),
                 "vgg19_weights": resolve_local(adv.vgg19_weights, "adversarial.vgg19_weights") if adv.vgg19_weights else None})
         return self.model_copy(update=update)
+
+
+def resolve_model(reference: str, field: str) -> str:
+    """A shipped model's name passes through; anything else is a path or URI (see resolve_local)."""
+    shipped = (Path(__file__).parent / "weights" / reference / "config.json").is_file()
+    return reference if shipped else resolve_local(reference, field)
 
 
 def resolve_local(uri: str, field: str, must_exist: bool = True) -> str:

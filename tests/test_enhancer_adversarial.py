@@ -169,3 +169,17 @@ def test_init_model_must_match_the_model_section(tmp_path):
         check_init_model(adversarial_config(tmp_path, "model.channels=16"))
     with pytest.raises(ConfigError, match="adversarial.export_name"):
         check_init_model(adversarial_config(tmp_path, f"adversarial.export_name={shipped['name']}"))
+
+
+def test_psnr_init_from_is_checked_before_any_work(tmp_path):
+    from prodray.train.enhancer import read_init_model
+    base = [f"data.sources=[{tmp_path}]"]
+    cfg = load_config(EnhancerTrainConfig, None, [*base, "init_from=enhancer-x4", "model.scale=4"]).resolved()
+    assert cfg.init_from == "enhancer-x4"  # shipped names pass through
+    assert read_init_model(cfg.init_from, "init_from", cfg.model)["scale"] == 4
+    with pytest.raises(ConfigError, match="model.scale"):
+        read_init_model("enhancer-x4", "init_from", load_config(EnhancerTrainConfig, None, base).model)
+    with pytest.raises(ConfigError, match="init_from"):
+        load_config(EnhancerTrainConfig, None, [*base, f"init_from={tmp_path}/missing"]).resolved()
+    with pytest.raises(ConfigError, match="init_from"):  # the adversarial stage has its own
+        adversarial_config(tmp_path, "init_from=enhancer-x2")

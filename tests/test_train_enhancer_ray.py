@@ -92,3 +92,24 @@ def test_killed_worker_recovers_through_failure_config(local_ray, images, tmp_pa
     seen = [s["images_seen"] for s in stats(tmp_path, "recover")]
     assert seen[-1] == 48 and 16 in seen
     marker.unlink()
+
+
+def test_init_from_starts_training_from_an_exported_model(local_ray, images, tmp_path):
+    import torch
+    from prodray.train.enhancer import build_enhancer
+    model_config = {"arch": "rpsnet", "scale": 2, "channels": 8, "blocks": 1}
+    start = build_enhancer(model_config)
+    with torch.no_grad():  # weights no fresh initialisation would give
+        for i, parameter in enumerate(start.parameters()):
+            parameter.copy_(torch.linspace(-0.1, 0.1, parameter.numel()).reshape(parameter.shape) * (i + 1))
+    init_id = ckpt_io.export_model(str(tmp_path / "init"), "enhancer", start, {**model_config, "kind": "enhancer"})
+
+    # A learning rate near zero: the exported (EMA) weights must still be the init model's.
+    cfg = tiny_config(images, tmp_path, "warm", 16, f"init_from={tmp_path / 'init'}", "optim.lr=1e-12")
+    result = build_trainer(cfg).fit()
+    assert result.error is None
+    trained = Enhancer.load(str(tmp_path / "warm" / "export"))
+    for (name, expected), got in zip(start.state_dict().items(), trained.model.state_dict().values()):
+        assert torch.allclose(got, expected, atol=1e-6), name
+    exported = json.loads((tmp_path / "warm" / "export" / "config.json").read_text())
+    assert exported["init_from"] == str(tmp_path / "init") and exported["init_model_id"] == init_id

@@ -6,6 +6,7 @@ calls are pure modules.
 """
 
 import ctypes
+import json
 import os
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 from prodray import checkpoint as ckpt_io
 from prodray import storage
 from prodray.codec import ImageRejected, decode_image
-from prodray.config import EnhancerTrainConfig
+from prodray.config import ConfigError, EnhancerModelConfig, EnhancerTrainConfig
 from prodray.degradations import DegradationRanges, degrade, from_uint8_hwc, imresize_uint8, to_uint8_hwc
 from prodray.evaluation import IMAGE_SUFFIXES, bicubic_upscale, score_sr
 from prodray.models import build_model, count_parameters
@@ -25,11 +26,27 @@ from prodray.train.loop import (apply_configured_hyperparameters, charbonnier, i
 from prodray.train.run_files import RunFiles, end_tick, maybe_crash_for_test
 
 MAX_POOL_IMAGES = 20_000
+INIT_MODEL_FIELDS = ("arch", "scale", "channels", "blocks")  # what an init model must share with model.*
 
 
 def build_enhancer(model_config: dict) -> torch.nn.Module:
     return build_model(model_config["arch"], scale=model_config["scale"], channels=model_config["channels"],
                        blocks=model_config["blocks"])
+
+
+def read_init_model(reference: str, field: str, model: EnhancerModelConfig) -> dict:
+    """In the driver, before any work: the exported model `reference` exists and has the network
+    `model` describes; -> its config. Errors name the config field."""
+    try:
+        _, config_uri = ckpt_io.resolve_export(reference)
+        init = json.loads(storage.get_bytes(config_uri))
+    except (FileNotFoundError, OSError) as exc:
+        raise ConfigError(f"config field {field}: {exc}") from None
+    for name in INIT_MODEL_FIELDS:
+        if init.get(name) != getattr(model, name):
+            raise ConfigError(f"config field model.{name}: {getattr(model, name)!r} differs from the "
+                              f"{field} model's {init.get(name)!r} ({reference})")
+    return init
 
 
 def run_uri(cfg: EnhancerTrainConfig) -> str:
@@ -120,6 +137,12 @@ def train_worker(config: dict) -> None:
     log = (lambda msg: print(f"[enhancer] {msg}", flush=True)) if rank == 0 else (lambda msg: None)
 
     model = build_enhancer(cfg.model.model_dump()).to(device)
+    provenance = {}  # recorded in the export: which model this one continued
+    if cfg.init_from:  # a checkpoint, when there is one, replaces these weights below
+        weights_uri, config_uri = ckpt_io.resolve_export(cfg.init_from)
+        ckpt_io.load_weights_bytes(model, storage.get_bytes(weights_uri))
+        provenance = {"init_from": cfg.init_from,
+                      "init_model_id": json.loads(storage.get_bytes(config_uri)).get("model_id")}
     ema = make_ema(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     use_amp = cfg.run.amp and device.type == "cuda"
@@ -150,7 +173,8 @@ def train_worker(config: dict) -> None:
     if files:
         files.write_config(cfg)
         log(f"model {cfg.model.arch} x{cfg.model.scale}: {count_parameters(model):,} parameters, "
-            f"{model.flops_per_input_pixel() / 1e3:.0f} kFLOP per input pixel; run folder {files.uri}")
+            f"{model.flops_per_input_pixel() / 1e3:.0f} kFLOP per input pixel; run folder {files.uri}"
+            + (f"; started from {cfg.init_from}" if cfg.init_from else ""))
     val_images = []
     if rank == 0 and cfg.data.val_folder:
         from prodray.evaluation import list_images, load_benchmark_image
@@ -203,7 +227,8 @@ def train_worker(config: dict) -> None:
 
     if rank == 0:
         model_id = ckpt_io.export_model(storage.join(run_uri(cfg), "export"), "enhancer", ema,
-                                        {**cfg.model.model_dump(), "kind": "enhancer", "images_seen": images_seen})
+                                        {**cfg.model.model_dump(), "kind": "enhancer", "images_seen": images_seen,
+                                         **provenance})
         log(f"exported {model_id} to {storage.join(run_uri(cfg), 'export')}")
 
 
@@ -241,6 +266,8 @@ def build_trainer(cfg: EnhancerTrainConfig):
     from ray.train.torch import TorchTrainer
 
     worker = train_worker
+    if cfg.init_from:
+        read_init_model(cfg.init_from, "init_from", cfg.model)
     if cfg.adversarial is not None:  # the optional second stage: adversarial fine-tuning
         from prodray.train.finetune import check_init_model, finetune_worker
         check_init_model(cfg)

@@ -25,26 +25,17 @@ from prodray.enhancer_losses import build_perceptual
 from prodray.losses import d_loss, g_loss
 from prodray.evaluation import score_sr
 from prodray.models.sr_discriminator import build_discriminator
-from prodray.train.enhancer import build_enhancer, load_pool, make_batch, run_uri, sample_grid, upscale_with
+from prodray.train.enhancer import (build_enhancer, load_pool, make_batch, read_init_model, run_uri, sample_grid,
+                                    upscale_with)
 from prodray.train.loop import (apply_configured_hyperparameters, lr_at, make_ema, restore_rng, rng_state, set_lr,
                                 update_ema)
 from prodray.train.run_files import RunFiles, end_tick
-
-MODEL_FIELDS = ("arch", "scale", "channels", "blocks")
 
 
 def check_init_model(cfg: EnhancerTrainConfig) -> dict:
     """In the driver, before any work: the init model exists and matches `model.*`; -> its config."""
     adv = cfg.adversarial
-    try:
-        _, config_uri = ckpt_io.resolve_export(adv.init_from)
-        init = json.loads(storage.get_bytes(config_uri))
-    except (FileNotFoundError, OSError) as exc:
-        raise ConfigError(f"config field adversarial.init_from: {exc}") from None
-    for field in MODEL_FIELDS:
-        if init.get(field) != getattr(cfg.model, field):
-            raise ConfigError(f"config field model.{field}: {getattr(cfg.model, field)!r} differs from the "
-                              f"init_from model's {init.get(field)!r} ({adv.init_from})")
+    init = read_init_model(adv.init_from, "adversarial.init_from", cfg.model)
     if init.get("name") == adv.export_name:
         raise ConfigError(f"config field adversarial.export_name: {adv.export_name!r} is the init model's own "
                           "name; the fine-tuned model must be exported under its own name")
