@@ -136,13 +136,13 @@ def train_worker(config: dict) -> None:
     device = get_device()
     log = (lambda msg: print(f"[enhancer] {msg}", flush=True)) if rank == 0 else (lambda msg: None)
 
-    model = build_enhancer(cfg.model.model_dump()).to(device)
     provenance = {}  # recorded in the export: which model this one continued
-    if cfg.init_from:  # a checkpoint, when there is one, replaces these weights below
-        weights_uri, config_uri = ckpt_io.resolve_export(cfg.init_from)
-        ckpt_io.load_weights_bytes(model, storage.get_bytes(weights_uri))
-        provenance = {"init_from": cfg.init_from,
-                      "init_model_id": json.loads(storage.get_bytes(config_uri)).get("model_id")}
+    if cfg.init_from:  # same network (checked in the driver); a checkpoint, when there is one, wins below
+        model, init_config = ckpt_io.load_export(cfg.init_from, build_enhancer)
+        model = model.train().to(device)
+        provenance = {"init_from": cfg.init_from, "init_model_id": init_config.get("model_id")}
+    else:
+        model = build_enhancer(cfg.model.model_dump()).to(device)
     ema = make_ema(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     use_amp = cfg.run.amp and device.type == "cuda"

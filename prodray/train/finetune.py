@@ -8,7 +8,6 @@ the bulk job and Serve load like any enhancer. Networks and losses are pure modu
 `train/enhancer.py`.
 """
 
-import json
 import os
 import time
 from pathlib import Path
@@ -55,11 +54,9 @@ def finetune_worker(config: dict) -> None:
     device = get_device()
     log = (lambda msg: print(f"[enhancer-gan] {msg}", flush=True)) if rank == 0 else (lambda msg: None)
 
-    model = build_enhancer(cfg.model.model_dump()).to(device)
+    model, init_config = ckpt_io.load_export(adv.init_from, build_enhancer)  # same network: checked in the driver
+    model = model.train().to(device)
     discriminator = build_discriminator(adv.discriminator, adv.d_channels).to(device)
-    weights_uri, config_uri = ckpt_io.resolve_export(adv.init_from)
-    init_config = json.loads(storage.get_bytes(config_uri))
-    ckpt_io.load_weights_bytes(model, storage.get_bytes(weights_uri))
     ema = make_ema(model)  # the average starts at the PSNR model, not at random weights
     perceptual, perceptual_name = build_perceptual(
         storage.get_bytes(adv.vgg19_weights) if adv.vgg19_weights else None, adv.vgg19_weights or "")
