@@ -161,6 +161,7 @@ class GanModelConfig(Strict):
     z_dim: int = Field(128, ge=1, le=1024)
     embed_dim: int = Field(64, ge=1, le=1024)  # per attribute
     g_channels: int = Field(256, ge=8, le=2048)  # generator width at 4x4, halved per upsampling
+    g_blocks: Literal["plain", "residual"] = "plain"  # one conv per resolution, or two with a skip
     d_channels: int = Field(32, ge=8, le=1024)  # discriminator width at full size, doubled per step
     d_mbstd_group: int = Field(4, ge=0, le=64)  # minibatch-stddev group size in D; 0 or 1 = off
 

@@ -18,17 +18,20 @@ from prodray.train.loop import apply_configured_hyperparameters, linear_decay_fa
 VOCAB = {"articleType": ["Shirts", "Tshirts", "Watches"], "baseColour": ["Black", "Red", "Blue", "White"]}
 
 
-def model_config(resolution=32):
-    return {"vocab": VOCAB, "resolution": resolution, "z_dim": 16, "embed_dim": 8, "g_channels": 32, "d_channels": 8}
+def model_config(resolution=32, g_blocks="plain"):
+    return {"vocab": VOCAB, "resolution": resolution, "z_dim": 16, "embed_dim": 8, "g_channels": 32, "d_channels": 8,
+            "g_blocks": g_blocks}
 
 
 def attrs(n, a=0, b=0):
     return {"articleType": torch.full((n,), a), "baseColour": torch.full((n,), b)}
 
 
+@pytest.mark.parametrize("g_blocks", ["plain", "residual"])
 @pytest.mark.parametrize("resolution", [8, 32, 64])
-def test_shapes(resolution):
-    generator, discriminator = build_generator(model_config(resolution)), build_discriminator(model_config(resolution))
+def test_shapes(resolution, g_blocks):
+    generator = build_generator(model_config(resolution, g_blocks))
+    discriminator = build_discriminator(model_config(resolution))
     images = generator(torch.randn(5, 16), attrs(5))
     assert images.shape == (5, 3, resolution, resolution)
     assert images.min() >= -1 and images.max() <= 1
@@ -40,11 +43,21 @@ def test_bad_resolution_and_missing_attribute():
         build_generator(model_config(48))
     with pytest.raises(KeyError, match="baseColour"):
         build_generator(model_config())(torch.randn(2, 16), {"articleType": torch.zeros(2, dtype=torch.long)})
+    with pytest.raises(ValueError, match="unknown generator blocks 'dense'"):
+        build_generator(model_config(g_blocks="dense"))
 
 
-def test_changing_either_attribute_changes_the_output():
+def test_exports_from_before_g_blocks_build_the_plain_generator():
+    config = model_config()
+    del config["g_blocks"]
+    assert not build_generator(config).residual
+    assert build_generator(model_config(g_blocks="residual")).residual
+
+
+@pytest.mark.parametrize("g_blocks", ["plain", "residual"])
+def test_changing_either_attribute_changes_the_output(g_blocks):
     torch.manual_seed(0)
-    generator = build_generator(model_config()).eval()
+    generator = build_generator(model_config(g_blocks=g_blocks)).eval()
     # Conditional BN starts as plain BN (zero-initialised gains): give the condition some weight.
     with torch.no_grad():
         for module in generator.modules():
@@ -268,6 +281,8 @@ def test_config_errors_name_the_field(tmp_path):
         load_config(GanTrainConfig, None, [f"data.prepared={tmp_path}/missing"]).resolved()
     with pytest.raises(ConfigError, match="optim.loss"):
         load_config(GanTrainConfig, None, ["data.prepared=x", "optim.loss=wgan"])
+    with pytest.raises(ConfigError, match="model.g_blocks"):
+        load_config(GanTrainConfig, None, ["data.prepared=x", "model.g_blocks=dense"])
     with pytest.raises(ConfigError, match="optim.lr_decay_from_images"):
         load_config(GanTrainConfig, None, ["data.prepared=x", "optim.total_images=1000",
                                            "optim.lr_decay_from_images=1000"])

@@ -17,6 +17,9 @@ from torch.nn import functional as F
 from torch.nn.utils import spectral_norm
 
 
+GENERATOR_BLOCKS = ("plain", "residual")
+
+
 def _check_resolution(resolution: int) -> int:
     steps = int(math.log2(resolution)) - 2
     if resolution < 8 or 2 ** (steps + 2) != resolution:
@@ -55,6 +58,25 @@ class UpBlock(nn.Module):
         return F.relu(self.norm(x, condition))
 
 
+class ResidualUpBlock(nn.Module):
+    """BigGAN-style: CBN, ReLU, x2 upsampling, 3x3 conv, CBN, ReLU, 3x3 conv, plus a 1x1-conv skip
+    of the upsampled input. Two convolutions per resolution instead of one, for little extra cost
+    (the discriminator's steps dominate a GAN step's time)."""
+
+    def __init__(self, in_channels: int, out_channels: int, condition_dim: int):
+        super().__init__()
+        self.norm1 = ConditionalBatchNorm(in_channels, condition_dim)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = ConditionalBatchNorm(out_channels, condition_dim)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.skip = nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x, condition):
+        h = F.interpolate(F.relu(self.norm1(x, condition)), scale_factor=2, mode="nearest")
+        h = self.conv2(F.relu(self.norm2(self.conv1(h), condition)))
+        return h + self.skip(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
 class AttributeEmbedding(nn.Module):
     """One embedding table per attribute, in a fixed attribute order."""
 
@@ -71,27 +93,39 @@ class AttributeEmbedding(nn.Module):
 
 
 class ConditionalGenerator(nn.Module):
-    """(z, attributes) -> RGB image in [-1, 1], resolution x resolution."""
+    """(z, attributes) -> RGB image in [-1, 1], resolution x resolution.
+
+    `blocks="plain"`: one conv per resolution (UpBlock); `"residual"`: two, with a skip
+    (ResidualUpBlock), normalised before each conv, so the output gets a final BN + ReLU."""
 
     def __init__(self, vocab_sizes: dict[str, int], resolution: int = 32, z_dim: int = 128,
-                 embed_dim: int = 64, g_channels: int = 256, min_channels: int = 32):
+                 embed_dim: int = 64, g_channels: int = 256, min_channels: int = 32, blocks: str = "plain"):
         super().__init__()
+        if blocks not in GENERATOR_BLOCKS:
+            raise ValueError(f"unknown generator blocks {blocks!r}; known: {', '.join(GENERATOR_BLOCKS)}")
         steps = _check_resolution(resolution)
-        self.z_dim, self.resolution = z_dim, resolution
+        self.z_dim, self.resolution, self.residual = z_dim, resolution, blocks == "residual"
         self.embedding = AttributeEmbedding(vocab_sizes, embed_dim)
         condition_dim = embed_dim * len(vocab_sizes)
         self.stem = nn.Linear(z_dim + condition_dim, 4 * 4 * g_channels)
-        self.stem_norm = ConditionalBatchNorm(g_channels, condition_dim)
         widths = [max(min_channels, g_channels // 2 ** i) for i in range(steps + 1)]
-        self.blocks = nn.ModuleList(UpBlock(widths[i], widths[i + 1], condition_dim) for i in range(steps))
+        block = ResidualUpBlock if self.residual else UpBlock
+        self.blocks = nn.ModuleList(block(widths[i], widths[i + 1], condition_dim) for i in range(steps))
+        if self.residual:  # each block normalises its own input; the output needs one more
+            self.out_norm = nn.BatchNorm2d(widths[-1])
+        else:
+            self.stem_norm = ConditionalBatchNorm(g_channels, condition_dim)
         self.to_rgb = nn.Conv2d(widths[-1], 3, 3, padding=1)
 
     def forward(self, z: torch.Tensor, attributes: dict[str, torch.Tensor]) -> torch.Tensor:
         condition = torch.cat(self.embedding(attributes), dim=1)
         x = self.stem(torch.cat([z, condition], dim=1)).view(z.shape[0], -1, 4, 4)
-        x = F.relu(self.stem_norm(x, condition))
+        if not self.residual:
+            x = F.relu(self.stem_norm(x, condition))
         for block in self.blocks:
             x = block(x, condition)
+        if self.residual:
+            x = F.relu(self.out_norm(x))
         return torch.tanh(self.to_rgb(x))
 
 
@@ -144,7 +178,8 @@ def build_generator(config: dict) -> ConditionalGenerator:
     """From an export/train config: {"vocab": {name: [values]}, "resolution", "z_dim", ...}."""
     return ConditionalGenerator({name: len(values) for name, values in config["vocab"].items()},
                                 resolution=config["resolution"], z_dim=config["z_dim"],
-                                embed_dim=config["embed_dim"], g_channels=config["g_channels"])
+                                embed_dim=config["embed_dim"], g_channels=config["g_channels"],
+                                blocks=config.get("g_blocks", "plain"))  # exports before g_blocks: plain
 
 
 def build_discriminator(config: dict) -> ProjectionDiscriminator:
