@@ -60,8 +60,8 @@ class UpBlock(nn.Module):
 
 class ResidualUpBlock(nn.Module):
     """BigGAN-style: CBN, ReLU, x2 upsampling, 3x3 conv, CBN, ReLU, 3x3 conv, plus a 1x1-conv skip
-    of the upsampled input. Two convolutions per resolution instead of one, for little extra cost
-    (the discriminator's steps dominate a GAN step's time)."""
+    of the upsampled input. Two convolutions per resolution instead of one; a whole GAN step costs
+    about 20 % more at 32 px (the discriminator's passes dominate it; MODEL_CARD.md has the A/B)."""
 
     def __init__(self, in_channels: int, out_channels: int, condition_dim: int):
         super().__init__()
