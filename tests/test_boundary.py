@@ -11,7 +11,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 CORE_MODULES = ["prodray.models", "prodray.degradations", "prodray.codec", "prodray.storage",
                 "prodray.checkpoint", "prodray.metrics", "prodray.config", "prodray.enhance",
-                "prodray.evaluation", "prodray.catalog", "prodray.local"]
+                "prodray.evaluation", "prodray.catalog", "prodray.local", "prodray.train.gan_core",
+                "prodray.train.gan_local"]
 
 # Files allowed to import Ray (cli.py only lazily, inside functions).
 RAY_SHELL = ("prodray/train/", "prodray/bulk.py", "prodray/listing.py", "prodray/serve.py", "prodray/jobs_common.py",

@@ -12,7 +12,7 @@ from prodray.config import ConfigError, GanTrainConfig, load_config
 from prodray.generate import ProductGenerator, UnknownAttribute
 from prodray.losses import d_loss, g_loss, mode_seeking_loss, r1_penalty
 from prodray.models.gan import MinibatchStddev, build_discriminator, build_generator
-from prodray.train.gan import grid_conditions, read_checkpoint, state_digest, write_checkpoint
+from prodray.train.gan_core import grid_conditions, read_checkpoint, state_digest, write_checkpoint
 from prodray.train.loop import apply_configured_hyperparameters, linear_decay_factor, make_ema
 
 VOCAB = {"articleType": ["Shirts", "Tshirts", "Watches"], "baseColour": ["Black", "Red", "Blue", "White"]}

@@ -19,7 +19,8 @@ from prodray.config import ConfigError, GanTrainConfig, load_config  # noqa: E40
 from prodray.gan_data import prepare_fashion_mnist  # noqa: E402
 from prodray.generate import ProductGenerator  # noqa: E402
 from prodray.models.gan import build_discriminator, build_generator  # noqa: E402
-from prodray.train.gan import build_trainer, export_checkpoint, read_checkpoint, state_digest  # noqa: E402
+from prodray.train.gan import build_trainer, export_checkpoint  # noqa: E402
+from prodray.train.gan_core import read_checkpoint, state_digest  # noqa: E402
 from prodray.train.loop import make_ema  # noqa: E402
 
 from conftest import run_checkpoints  # noqa: E402

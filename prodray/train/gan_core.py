@@ -1,0 +1,282 @@
+"""The product GAN's training core, pure torch: the networks, their optimizers and one step.
+
+`GanTraining` owns G, D, the EMA generator, both optimizers and grad scalers, the random state
+and the counters, and runs one step in the phases named as in StyleGAN2-ADA: `d_step` (hinge /
+logistic loss on augmented real and generated images), lazy `r1` (every `r1_interval` steps,
+scaled up by the interval), `g_step`, `ema`. It does no logging, saving or data loading: the Ray
+Train shell (gan.py) and the one-process runner (gan_local.py) do those around it. Progress is
+counted in real images shown to the discriminator.
+"""
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prodray import checkpoint as ckpt_io
+from prodray.augment import diff_augment, parse_policy
+from prodray.config import ConfigError, GanTrainConfig
+from prodray.losses import d_loss, g_loss, mode_seeking_loss, r1_penalty
+from prodray.models.gan import build_discriminator, build_generator
+from prodray.train.loop import (apply_configured_hyperparameters, image_grid, linear_decay_factor, make_ema,
+                                restore_rng, rng_state, set_lr, update_ema)
+
+STEP_STATS = ("loss_d", "loss_g", "real_score", "fake_score")
+
+
+def model_config(cfg: GanTrainConfig, meta: dict) -> dict:
+    """What the networks are built from (also the export's config): sizes + vocabularies."""
+    names = cfg.data.attributes or list(meta["attributes"])
+    return {**cfg.model.model_dump(), "resolution": int(meta["resolution"]),
+            "vocab": {name: meta["attributes"][name] for name in names}}
+
+
+def check_attributes(cfg: GanTrainConfig, meta: dict) -> None:
+    unknown = [name for name in cfg.data.attributes or [] if name not in meta["attributes"]]
+    if unknown:
+        raise ConfigError(f"config field data.attributes: {unknown} not in the prepared dataset "
+                          f"(has {list(meta['attributes'])})")
+
+
+def sample_batch(pool, batch_size: int, rng: np.random.Generator, device):
+    """-> (real images NCHW in [-1, 1], attribute index tensors) of a random batch of the pool:
+    uint8 NHWC images + {name: index array}, as numpy arrays or as tensors already on `device`
+    (the one-process GPU runner keeps the whole pool there)."""
+    images, attributes = pool
+    index = rng.integers(0, len(images), batch_size)
+    if isinstance(images, torch.Tensor):
+        index = torch.from_numpy(index).to(images.device)
+        picked, labels = images[index], {name: values[index] for name, values in attributes.items()}
+    else:
+        picked, labels = torch.from_numpy(images[index]), {k: torch.from_numpy(v[index]) for k, v in attributes.items()}
+    real = picked.to(device).permute(0, 3, 1, 2).float().div_(127.5).sub_(1)
+    return real, {name: values.to(device) for name, values in labels.items()}
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[-1, 1] NCHW -> uint8 NHWC."""
+    return images.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+# ---------------------------------------------------------------- samples
+
+def grid_conditions(vocab: dict[str, list[str]], rows: int = 10) -> list[dict[str, int]]:
+    """One attribute combination per row: the first attribute walks its values, the others cycle
+    at a different pace, so rows show several combinations of every attribute."""
+    names = list(vocab)
+    count = min(rows, max(len(values) for values in vocab.values()))
+    return [{name: (r * (k + 1)) % len(vocab[name]) for k, name in enumerate(names)} for r in range(count)]
+
+
+@torch.no_grad()
+def sample_grid(generator_ema, vocab, z_dim: int, seed: int, device, columns: int = 8) -> np.ndarray:
+    """Rows = attribute combinations, columns = the same fixed noise in every row."""
+    noise = torch.randn(columns, z_dim, generator=torch.Generator().manual_seed(seed)).to(device)
+    rows = []
+    for condition in grid_conditions(vocab):
+        attributes = {name: torch.full((columns,), index, dtype=torch.long, device=device)
+                      for name, index in condition.items()}
+        rows.append(list(to_uint8(generator_ema(noise, attributes))))
+    return image_grid(rows)
+
+
+# ---------------------------------------------------------------- state
+
+def state_digest(networks: dict, optimizers: dict) -> str:
+    """sha256 over every network tensor and optimizer state tensor (resume checks compare it)."""
+    digest = hashlib.sha256()
+    for name in sorted(networks):
+        digest.update(ckpt_io.weights_bytes(networks[name]))
+    for name in sorted(optimizers):
+        for _, slots in sorted(optimizers[name].state_dict()["state"].items()):
+            for key in sorted(slots):
+                digest.update(slots[key].detach().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def write_checkpoint(folder: Path, networks: dict, optimizers: dict, scalers: dict, counters: dict, rng: dict,
+                     policy: str) -> None:
+    for name, network in networks.items():
+        (folder / f"{name}.safetensors").write_bytes(ckpt_io.weights_bytes(network))
+    state = {**{f"optimizer_{k}": v.state_dict() for k, v in optimizers.items()},
+             **{f"scaler_{k}": v.state_dict() for k, v in scalers.items()},
+             **counters, "rng": [rng], "augment": policy}
+    (folder / "state.pt").write_bytes(ckpt_io.state_bytes(state))
+
+
+def read_checkpoint(folder: Path, networks: dict, optimizers: dict, scalers: dict) -> dict:
+    """Restore networks/optimizers/scalers in place; returns the rest of the state."""
+    for name, network in networks.items():
+        ckpt_io.load_weights_bytes(network, (folder / f"{name}.safetensors").read_bytes())
+    state = ckpt_io.load_state_bytes((folder / "state.pt").read_bytes())
+    for name, optimizer in optimizers.items():
+        optimizer.load_state_dict(state[f"optimizer_{name}"])
+    for name, scaler in scalers.items():
+        scaler.load_state_dict(state[f"scaler_{name}"])
+    return state
+
+
+def set_requires_grad(module: torch.nn.Module, flag: bool) -> None:
+    for parameter in module.parameters():
+        parameter.requires_grad_(flag)
+
+
+# ---------------------------------------------------------------- the step
+
+class GanTraining:
+    """G, D, G_ema, both optimizers and grad scalers, random state and counters; `train_step`
+    runs d_step, lazy r1, g_step and ema on one batch. `wrap` swaps in DDP wrappers for the
+    networks being stepped (each phase calls the other network's bare module with its gradients
+    off, so DDP only ever all-reduces the network being stepped)."""
+
+    def __init__(self, cfg: GanTrainConfig, mconfig: dict, device: torch.device, rank: int = 0):
+        self.cfg, self.mconfig, self.device, self.rank = cfg, mconfig, device, rank
+        self.generator = build_generator(mconfig).to(device)
+        self.discriminator = build_discriminator(mconfig).to(device)
+        self.generator_ema = make_ema(self.generator)
+        self.g_train, self.d_train = self.generator, self.discriminator  # DDP wrappers after `wrap`
+        betas = tuple(cfg.optim.betas)
+        self.optimizers = {"g": torch.optim.Adam(self.generator.parameters(), lr=cfg.optim.lr_g, betas=betas),
+                           "d": torch.optim.Adam(self.discriminator.parameters(), lr=cfg.optim.lr_d, betas=betas)}
+        self.use_amp = cfg.run.amp and device.type == "cuda"
+        self.scalers = {name: torch.amp.GradScaler("cuda", enabled=self.use_amp) for name in ("g", "d")}
+        self.torch_rng = torch.Generator(device=device).manual_seed(cfg.run.seed + rank)
+        self.rng = np.random.default_rng(cfg.run.seed + rank)
+        self.policy = parse_policy(cfg.optim.augment)
+        self.step, self.images_seen = 0, 0
+
+    @property
+    def networks(self) -> dict[str, torch.nn.Module]:
+        return {"generator": self.generator, "discriminator": self.discriminator,
+                "generator_ema": self.generator_ema}
+
+    def wrap(self, prepare) -> None:
+        """prepare: e.g. ray.train.torch.prepare_model (DDP), applied to G and D on their own."""
+        self.g_train, self.d_train = prepare(self.generator), prepare(self.discriminator)
+
+    def digest(self) -> str:
+        return state_digest(self.networks, self.optimizers)
+
+    def save(self, folder: Path) -> None:
+        write_checkpoint(folder, self.networks, self.optimizers, self.scalers,
+                         {"step": self.step, "images_seen": self.images_seen},
+                         rng_state(self.torch_rng, self.rng), self.cfg.optim.augment)
+
+    def resume(self, folder: Path, log=print) -> str:
+        """Restore everything from a checkpoint folder; the config's optimizer settings win over
+        the checkpoint's (a resubmission may lower the lr). Returns the restored state's digest."""
+        state = read_checkpoint(folder, self.networks, self.optimizers, self.scalers)
+        self.step, self.images_seen = int(state["step"]), int(state["images_seen"])
+        seed = self.cfg.run.seed + self.rank
+        if self.rank < len(state["rng"]):
+            restore_rng(state["rng"][self.rank], self.torch_rng, self.rng)
+        else:  # a rank the checkpoint has no stream for: a fresh one that still depends on the step
+            self.torch_rng.manual_seed(seed + self.step)
+            self.rng = np.random.default_rng(seed + self.step)
+        digest = self.digest()
+        betas = tuple(self.cfg.optim.betas)
+        apply_configured_hyperparameters(self.optimizers, {"g": {"lr": self.cfg.optim.lr_g, "betas": betas},
+                                                           "d": {"lr": self.cfg.optim.lr_d, "betas": betas}}, log)
+        return digest
+
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        return diff_augment(images, self.policy, self.torch_rng) if self.policy else images
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp)
+
+    def set_learning_rates(self) -> None:
+        """Constant, then (from optim.lr_decay_from_images) linear to lr_final_fraction."""
+        optim = self.cfg.optim
+        factor = linear_decay_factor(self.images_seen, optim.lr_decay_from_images, optim.total_images,
+                                     optim.lr_final_fraction)
+        set_lr(self.optimizers["g"], optim.lr_g * factor)
+        set_lr(self.optimizers["d"], optim.lr_d * factor)
+
+    def train_step(self, real: torch.Tensor, attributes: dict[str, torch.Tensor], world: int = 1) -> dict:
+        """One step on this rank's batch `real` ((B, 3, H, W) in [-1, 1]) with its attribute
+        indices; `world` ranks step together. Returns the step's scalars as detached tensors
+        (no device sync here: the caller reads them once per tick)."""
+        optim, batch = self.cfg.optim, real.shape[0]
+        z_dim, optimizers, scalers = self.mconfig["z_dim"], self.optimizers, self.scalers
+        self.set_learning_rates()
+        both = {name: torch.cat([values, values]) for name, values in attributes.items()}
+
+        # d_step: D sees augmented real and generated images (G's bare module, no gradients).
+        with torch.no_grad(), self.autocast():
+            fake = self.generator(torch.randn(batch, z_dim, generator=self.torch_rng, device=self.device), attributes)
+        with self.autocast():
+            scores = self.d_train(self.augment(torch.cat([real, fake.float()])), both).float()
+            loss_d = d_loss(scores[:batch], scores[batch:], optim.loss)
+        optimizers["d"].zero_grad(set_to_none=True)
+        scalers["d"].scale(loss_d).backward()
+        scalers["d"].step(optimizers["d"])
+        scalers["d"].update()
+        stats = {"loss_d": loss_d.detach(), "real_score": scores[:batch].mean().detach(),
+                 "fake_score": scores[batch:].mean().detach()}
+
+        # r1: lazy, full precision, on augmented reals; scaled by the interval it stands for.
+        if optim.r1_gamma > 0 and self.step % optim.r1_interval == 0:
+            real_input = real.detach().requires_grad_(True)
+            real_scores = self.d_train(self.augment(real_input), attributes)
+            penalty = r1_penalty(real_scores, real_input)
+            optimizers["d"].zero_grad(set_to_none=True)
+            # `0 * scores` gives every D parameter a (zero) gradient, e.g. the head's bias that the
+            # penalty does not depend on, so DDP's reducer sees all parameters used.
+            (penalty * (optim.r1_gamma / 2 * optim.r1_interval) + 0 * real_scores.mean()).backward()
+            optimizers["d"].step()
+            stats["r1"] = penalty.detach()
+
+        # g_step: D's bare module with gradients off, so only G is all-reduced.
+        set_requires_grad(self.discriminator, False)
+        if optim.mode_seeking > 0:  # halves share attributes, so their images must differ by noise
+            attributes = {name: torch.cat([values[:batch // 2], values[:batch - batch // 2]])
+                          for name, values in attributes.items()}
+        with self.autocast():
+            noise = torch.randn(batch, z_dim, generator=self.torch_rng, device=self.device)
+            fake = self.g_train(noise, attributes)
+            loss_g = g_loss(self.discriminator(self.augment(fake), attributes).float(), optim.loss)
+            if optim.mode_seeking > 0:
+                loss_g = loss_g + optim.mode_seeking * mode_seeking_loss(fake.float(), noise)
+        optimizers["g"].zero_grad(set_to_none=True)
+        scalers["g"].scale(loss_g).backward()
+        if optim.grad_clip:
+            scalers["g"].unscale_(optimizers["g"])
+            torch.nn.utils.clip_grad_norm_(self.generator.parameters(), optim.grad_clip)
+        scalers["g"].step(optimizers["g"])
+        scalers["g"].update()
+        set_requires_grad(self.discriminator, True)
+        stats["loss_g"] = loss_g.detach()
+
+        # ema
+        global_batch = batch * world
+        self.images_seen += global_batch
+        update_ema(self.generator_ema, self.generator, global_batch, self.cfg.run.ema_half_life_images,
+                   self.images_seen)
+        self.step += 1
+        return stats
+
+
+def export_generator(export_uri: str, generator_ema: torch.nn.Module, mconfig: dict, images_seen: int,
+                     dataset: str | None) -> str:
+    """The endpoint's artifact: the EMA generator's weights + config.json (sizes, vocabularies,
+    images seen, the dataset's source line); returns the model id."""
+    return ckpt_io.export_model(export_uri, "generator", generator_ema.eval(),
+                                {**mconfig, "kind": "generator", "images_seen": images_seen, "dataset": dataset})
+
+
+class TickStats:
+    """Means of the step scalars over a tick (r1 over the steps that ran it)."""
+
+    def __init__(self):
+        self.sums, self.counts = {}, {}
+
+    def add(self, stats: dict) -> None:
+        for name, value in stats.items():  # tensors stay on the device until `means`
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+            self.counts[name] = self.counts.get(name, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {name: float(self.sums[name]) / self.counts[name] for name in (*STEP_STATS, "r1")
+                if name in self.sums}

@@ -1,0 +1,142 @@
+"""Train the product GAN in one process, without Ray: for a lent GPU machine that has torch but no
+Ray, or a quick experiment. Same config, same step (`GanTraining`), same run folder as
+jobs/train_gan.py (config.json, stats.jsonl, samples/, export/), plus `checkpoint/` (the full
+state, rewritten each time). Stops at optim.total_images or after --minutes, whichever comes
+first, then checkpoints and exports; run again and it resumes from `checkpoint/`.
+
+    python -m prodray.train.gan_local --config prodray/configs/gan_fashion_mnist.yaml \\
+        [--minutes M] [--device cuda|cpu] [key=value ...]
+"""
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from prodray import storage
+from prodray.config import ConfigError, GanTrainConfig, load_config
+from prodray.gan_data import load_split, read_vocab
+from prodray.models import count_parameters
+from prodray.train.gan_core import (GanTraining, TickStats, check_attributes, export_generator, model_config,
+                                    sample_batch, sample_grid)
+from prodray.train.run_files import RunFiles
+
+
+def load_pool(prepared: str, names: list[str], device: torch.device, log) -> tuple[torch.Tensor, dict]:
+    """The whole train split on `device`: uint8 NHWC images + attribute index tensors."""
+    split = load_split(prepared, "train", threads=min(16, os.cpu_count() or 1))
+    log(f"training pool: {len(split)} images from {prepared}")
+    return (torch.from_numpy(split.images).to(device),
+            {name: torch.from_numpy(split.attributes[name]).to(device) for name in names})
+
+
+def save_checkpoint(training: GanTraining, run_dir: Path) -> Path:
+    """Full state to run_dir/checkpoint, swapped in whole (a crash mid-write keeps the old one)."""
+    final, partial = run_dir / "checkpoint", run_dir / "checkpoint.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    training.save(partial)
+    if final.exists():
+        old = run_dir / "checkpoint.old"
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        partial.rename(final)
+        shutil.rmtree(old)
+    else:
+        partial.rename(final)
+    return final
+
+
+def train(cfg: GanTrainConfig, device: torch.device, minutes: float | None = None, log=print) -> dict:
+    """Run (or resume) the run folder run.storage_path/run.name; returns the last tick's metrics
+    plus `export` (the model id) and `stopped` ("total_images" or "minutes")."""
+    if storage.is_s3(cfg.run.storage_path):
+        raise ConfigError("config field run.storage_path: the one-process trainer writes a local folder, "
+                          f"not {cfg.run.storage_path}")
+    meta = read_vocab(cfg.data.prepared)
+    check_attributes(cfg, meta)
+    mconfig = model_config(cfg, meta)
+    run_dir = Path(cfg.run.storage_path) / cfg.run.name
+    files = RunFiles(str(run_dir))
+    files.write_config(cfg)
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.run.threads_per_worker or os.cpu_count() or 1)
+
+    training = GanTraining(cfg, mconfig, device)
+    resumed_digest = None
+    if (run_dir / "checkpoint").is_dir():
+        resumed_digest = training.resume(run_dir / "checkpoint", log)
+        log(f"resumed at step {training.step}, {training.images_seen} images seen (state {resumed_digest})")
+    log(f"generator {count_parameters(training.generator):,} parameters, discriminator "
+        f"{count_parameters(training.discriminator):,}; {mconfig['resolution']}px on {device}"
+        f"{' with mixed precision' if training.use_amp else ''}; run folder {run_dir}")
+    pool = load_pool(cfg.data.prepared, list(mconfig["vocab"]), device, log)
+
+    started = time.perf_counter()
+    deadline = started + minutes * 60 if minutes else None
+    next_tick = (training.images_seen // cfg.run.tick_images + 1) * cfg.run.tick_images
+    tick_start, tick_images, tick_stats = started, 0, TickStats()
+    stopped, metrics = None, {}
+    while stopped is None:
+        real, attributes = sample_batch(pool, cfg.data.batch_size, training.rng, device)
+        tick_stats.add(training.train_step(real, attributes))
+        tick_images += cfg.data.batch_size
+        if training.images_seen >= cfg.optim.total_images:
+            stopped = "total_images"
+        elif deadline and time.perf_counter() >= deadline:
+            stopped = "minutes"
+        if training.images_seen < next_tick and stopped is None:
+            continue
+
+        # ---- tick: stats line, sample grid, checkpoint every run.checkpoint_ticks and at the end.
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - tick_start
+        metrics = {"step": training.step, "images_seen": training.images_seen,
+                   "images_per_s": tick_images / max(elapsed, 1e-9),
+                   "lr_g": training.optimizers["g"].param_groups[0]["lr"], **tick_stats.means(),
+                   "time": time.time()}
+        if resumed_digest:
+            metrics["resumed_state"], resumed_digest = resumed_digest, None
+        files.append_stats(metrics)
+        log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items() if k != "time"))
+        tick_index = training.images_seen // cfg.run.tick_images
+        files.save_sample(f"tick-{tick_index:06d}.png", sample_grid(
+            training.generator_ema, mconfig["vocab"], mconfig["z_dim"], cfg.run.seed, device))
+        if stopped or tick_index % cfg.run.checkpoint_ticks == 0:
+            save_checkpoint(training, run_dir)
+        next_tick = (training.images_seen // cfg.run.tick_images + 1) * cfg.run.tick_images
+        tick_start, tick_images, tick_stats = time.perf_counter(), 0, TickStats()
+
+    model_id = export_generator(str(run_dir / "export"), training.generator_ema, mconfig, training.images_seen,
+                                meta.get("source"))
+    log(f"stopped at {training.images_seen} images ({stopped}) after {time.perf_counter() - started:.0f} s; "
+        f"exported {model_id} to {run_dir / 'export'}")
+    return {**metrics, "export": model_id, "stopped": stopped}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="GAN config YAML (prodray/configs/gan_*.yaml)")
+    parser.add_argument("--minutes", type=float, help="stop (checkpoint + export) after this many minutes")
+    parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. optim.total_images=1000000")
+    args = parser.parse_args(argv)
+    if args.minutes is not None and args.minutes <= 0:
+        parser.error("--minutes must be positive")
+    try:
+        cfg = load_config(GanTrainConfig, args.config, args.overrides).resolved()
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        train(cfg, device, args.minutes, log=lambda msg: print(f"[gan] {msg}", flush=True))
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The GAN's pure-torch training core (GanTraining) and the one-process runner (gan_local.py),
+which a GPU machine without Ray uses: steps, exact resume, the run folder, the time budget."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from prodray.catalog import FASHION_MNIST_DIR
+from prodray.config import ConfigError, GanTrainConfig, load_config
+from prodray.gan_data import prepare_fashion_mnist
+from prodray.generate import ProductGenerator
+from prodray.train import gan_local
+from prodray.train.gan_core import GanTraining, TickStats, sample_batch
+
+GAN_CONFIG = str(Path(__file__).resolve().parents[1] / "prodray" / "configs" / "gan_fashion_mnist.yaml")
+VOCAB = {"category": ["a", "b", "c"]}
+MCONFIG = {"vocab": VOCAB, "resolution": 8, "z_dim": 16, "embed_dim": 8, "g_channels": 32, "d_channels": 8,
+           "d_mbstd_group": 4}
+
+
+def core_config(*extra) -> GanTrainConfig:
+    return load_config(GanTrainConfig, None, ["data.prepared=unused", "data.batch_size=8", "optim.r1_interval=2",
+                                              "optim.mode_seeking=0.2", "optim.total_images=1000", *extra])
+
+
+def pool(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8), {"category": rng.integers(0, 3, n)}
+
+
+def flat(module):
+    return torch.cat([p.detach().flatten() for p in module.parameters()])
+
+
+def test_train_step_moves_every_network_and_counts_images():
+    cfg = core_config()
+    training = GanTraining(cfg, MCONFIG, torch.device("cpu"))
+    before = {name: flat(net).clone() for name, net in training.networks.items()}
+    stats, data = TickStats(), pool()
+    for _ in range(3):
+        stats.add(training.train_step(*sample_batch(data, 8, training.rng, "cpu"), world=2))
+    assert training.step == 3 and training.images_seen == 3 * 8 * 2  # a step counts every rank's images
+    for name, net in training.networks.items():
+        assert not torch.equal(before[name], flat(net)), name
+    means = stats.means()
+    assert set(means) == {"loss_d", "loss_g", "real_score", "fake_score", "r1"}  # r1 ran at steps 0 and 2
+    assert all(np.isfinite(v) for v in means.values())
+
+
+def test_learning_rate_follows_the_decay_schedule():
+    training = GanTraining(core_config("optim.lr_decay_from_images=500", "optim.lr_g=1e-4", "optim.lr_d=4e-4"),
+                           MCONFIG, torch.device("cpu"))
+    training.images_seen = 750  # halfway down the decay
+    training.set_learning_rates()
+    assert training.optimizers["g"].param_groups[0]["lr"] == pytest.approx(5e-5)
+    assert training.optimizers["d"].param_groups[0]["lr"] == pytest.approx(2e-4)
+
+
+def test_resume_continues_exactly_like_the_uninterrupted_run(tmp_path):
+    """Save after 3 steps, restore into a fresh GanTraining, step both: every tensor and the next
+    batch drawn must match (networks, Adam moments, random streams, counters)."""
+    data = pool()
+    first = GanTraining(core_config(), MCONFIG, torch.device("cpu"))
+    for _ in range(3):
+        first.train_step(*sample_batch(data, 8, first.rng, "cpu"))
+    first.save(tmp_path)
+    torch.manual_seed(123)  # a different init, so equality below comes from the checkpoint
+    second = GanTraining(core_config("run.seed=9"), MCONFIG, torch.device("cpu"))
+    assert second.digest() != first.digest()
+    assert second.resume(tmp_path, log=lambda _: None) == first.digest()
+    assert (second.step, second.images_seen) == (3, 24)
+    for training in (first, second):
+        training.train_step(*sample_batch(data, 8, training.rng, "cpu"))
+    assert second.digest() == first.digest()
+
+
+def test_sample_batch_takes_a_pool_on_the_device_or_in_numpy():
+    images, labels = pool()
+    as_tensors = torch.from_numpy(images), {"category": torch.from_numpy(labels["category"])}
+    a = sample_batch((images, labels), 5, np.random.default_rng(1), "cpu")
+    b = sample_batch(as_tensors, 5, np.random.default_rng(1), "cpu")
+    assert a[0].shape == (5, 3, 8, 8) and a[0].min() >= -1 and a[0].max() <= 1
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1]["category"], b[1]["category"])
+
+
+# ---------------------------------------------------------------- the one-process runner
+
+needs_fmnist = pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="dataset-fashion-mnist not installed")
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fmnist")
+    prepare_fashion_mnist(str(out), limit=120, echo=lambda *_: None)
+    return out
+
+
+def local_args(prepared, storage, total):
+    return ["--config", GAN_CONFIG, "--device", "cpu",
+            f"data.prepared={prepared}", "data.batch_size=8", "model.z_dim=16", "model.embed_dim=8",
+            "model.g_channels=32", "model.d_channels=8", f"optim.total_images={total}",
+            f"run.storage_path={storage}", "run.name=local", "run.tick_images=32", "run.threads_per_worker=1"]
+
+
+@needs_fmnist
+def test_local_run_writes_the_run_folder_resumes_and_exports(prepared, tmp_path, capsys):
+    run = tmp_path / "local"
+    assert gan_local.main(local_args(prepared, tmp_path, 64)) == 0
+    lines = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    assert [line["images_seen"] for line in lines] == [32, 64]
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["tick-000001.png", "tick-000002.png"]
+    assert json.loads((run / "config.json").read_text())["optim"]["total_images"] == 64
+    first_export = json.loads((run / "export" / "config.json").read_text())
+    assert first_export["images_seen"] == 64 and first_export["kind"] == "generator"
+
+    # Resubmitted with a higher total: resumes from checkpoint/ and goes on from 64 images.
+    assert gan_local.main(local_args(prepared, tmp_path, 96)) == 0
+    lines = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    assert [line["images_seen"] for line in lines] == [32, 64, 96]
+    assert "resumed_state" in lines[2] and "resumed_state" not in lines[1]
+    assert "resumed at step 8, 64 images seen" in capsys.readouterr().out
+    generator = ProductGenerator.load(str(run / "export"))
+    assert generator.config["images_seen"] == 96
+    images = generator.generate_indices({"category": np.array([0, 9])}, seed=0)
+    assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
+
+
+@needs_fmnist
+def test_time_budget_stops_checkpoints_and_exports(prepared, tmp_path):
+    cfg = load_config(GanTrainConfig, None, local_args(prepared, tmp_path, 10_000)[4:]).resolved()
+    result = gan_local.train(cfg, torch.device("cpu"), minutes=1e-6, log=lambda _: None)
+    assert result["stopped"] == "minutes" and result["images_seen"] == 8  # the first step is over the budget
+    assert (tmp_path / "local" / "checkpoint" / "state.pt").is_file()
+    assert json.loads((tmp_path / "local" / "export" / "config.json").read_text())["model_id"] == result["export"]
+
+
+def test_bad_config_fails_naming_the_field(tmp_path, capsys):
+    assert gan_local.main(["--config", GAN_CONFIG, "optim.total_images=0",
+                           f"data.prepared={tmp_path}"]) == 2
+    assert "optim.total_images" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="run.storage_path"):
+        gan_local.train(load_config(GanTrainConfig, None, ["data.prepared=x", "run.storage_path=s3://b/runs"]),
+                        torch.device("cpu"))
