@@ -6,10 +6,13 @@
 # call carries together with the repo):
 #   scripts/device_gan.sh pack fashion-mnist|fashion-products
 # Then one device call (the `run` tool, carry [".device"]), e.g.:
-#   bash scripts/device_gan.sh train fashion-mnist 7 data.batch_size=256 optim.total_images=3000000
-# It prepares the data there, runs prodray.train.gan_local for MINUTES (or to optim.total_images),
-# then `prodray eval gan` (FID/KID/CAS/attribute accuracy, the shipped judge) and leaves in $OUT:
-# train.log, stats.jsonl, the last sample grid, eval.json and export/ (generator + config.json).
+#   bash scripts/device_gan.sh train fashion-mnist 6 data.batch_size=256 run.tick_images=200000
+# It prepares the data there, measures the step (benchmarks/gan_step.py at batch 64 and 256),
+# trains with prodray.train.gan_local for MINUTES (the schedule fitted to the time after the first
+# tick, the lr falling over its last DECAY_LAST, default 0.4), then runs `prodray eval gan`
+# (FID/KID/CAS/attribute accuracy, the shipped judge) and leaves in $OUT: bench.txt, train.log,
+# stats.jsonl, the last sample grid, eval.json and export/ (generator + config.json).
+# BENCH_STEPS and EVAL_ARGS shrink the benchmark and the eval (a CPU trial of the script).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -46,12 +49,17 @@ fi
 work=${WORK:-/tmp/prodray-device}
 prepared=$work/$dataset run=$work/runs/device
 [ -f "$prepared/vocab.json" ] || "$PYTHON" -m prodray.cli gan prepare "$dataset" --source "$carried" --out "$prepared"
-set -o pipefail
-PYTHONUNBUFFERED=1 "$PYTHON" -m prodray.train.gan_local --config "prodray/configs/gan_${dataset//-/_}.yaml" \
-  --minutes "$minutes" "data.prepared=$prepared" "run.storage_path=$work/runs" run.name=device "$@" 2>&1 | tee "$OUT/train.log"
+config=prodray/configs/gan_${dataset//-/_}.yaml
+for batch in 64 256; do
+  "$PYTHON" benchmarks/gan_step.py --config "$config" --batch $batch --steps "${BENCH_STEPS:-100}" 2>&1 \
+    | tee -a "$OUT/bench.txt"
+done
+PYTHONUNBUFFERED=1 "$PYTHON" -m prodray.train.gan_local --config "$config" --minutes "$minutes" \
+  --decay-last "${DECAY_LAST:-0.4}" "data.prepared=$prepared" "run.storage_path=$work/runs" run.name=device "$@" \
+  2>&1 | tee "$OUT/train.log"
 cp "$run/stats.jsonl" "$OUT/"
 cp "$(ls "$run"/samples/*.png | tail -1)" "$OUT/"
 mkdir -p "$OUT/export" && cp "$run"/export/* "$OUT/export/"
 # shellcheck disable=SC2086
-"$PYTHON" -m prodray.cli eval gan --model "$run/export" --data "$prepared" $eval_args --threads 8 --json \
+"$PYTHON" -m prodray.cli eval gan --model "$run/export" --data "$prepared" ${EVAL_ARGS:-$eval_args} --threads 8 --json \
   | tee "$OUT/eval.json"

@@ -137,10 +137,30 @@ def test_time_budget_stops_checkpoints_and_exports(prepared, tmp_path):
     assert json.loads((tmp_path / "local" / "export" / "config.json").read_text())["model_id"] == result["export"]
 
 
+def test_schedule_fitted_to_the_time_left():
+    cfg = core_config("optim.lr_decay_from_images=500")
+    fitted = gan_local.fit_schedule(cfg, images_seen=1000, images_per_s=100.0, seconds_left=60, decay_last=0.25)
+    assert fitted.optim.total_images == 1000 + int(0.95 * 100 * 60)  # 5 % left for the ticks
+    assert fitted.optim.lr_decay_from_images == int(fitted.optim.total_images * 0.75)
+    assert fitted.optim.lr_g == cfg.optim.lr_g and cfg.optim.total_images == 1000  # the rest kept, input untouched
+    assert gan_local.fit_schedule(cfg, 0, 10.0, 10, decay_last=0).optim.lr_decay_from_images is None
+
+
+@needs_fmnist
+def test_fitted_run_records_the_fitted_schedule(prepared, tmp_path, capsys):
+    args = local_args(prepared, tmp_path, 1_000_000)
+    assert gan_local.main([*args[:4], "--minutes", "0.05", "--decay-last", "0.5", *args[4:]]) == 0
+    saved = json.loads((tmp_path / "local" / "config.json").read_text())["optim"]
+    assert saved["total_images"] < 1_000_000 and saved["lr_decay_from_images"] == saved["total_images"] // 2
+    assert f"optim.total_images={saved['total_images']}" in capsys.readouterr().out
+
+
 def test_bad_config_fails_naming_the_field(tmp_path, capsys):
     assert gan_local.main(["--config", GAN_CONFIG, "optim.total_images=0",
                            f"data.prepared={tmp_path}"]) == 2
     assert "optim.total_images" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a fitted schedule needs a time budget
+        gan_local.main(["--config", GAN_CONFIG, "--decay-last", "0.3", f"data.prepared={tmp_path}"])
     with pytest.raises(ConfigError, match="run.storage_path"):
         gan_local.train(load_config(GanTrainConfig, None, ["data.prepared=x", "run.storage_path=s3://b/runs"]),
                         torch.device("cpu"))

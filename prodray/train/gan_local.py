@@ -2,10 +2,12 @@
 Ray, or a quick experiment. Same config, same step (`GanTraining`), same run folder as
 jobs/train_gan.py (config.json, stats.jsonl, samples/, export/), plus `checkpoint/` (the full
 state, rewritten each time). Stops at optim.total_images or after --minutes, whichever comes
-first, then checkpoints and exports; run again and it resumes from `checkpoint/`.
+first, then checkpoints and exports; run again and it resumes from `checkpoint/`. With
+`--decay-last F` the schedule is fitted to the time: after the first tick, optim.total_images
+becomes what the measured rate reaches by the deadline, and the lr falls over its last F.
 
     python -m prodray.train.gan_local --config prodray/configs/gan_fashion_mnist.yaml \\
-        [--minutes M] [--device cuda|cpu] [key=value ...]
+        [--minutes M [--decay-last F]] [--device cuda|cpu] [key=value ...]
 """
 
 import argparse
@@ -51,7 +53,18 @@ def save_checkpoint(training: GanTraining, run_dir: Path) -> Path:
     return final
 
 
-def train(cfg: GanTrainConfig, device: torch.device, minutes: float | None = None, log=print) -> dict:
+def fit_schedule(cfg: GanTrainConfig, images_seen: int, images_per_s: float, seconds_left: float,
+                 decay_last: float) -> GanTrainConfig:
+    """The config with optim.total_images set to what `images_per_s` reaches in `seconds_left`
+    (95 %: ticks cost time too) and the lr decaying over the last `decay_last` of the run."""
+    total = images_seen + max(1, int(0.95 * images_per_s * seconds_left))
+    decay_from = min(int(total * (1 - decay_last)), total - 1) if decay_last > 0 else None
+    optim = cfg.optim.model_copy(update={"total_images": total, "lr_decay_from_images": decay_from})
+    return cfg.model_copy(update={"optim": optim})
+
+
+def train(cfg: GanTrainConfig, device: torch.device, minutes: float | None = None, decay_last: float | None = None,
+          log=print) -> dict:
     """Run (or resume) the run folder run.storage_path/run.name; returns the last tick's metrics
     plus `export` (the model id) and `stopped` ("total_images" or "minutes")."""
     if storage.is_s3(cfg.run.storage_path):
@@ -81,6 +94,7 @@ def train(cfg: GanTrainConfig, device: torch.device, minutes: float | None = Non
     next_tick = (training.images_seen // cfg.run.tick_images + 1) * cfg.run.tick_images
     tick_start, tick_images, tick_stats = started, 0, TickStats()
     stopped, metrics = None, {}
+    fit = decay_last is not None and deadline is not None
     while stopped is None:
         real, attributes = sample_batch(pool, cfg.data.batch_size, training.rng, device)
         tick_stats.add(training.train_step(real, attributes))
@@ -109,6 +123,13 @@ def train(cfg: GanTrainConfig, device: torch.device, minutes: float | None = Non
             training.generator_ema, mconfig["vocab"], mconfig["z_dim"], cfg.run.seed, device))
         if stopped or tick_index % cfg.run.checkpoint_ticks == 0:
             save_checkpoint(training, run_dir)
+        if fit and stopped is None:  # once, on the first tick's rate
+            cfg = training.cfg = fit_schedule(cfg, training.images_seen, metrics["images_per_s"],
+                                              deadline - time.perf_counter(), decay_last)
+            files.write_config(cfg)
+            fit = False
+            log(f"schedule fitted to the time left: optim.total_images={cfg.optim.total_images} "
+                f"optim.lr_decay_from_images={cfg.optim.lr_decay_from_images}")
         next_tick = (training.images_seen // cfg.run.tick_images + 1) * cfg.run.tick_images
         tick_start, tick_images, tick_stats = time.perf_counter(), 0, TickStats()
 
@@ -123,15 +144,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="GAN config YAML (prodray/configs/gan_*.yaml)")
     parser.add_argument("--minutes", type=float, help="stop (checkpoint + export) after this many minutes")
+    parser.add_argument("--decay-last", type=float, metavar="F",
+                        help="with --minutes: fit optim.total_images to the time after the first tick and "
+                             "decay the lr over the last F (0-1) of it")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. optim.total_images=1000000")
     args = parser.parse_args(argv)
     if args.minutes is not None and args.minutes <= 0:
         parser.error("--minutes must be positive")
+    if args.decay_last is not None and (args.minutes is None or not 0 <= args.decay_last < 1):
+        parser.error("--decay-last needs --minutes and a fraction in [0, 1)")
     try:
         cfg = load_config(GanTrainConfig, args.config, args.overrides).resolved()
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        train(cfg, device, args.minutes, log=lambda msg: print(f"[gan] {msg}", flush=True))
+        train(cfg, device, args.minutes, args.decay_last, log=lambda msg: print(f"[gan] {msg}", flush=True))
     except (ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
