@@ -13,7 +13,7 @@ from prodray.config import ConfigError, GanTrainConfig, load_config
 from prodray.gan_data import prepare_fashion_mnist
 from prodray.generate import ProductGenerator
 from prodray.train import gan_local
-from prodray.train.gan_core import GanTraining, TickStats, sample_batch
+from prodray.train.gan_core import GanTraining, TickStats, pool_to_device, sample_batch
 
 GAN_CONFIG = str(Path(__file__).resolve().parents[1] / "prodray" / "configs" / "gan_fashion_mnist.yaml")
 VOCAB = {"category": ["a", "b", "c"]}
@@ -79,7 +79,8 @@ def test_resume_continues_exactly_like_the_uninterrupted_run(tmp_path):
 
 def test_sample_batch_takes_a_pool_on_the_device_or_in_numpy():
     images, labels = pool()
-    as_tensors = torch.from_numpy(images), {"category": torch.from_numpy(labels["category"])}
+    as_tensors = pool_to_device((images, labels), "cpu")
+    assert isinstance(as_tensors[0], torch.Tensor) and as_tensors[0].dtype == torch.uint8
     a = sample_batch((images, labels), 5, np.random.default_rng(1), "cpu")
     b = sample_batch(as_tensors, 5, np.random.default_rng(1), "cpu")
     assert a[0].shape == (5, 3, 8, 8) and a[0].min() >= -1 and a[0].max() <= 1

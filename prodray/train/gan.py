@@ -20,7 +20,7 @@ from prodray.gan_data import decode_small, encode_attributes, read_vocab
 from prodray.models import count_parameters
 from prodray.models.gan import build_generator
 from prodray.train.gan_core import (GanTraining, TickStats, check_attributes, export_generator, model_config,
-                                    sample_batch, sample_grid)
+                                    pool_to_device, sample_batch, sample_grid)
 from prodray.train.run_files import RunFiles, end_tick, maybe_crash_for_test
 
 
@@ -90,6 +90,8 @@ def train_worker(config: dict) -> None:
             + ", ".join(f"{k} ({len(v)})" for k, v in mconfig["vocab"].items()) + f"; run folder {files.uri}")
 
     pool = load_pool(ray.train.get_dataset_shard("train"), list(mconfig["vocab"]), log)
+    if device.type == "cuda":
+        pool = pool_to_device(pool, device)
     next_tick = (training.images_seen // cfg.run.tick_images + 1) * cfg.run.tick_images
     tick_start, tick_images, tick_stats = time.perf_counter(), 0, TickStats()
     while training.images_seen < cfg.optim.total_images:

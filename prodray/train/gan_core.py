@@ -54,6 +54,12 @@ def sample_batch(pool, batch_size: int, rng: np.random.Generator, device):
     return real, {name: values.to(device) for name, values in labels.items()}
 
 
+def pool_to_device(pool, device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """A numpy pool as tensors on `device`: on a GPU, no host-to-device copy per step."""
+    images, attributes = pool
+    return torch.from_numpy(images).to(device), {k: torch.from_numpy(v).to(device) for k, v in attributes.items()}
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """[-1, 1] NCHW -> uint8 NHWC."""
     return images.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

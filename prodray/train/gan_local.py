@@ -24,7 +24,7 @@ from prodray.config import ConfigError, GanTrainConfig, load_config
 from prodray.gan_data import load_split, read_vocab
 from prodray.models import count_parameters
 from prodray.train.gan_core import (GanTraining, TickStats, check_attributes, export_generator, model_config,
-                                    sample_batch, sample_grid)
+                                    pool_to_device, sample_batch, sample_grid)
 from prodray.train.run_files import RunFiles
 
 
@@ -32,8 +32,7 @@ def load_pool(prepared: str, names: list[str], device: torch.device, log) -> tup
     """The whole train split on `device`: uint8 NHWC images + attribute index tensors."""
     split = load_split(prepared, "train", threads=min(16, os.cpu_count() or 1))
     log(f"training pool: {len(split)} images from {prepared}")
-    return (torch.from_numpy(split.images).to(device),
-            {name: torch.from_numpy(split.attributes[name]).to(device) for name in names})
+    return pool_to_device((split.images, {name: split.attributes[name] for name in names}), device)
 
 
 def save_checkpoint(training: GanTraining, run_dir: Path) -> Path:
