@@ -42,9 +42,10 @@ fi
 minutes=$1
 shift
 : "${OUT:?set OUT to the folder for the results (the device tool sets it)}"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # prodray is not installed there: import it from the checkout
 if ! "$PYTHON" -c "import pydantic" 2>/dev/null; then
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target /tmp/prodray-site .device/wheels/*.whl
-  export PYTHONPATH=/tmp/prodray-site${PYTHONPATH:+:$PYTHONPATH}
+  export PYTHONPATH=$PYTHONPATH:/tmp/prodray-site
 fi
 work=${WORK:-/tmp/prodray-device}
 prepared=$work/$dataset run=$work/runs/device
