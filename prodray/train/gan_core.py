@@ -139,7 +139,7 @@ class GanTraining:
     def __init__(self, cfg: GanTrainConfig, mconfig: dict, device: torch.device, rank: int = 0):
         self.cfg, self.mconfig, self.device, self.rank = cfg, mconfig, device, rank
         # NHWC weights: oneDNN (CPU) and cuDNN convolutions then run without layout reorders
-        # (benchmarks/gan_step.py: 1.2-1.4x the images/s on the 2-core development machine).
+        # (benchmarks/gan_step.py on the 2-core development machine: 1.13-1.22x the images/s).
         self.generator = build_generator(mconfig).to(device, memory_format=torch.channels_last)
         self.discriminator = build_discriminator(mconfig).to(device, memory_format=torch.channels_last)
         self.generator_ema = make_ema(self.generator)
