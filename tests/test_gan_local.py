@@ -122,7 +122,7 @@ def test_local_run_writes_the_run_folder_resumes_and_exports(prepared, tmp_path,
     lines = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
     assert [line["images_seen"] for line in lines] == [32, 64, 96]
     assert "resumed_state" in lines[2] and "resumed_state" not in lines[1]
-    assert "resumed at step 8, 64 images seen" in capsys.readouterr().out
+    assert "resumed from checkpoint/ at step 8, 64 images seen" in capsys.readouterr().out
     generator = ProductGenerator.load(str(run / "export"))
     assert generator.config["images_seen"] == 96
     images = generator.generate_indices({"category": np.array([0, 9])}, seed=0)
@@ -136,6 +136,14 @@ def test_time_budget_stops_checkpoints_and_exports(prepared, tmp_path):
     assert result["stopped"] == "minutes" and result["images_seen"] == 8  # the first step is over the budget
     assert (tmp_path / "local" / "checkpoint" / "state.pt").is_file()
     assert json.loads((tmp_path / "local" / "export" / "config.json").read_text())["model_id"] == result["export"]
+
+
+def test_resume_falls_back_to_the_state_left_by_a_crash_during_the_swap(tmp_path):
+    assert gan_local.latest_checkpoint(tmp_path) is None
+    (tmp_path / "checkpoint.old").mkdir()  # killed between moving the old state aside and the new in
+    assert gan_local.latest_checkpoint(tmp_path) == tmp_path / "checkpoint.old"
+    (tmp_path / "checkpoint").mkdir()  # killed after the swap, before the old one was removed
+    assert gan_local.latest_checkpoint(tmp_path) == tmp_path / "checkpoint"
 
 
 def test_schedule_fitted_to_the_time_left():

@@ -36,7 +36,9 @@ def load_pool(prepared: str, names: list[str], device: torch.device, log) -> tup
 
 
 def save_checkpoint(training: GanTraining, run_dir: Path) -> Path:
-    """Full state to run_dir/checkpoint, swapped in whole (a crash mid-write keeps the old one)."""
+    """Full state to run_dir/checkpoint, swapped in whole: a crash mid-write leaves the previous
+    state as checkpoint/ or, during the swap itself, as checkpoint.old/ (which `latest_checkpoint`
+    falls back to)."""
     final, partial = run_dir / "checkpoint", run_dir / "checkpoint.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -50,6 +52,10 @@ def save_checkpoint(training: GanTraining, run_dir: Path) -> Path:
     else:
         partial.rename(final)
     return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    return next((p for p in (run_dir / "checkpoint", run_dir / "checkpoint.old") if p.is_dir()), None)
 
 
 def fit_schedule(cfg: GanTrainConfig, images_seen: int, images_per_s: float, seconds_left: float,
@@ -79,10 +85,11 @@ def train(cfg: GanTrainConfig, device: torch.device, minutes: float | None = Non
         torch.set_num_threads(cfg.run.threads_per_worker or os.cpu_count() or 1)
 
     training = GanTraining(cfg, mconfig, device)
-    resumed_digest = None
-    if (run_dir / "checkpoint").is_dir():
-        resumed_digest = training.resume(run_dir / "checkpoint", log)
-        log(f"resumed at step {training.step}, {training.images_seen} images seen (state {resumed_digest})")
+    resumed_digest, checkpoint = None, latest_checkpoint(run_dir)
+    if checkpoint:
+        resumed_digest = training.resume(checkpoint, log)
+        log(f"resumed from {checkpoint.name}/ at step {training.step}, {training.images_seen} images seen "
+            f"(state {resumed_digest})")
     log(f"generator {count_parameters(training.generator):,} parameters, discriminator "
         f"{count_parameters(training.discriminator):,}; {mconfig['resolution']}px on {device}"
         f"{' with mixed precision' if training.use_amp else ''}; run folder {run_dir}")
