@@ -31,10 +31,11 @@ if [ "$action" = pack ]; then
   [ -d "$source_dir" ] || { echo "no source at $source_dir" >&2; exit 2; }
   rm -rf .device && mkdir -p "$carried" .device/wheels
   cp "$source_dir"/* "$carried"/
-  # The GPU image has Python 3.12 and no pydantic; the versions this project's venv resolved.
+  # The GPU image has Python 3.12 and no pydantic: the versions this venv resolved (typing-extensions
+  # too, in case the image's is older than pydantic needs).
   "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .device/wheels \
-    pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
+    pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0
   du -sh .device
   exit 0
 fi
