@@ -2,9 +2,9 @@
 against the same step with plain NCHW tensors, and on a GPU also with mixed precision.
 
 Pure torch (prodray.train.gan_core.GanTraining, no Ray), random uint8 images at the resolution and
-with the attribute vocabularies of the shipped generator of that dataset, the config's networks and optimizer settings. Arms run in interleaved rounds
-so drift on a shared machine hits them alike; prints images/s per round, the median of each arm
-and its ratio to the baseline.
+with the attribute vocabularies of the shipped generator of that dataset, the config's networks and
+optimizer settings. Arms run in interleaved rounds so drift on a shared machine hits them alike;
+prints images/s per round, the median of each arm and its ratio to the baseline.
 
     .venv/bin/python benchmarks/gan_step.py [--config prodray/configs/gan_fashion_mnist.yaml]
         [--device cpu|cuda] [--batch 64] [--threads 1] [--steps 12] [--rounds 3]

@@ -20,7 +20,7 @@ from prodray.gan_data import decode_small, encode_attributes, read_vocab
 from prodray.models import count_parameters
 from prodray.models.gan import build_generator
 from prodray.train.gan_core import (GanTraining, TickStats, check_attributes, export_generator, model_config,
-                                    pool_to_device, sample_batch, sample_grid)
+                                    pool_to_device, sample_batch)
 from prodray.train.run_files import RunFiles, end_tick, maybe_crash_for_test
 
 
@@ -105,16 +105,13 @@ def train_worker(config: dict) -> None:
 
         # ---- tick maintenance: every rank reports; rank 0 logs, samples and checkpoints.
         elapsed = time.perf_counter() - tick_start
-        metrics = {"step": training.step, "images_seen": training.images_seen,
-                   "images_per_s": tick_images / max(elapsed, 1e-9),
-                   "lr_g": training.optimizers["g"].param_groups[0]["lr"], **tick_stats.means()}
+        metrics = training.tick_metrics(tick_images, elapsed, tick_stats)
         if resumed_digest:
             metrics["resumed_state"] = resumed_digest
             resumed_digest = None
         tick_index = training.images_seen // cfg.run.tick_images
         if files:
-            files.save_sample(f"tick-{tick_index:06d}.png", sample_grid(
-                training.generator_ema, mconfig["vocab"], mconfig["z_dim"], cfg.run.seed, device))
+            files.save_sample(f"tick-{tick_index:06d}.png", training.grid())
         checkpoint_due = (tick_index % cfg.run.checkpoint_ticks == 0
                           or training.images_seen >= cfg.optim.total_images)
         end_tick(metrics, files, checkpoint_due, training.save, log)

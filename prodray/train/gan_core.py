@@ -42,7 +42,7 @@ def check_attributes(cfg: GanTrainConfig, meta: dict) -> None:
 def sample_batch(pool, batch_size: int, rng: np.random.Generator, device):
     """-> (real images NCHW in [-1, 1], attribute index tensors) of a random batch of the pool:
     uint8 NHWC images + {name: index array}, as numpy arrays or as tensors already on `device`
-    (the one-process GPU runner keeps the whole pool there)."""
+    (see `pool_to_device`)."""
     images, attributes = pool
     index = rng.integers(0, len(images), batch_size)
     if isinstance(images, torch.Tensor):
@@ -162,6 +162,16 @@ class GanTraining:
     def wrap(self, prepare) -> None:
         """prepare: e.g. ray.train.torch.prepare_model (DDP), applied to G and D on their own."""
         self.g_train, self.d_train = prepare(self.generator), prepare(self.discriminator)
+
+    def grid(self) -> np.ndarray:
+        """The tick's sample grid from the EMA generator (fixed noise: comparable across ticks)."""
+        return sample_grid(self.generator_ema, self.mconfig["vocab"], self.mconfig["z_dim"], self.cfg.run.seed,
+                           self.device)
+
+    def tick_metrics(self, tick_images: int, elapsed: float, stats: "TickStats") -> dict:
+        """The stats.jsonl record of a tick: counters, images/s, the current lr, the step means."""
+        return {"step": self.step, "images_seen": self.images_seen, "images_per_s": tick_images / max(elapsed, 1e-9),
+                "lr_g": self.optimizers["g"].param_groups[0]["lr"], **stats.means()}
 
     def digest(self) -> str:
         return state_digest(self.networks, self.optimizers)

@@ -24,8 +24,8 @@ from prodray.config import ConfigError, GanTrainConfig, load_config
 from prodray.gan_data import load_split, read_vocab
 from prodray.models import count_parameters
 from prodray.train.gan_core import (GanTraining, TickStats, check_attributes, export_generator, model_config,
-                                    pool_to_device, sample_batch, sample_grid)
-from prodray.train.run_files import RunFiles
+                                    pool_to_device, sample_batch)
+from prodray.train.run_files import RunFiles, format_metrics
 
 
 def load_pool(prepared: str, names: list[str], device: torch.device, log) -> tuple[torch.Tensor, dict]:
@@ -116,17 +116,13 @@ def train(cfg: GanTrainConfig, device: torch.device, minutes: float | None = Non
         if device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - tick_start
-        metrics = {"step": training.step, "images_seen": training.images_seen,
-                   "images_per_s": tick_images / max(elapsed, 1e-9),
-                   "lr_g": training.optimizers["g"].param_groups[0]["lr"], **tick_stats.means(),
-                   "time": time.time()}
+        metrics = {**training.tick_metrics(tick_images, elapsed, tick_stats), "time": time.time()}
         if resumed_digest:
             metrics["resumed_state"], resumed_digest = resumed_digest, None
         files.append_stats(metrics)
-        log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items() if k != "time"))
+        log(format_metrics(metrics))
         tick_index = training.images_seen // cfg.run.tick_images
-        files.save_sample(f"tick-{tick_index:06d}.png", sample_grid(
-            training.generator_ema, mconfig["vocab"], mconfig["z_dim"], cfg.run.seed, device))
+        files.save_sample(f"tick-{tick_index:06d}.png", training.grid())
         if stopped or tick_index % cfg.run.checkpoint_ticks == 0:
             save_checkpoint(training, run_dir)
         if fit and stopped is None:  # once, on the first tick's rate

@@ -37,6 +37,11 @@ class RunFiles:
         return uri
 
 
+def format_metrics(metrics: dict) -> str:
+    """The tick's log line: key=value, floats to 4 significant digits, wall time left out."""
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items() if k != "time")
+
+
 def end_tick(metrics: dict, files: RunFiles | None, checkpoint_due: bool, write_checkpoint, log) -> None:
     """Every rank calls this at the end of a tick. Rank 0 (the one holding `files`) appends the
     metrics to stats.jsonl, logs them and, when due, calls `write_checkpoint(folder)`; then every
@@ -48,7 +53,7 @@ def end_tick(metrics: dict, files: RunFiles | None, checkpoint_due: bool, write_
     if files:
         metrics["time"] = time.time()
         files.append_stats(metrics)
-        log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items() if k != "time"))
+        log(format_metrics(metrics))
         if checkpoint_due:
             checkpoint_dir = tempfile.mkdtemp(prefix="prodray-ckpt-")
             write_checkpoint(Path(checkpoint_dir))
