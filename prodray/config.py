@@ -183,6 +183,9 @@ class GanOptimConfig(Strict):
     augment: str = "translation,cutout"  # DiffAugment policy: any of color, translation, cutout
     grad_clip: Optional[float] = None
     mode_seeking: float = Field(0.0, ge=0)  # weight of the mode-seeking term on G (MSGAN); 0 = off
+    # Auxiliary classifier in D (AC-GAN, trained on real images only): weight of its cross-entropy
+    # in D's loss and of "read as the asked attributes" in G's; 0 = off (projection alone).
+    class_weight: float = Field(0.0, ge=0)
     # Constant lr until this many images, then linear decay to lr_final_fraction x lr at total_images.
     lr_decay_from_images: Optional[int] = Field(None, ge=0)  # None: constant lr throughout
     lr_final_fraction: float = Field(0.0, ge=0, le=1)

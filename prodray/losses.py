@@ -1,4 +1,5 @@
-"""GAN losses: hinge and non-saturating (logistic), and the R1 gradient penalty.
+"""GAN losses: hinge and non-saturating (logistic), the R1 gradient penalty, mode seeking and
+the auxiliary classifier's cross-entropy.
 
 Sign conventions: the discriminator outputs a real-valued score, higher = more real. Both
 discriminator losses fall as real scores rise and fake scores fall; the generator losses fall
@@ -40,3 +41,9 @@ def mode_seeking_loss(images: torch.Tensor, noise: torch.Tensor, eps: float = 1e
     image_gap = (images[:half] - images[half:2 * half]).abs().flatten(1).mean(1)
     noise_gap = (noise[:half] - noise[half:2 * half]).abs().flatten(1).mean(1)
     return 1.0 / ((image_gap / noise_gap).mean() + eps)
+
+
+def class_loss(logits: dict[str, torch.Tensor], attributes: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy of the auxiliary classifier's logits against attribute indices, averaged over
+    attributes (AC-GAN, Odena et al. 2017): D lowers it on real images, G on its own."""
+    return sum(F.cross_entropy(logits[name].float(), attributes[name]) for name in logits) / len(logits)

@@ -10,7 +10,7 @@ from prodray import checkpoint as ckpt_io
 from prodray.augment import diff_augment, parse_policy
 from prodray.config import ConfigError, GanTrainConfig, load_config
 from prodray.generate import ProductGenerator, UnknownAttribute
-from prodray.losses import d_loss, g_loss, mode_seeking_loss, r1_penalty
+from prodray.losses import class_loss, d_loss, g_loss, mode_seeking_loss, r1_penalty
 from prodray.models.gan import MinibatchStddev, build_discriminator, build_generator
 from prodray.train.gan_core import grid_conditions, read_checkpoint, state_digest, write_checkpoint
 from prodray.train.loop import apply_configured_hyperparameters, linear_decay_factor, make_ema
@@ -129,6 +129,24 @@ def test_mode_seeking_loss_falls_as_paired_images_differ():
     # the hand formula: 1 / mean_pairs(|x1 - x2| / |z1 - z2|)
     gap = (noise[:4] - noise[4:]).abs().mean(1)
     assert torch.allclose(mode_seeking_loss(apart, noise), 1 / (1 / gap).mean(), rtol=1e-4)
+
+
+def test_classifying_discriminator_returns_logits_per_attribute():
+    discriminator = build_discriminator(model_config(8), classify=True)
+    scores, logits = discriminator(torch.randn(5, 3, 8, 8), attrs(5))
+    assert scores.shape == (5,)
+    assert {name: tuple(v.shape) for name, v in logits.items()} == {"articleType": (5, 3), "baseColour": (5, 4)}
+
+
+def test_class_loss_falls_as_logits_agree_with_the_attributes():
+    labels = {"articleType": torch.tensor([0, 2]), "baseColour": torch.tensor([3, 1])}
+    right = {name: torch.nn.functional.one_hot(v, n).float() * 5 for (name, v), n in zip(labels.items(), (3, 4))}
+    wrong = {name: v.roll(1, dims=0) for name, v in right.items()}
+    assert class_loss(right, labels) < class_loss({k: torch.zeros_like(v) for k, v in right.items()}, labels)
+    assert class_loss(wrong, labels) > class_loss({k: torch.zeros_like(v) for k, v in right.items()}, labels)
+    # the hand formula: mean over attributes of the cross-entropy; uniform logits give log(classes)
+    uniform = {k: torch.zeros_like(v) for k, v in right.items()}
+    assert class_loss(uniform, labels).item() == pytest.approx((np.log(3) + np.log(4)) / 2, rel=1e-5)
 
 
 def test_augmentation_is_seeded_differentiable_and_shape_preserving():

@@ -50,6 +50,32 @@ def test_train_step_moves_every_network_and_counts_images():
     assert all(np.isfinite(v) for v in means.values())
 
 
+def coloured_pool(n=48, seed=0):
+    """Images whose colour is their category (red, green, blue) plus noise: a classifier can learn it."""
+    rng = np.random.default_rng(seed)
+    category = rng.integers(0, 3, n)
+    images = rng.integers(0, 60, (n, 8, 8, 3)).astype(np.uint8)
+    images[np.arange(n), :, :, category] += 180
+    return images, {"category": category}
+
+
+def test_auxiliary_classifier_learns_the_attributes_of_real_images_and_steers_g():
+    torch.manual_seed(0)
+    training = GanTraining(core_config("optim.class_weight=1.0", "optim.mode_seeking=0"), MCONFIG, torch.device("cpu"))
+    classifiers = flat(training.discriminator.classifiers).clone()
+    data = coloured_pool()
+    steps = [training.train_step(*sample_batch(data, 8, training.rng, "cpu")) for _ in range(40)]
+    assert not torch.equal(classifiers, flat(training.discriminator.classifiers))
+    assert "classifiers.category.weight" in training.discriminator.state_dict()  # checkpoints carry the head
+
+    def mean(name, part):
+        return float(np.mean([float(s[name]) for s in part]))
+    # D's classifier starts near chance (log 3 = 1.10) and learns the colour of real images ...
+    assert float(steps[0]["class_d"]) > 0.9 and mean("class_d", steps[-5:]) < 0.5
+    # ... and G's images come to be read as the asked category more often
+    assert mean("class_g", steps[-5:]) < mean("class_g", steps[:5])
+
+
 def test_learning_rate_follows_the_decay_schedule():
     training = GanTraining(core_config("optim.lr_decay_from_images=500", "optim.lr_g=1e-4", "optim.lr_d=4e-4"),
                            MCONFIG, torch.device("cpu"))

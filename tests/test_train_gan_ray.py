@@ -62,12 +62,12 @@ def latest_checkpoint(run: Path) -> Path:
     return run_checkpoints(run)[-1]
 
 
-def checkpoint_digest(folder: Path) -> str:
+def checkpoint_digest(folder: Path, classify: bool = False) -> str:
     """The digest of G, D, G_ema and both optimizers as stored in a checkpoint folder."""
     model = json.loads((folder.parent / "export" / "config.json").read_text()) if (folder.parent / "export").exists() else None
     config = {k: model[k] for k in ("vocab", "resolution", "z_dim", "embed_dim", "g_channels", "d_channels",
                                     "d_mbstd_group")}
-    generator, discriminator = build_generator(config), build_discriminator(config)
+    generator, discriminator = build_generator(config), build_discriminator(config, classify=classify)
     networks = {"generator": generator, "discriminator": discriminator, "generator_ema": make_ema(generator)}
     import torch
     optimizers = {"g": torch.optim.Adam(generator.parameters()), "d": torch.optim.Adam(discriminator.parameters())}
@@ -77,7 +77,8 @@ def checkpoint_digest(folder: Path) -> str:
 
 
 def test_ddp_run_checkpoints_resumes_exactly_and_exports(local_ray, prepared, tmp_path):
-    result = build_trainer(tiny_config(prepared, tmp_path, "gan", total=64)).fit()
+    # With D's auxiliary classifier: DDP must see its head used in every phase, R1 included.
+    result = build_trainer(tiny_config(prepared, tmp_path, "gan", 64, "optim.class_weight=0.5")).fit()
     assert result.error is None and result.metrics["images_seen"] == 64
     run = tmp_path / "gan"
     first = stats(tmp_path, "gan")
@@ -86,13 +87,14 @@ def test_ddp_run_checkpoints_resumes_exactly_and_exports(local_ray, prepared, tm
     assert all(np.isfinite(s["loss_d"]) and np.isfinite(s["loss_g"]) for s in first)
     assert len(list((run / "samples").glob("tick-*.png"))) == 2
     checkpoint = latest_checkpoint(run)
-    stored = checkpoint_digest(checkpoint)
+    assert all(np.isfinite(s["class_d"]) and np.isfinite(s["class_g"]) for s in first)
+    stored = checkpoint_digest(checkpoint, classify=True)
     state = ckpt_io.load_state_bytes((checkpoint / "state.pt").read_bytes())
     assert state["step"] == 4 and state["images_seen"] == 64
 
     # Resubmission with a longer schedule: every tensor restored exactly, the step count goes on, and
     # the new lr (half the default) falls linearly to 0 from where the run stood.
-    result = build_trainer(tiny_config(prepared, tmp_path, "gan", 128, "optim.lr_g=1.0e-4",
+    result = build_trainer(tiny_config(prepared, tmp_path, "gan", 128, "optim.class_weight=0.5", "optim.lr_g=1.0e-4",
                                        "optim.lr_decay_from_images=64")).fit()
     assert result.error is None
     history = stats(tmp_path, "gan")

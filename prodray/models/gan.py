@@ -148,10 +148,12 @@ class MinibatchStddev(nn.Module):
 
 class ProjectionDiscriminator(nn.Module):
     """Spectral-normalised conv net; score = linear(h) + sum over attributes of <embed(y), h>
-    (Miyato & Koyama's projection, one term per attribute)."""
+    (Miyato & Koyama's projection, one term per attribute). With `classify`, also one linear
+    classifier per attribute on the same features (AC-GAN's auxiliary head), and forward returns
+    (score, {attribute: logits})."""
 
     def __init__(self, vocab_sizes: dict[str, int], resolution: int = 32, d_channels: int = 64,
-                 max_channels: int = 512, mbstd_group: int = 0):
+                 max_channels: int = 512, mbstd_group: int = 0, classify: bool = False):
         super().__init__()
         steps = _check_resolution(resolution)
         widths = [min(max_channels, d_channels * 2 ** i) for i in range(steps + 1)]
@@ -165,13 +167,18 @@ class ProjectionDiscriminator(nn.Module):
         self.head = spectral_norm(nn.Linear(widths[-1], 1))
         self.projections = nn.ModuleDict({name: spectral_norm(nn.Embedding(size, widths[-1]))
                                           for name, size in vocab_sizes.items()})
+        # Not spectral-normalised: SN would cap the logits' scale and keep the cross-entropy soft.
+        self.classifiers = nn.ModuleDict({name: nn.Linear(widths[-1], size) for name, size in vocab_sizes.items()}
+                                         ) if classify else None
 
-    def forward(self, images: torch.Tensor, attributes: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, attributes: dict[str, torch.Tensor]):
         h = self.features(images).sum(dim=(2, 3))
         score = self.head(h).squeeze(1)
         for name, table in self.projections.items():
             score = score + (table(attributes[name]) * h).sum(dim=1)
-        return score
+        if self.classifiers is None:
+            return score
+        return score, {name: classifier(h) for name, classifier in self.classifiers.items()}
 
 
 def build_generator(config: dict) -> ConditionalGenerator:
@@ -182,7 +189,7 @@ def build_generator(config: dict) -> ConditionalGenerator:
                                 blocks=config.get("g_blocks", "plain"))  # exports before g_blocks: plain
 
 
-def build_discriminator(config: dict) -> ProjectionDiscriminator:
+def build_discriminator(config: dict, classify: bool = False) -> ProjectionDiscriminator:
     return ProjectionDiscriminator({name: len(values) for name, values in config["vocab"].items()},
                                    resolution=config["resolution"], d_channels=config["d_channels"],
-                                   mbstd_group=config.get("d_mbstd_group", 0))
+                                   mbstd_group=config.get("d_mbstd_group", 0), classify=classify)

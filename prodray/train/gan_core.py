@@ -3,7 +3,8 @@
 `GanTraining` owns G, D, the EMA generator, both optimizers and grad scalers, the random state
 and the counters, and runs one step in the phases named as in StyleGAN2-ADA: `d_step` (hinge /
 logistic loss on augmented real and generated images), lazy `r1` (every `r1_interval` steps,
-scaled up by the interval), `g_step`, `ema`. It does no logging, saving or data loading: the Ray
+scaled up by the interval), `g_step`, `ema`; with `optim.class_weight`, D also classifies
+real images' attributes and G is pushed to be read as the asked ones (AC-GAN). It does no logging, saving or data loading: the Ray
 Train shell (gan.py) and the one-process runner (gan_local.py) do those around it. Progress is
 counted in real images shown to the discriminator.
 """
@@ -17,12 +18,13 @@ import torch
 from prodray import checkpoint as ckpt_io
 from prodray.augment import diff_augment, parse_policy
 from prodray.config import ConfigError, GanTrainConfig
-from prodray.losses import d_loss, g_loss, mode_seeking_loss, r1_penalty
+from prodray.losses import class_loss, d_loss, g_loss, mode_seeking_loss, r1_penalty
 from prodray.models.gan import build_discriminator, build_generator
 from prodray.train.loop import (apply_configured_hyperparameters, image_grid, linear_decay_factor, make_ema,
                                 restore_rng, rng_state, set_lr, update_ema)
 
 STEP_STATS = ("loss_d", "loss_g", "real_score", "fake_score")
+OPTIONAL_STATS = ("r1", "class_d", "class_g")  # lazy R1; the auxiliary classifier's losses
 
 
 def model_config(cfg: GanTrainConfig, meta: dict) -> dict:
@@ -141,7 +143,9 @@ class GanTraining:
         # NHWC weights: oneDNN (CPU) and cuDNN convolutions then run without layout reorders
         # (benchmarks/gan_step.py on the 2-core development machine: 1.13-1.22x the images/s).
         self.generator = build_generator(mconfig).to(device, memory_format=torch.channels_last)
-        self.discriminator = build_discriminator(mconfig).to(device, memory_format=torch.channels_last)
+        self.classify = cfg.optim.class_weight > 0
+        self.discriminator = build_discriminator(mconfig, classify=self.classify).to(
+            device, memory_format=torch.channels_last)
         self.generator_ema = make_ema(self.generator)
         self.g_train, self.d_train = self.generator, self.discriminator  # DDP wrappers after `wrap`
         betas = tuple(cfg.optim.betas)
@@ -198,6 +202,11 @@ class GanTraining:
                                                            "d": {"lr": self.cfg.optim.lr_d, "betas": betas}}, log)
         return digest
 
+    def judge(self, discriminator, images: torch.Tensor, attributes: dict) -> tuple[torch.Tensor, dict | None]:
+        """(scores, class logits or None): D's output in one shape whether or not it classifies."""
+        out = discriminator(images, attributes)
+        return out if self.classify else (out, None)
+
     def augment(self, images: torch.Tensor) -> torch.Tensor:
         return diff_augment(images, self.policy, self.torch_rng) if self.policy else images
 
@@ -225,24 +234,31 @@ class GanTraining:
         with torch.no_grad(), self.autocast():
             fake = self.generator(torch.randn(batch, z_dim, generator=self.torch_rng, device=self.device), attributes)
         with self.autocast():
-            scores = self.d_train(self.augment(torch.cat([real, fake.float()])), both).float()
+            scores, logits = self.judge(self.d_train, self.augment(torch.cat([real, fake.float()])), both)
+            scores = scores.float()
             loss_d = d_loss(scores[:batch], scores[batch:], optim.loss)
+            if logits is not None:  # the classifier learns from real images only
+                class_d = class_loss({name: values[:batch] for name, values in logits.items()}, attributes)
+                loss_d = loss_d + optim.class_weight * class_d
         optimizers["d"].zero_grad(set_to_none=True)
         scalers["d"].scale(loss_d).backward()
         scalers["d"].step(optimizers["d"])
         scalers["d"].update()
         stats = {"loss_d": loss_d.detach(), "real_score": scores[:batch].mean().detach(),
                  "fake_score": scores[batch:].mean().detach()}
+        if logits is not None:
+            stats["class_d"] = class_d.detach()
 
         # r1: lazy, full precision, on augmented reals; scaled by the interval it stands for.
         if optim.r1_gamma > 0 and self.step % optim.r1_interval == 0:
             real_input = real.detach().requires_grad_(True)
-            real_scores = self.d_train(self.augment(real_input), attributes)
+            real_scores, logits = self.judge(self.d_train, self.augment(real_input), attributes)
             penalty = r1_penalty(real_scores, real_input)
             optimizers["d"].zero_grad(set_to_none=True)
-            # `0 * scores` gives every D parameter a (zero) gradient, e.g. the head's bias that the
-            # penalty does not depend on, so DDP's reducer sees all parameters used.
-            (penalty * (optim.r1_gamma / 2 * optim.r1_interval) + 0 * real_scores.mean()).backward()
+            # `0 * ...` gives every D parameter a (zero) gradient, e.g. the head's bias and the
+            # classifiers that the penalty does not depend on, so DDP's reducer sees all parameters used.
+            unused = 0 * real_scores.mean() + (0 * sum(v.mean() for v in logits.values()) if logits else 0)
+            (penalty * (optim.r1_gamma / 2 * optim.r1_interval) + unused).backward()
             optimizers["d"].step()
             stats["r1"] = penalty.detach()
 
@@ -254,7 +270,12 @@ class GanTraining:
         with self.autocast():
             noise = torch.randn(batch, z_dim, generator=self.torch_rng, device=self.device)
             fake = self.g_train(noise, attributes)
-            loss_g = g_loss(self.discriminator(self.augment(fake), attributes).float(), optim.loss)
+            scores, logits = self.judge(self.discriminator, self.augment(fake), attributes)
+            loss_g = g_loss(scores.float(), optim.loss)
+            if logits is not None:
+                class_g = class_loss(logits, attributes)
+                loss_g = loss_g + optim.class_weight * class_g
+                stats["class_g"] = class_g.detach()
             if optim.mode_seeking > 0:
                 loss_g = loss_g + optim.mode_seeking * mode_seeking_loss(fake.float(), noise)
         optimizers["g"].zero_grad(set_to_none=True)
@@ -296,5 +317,5 @@ class TickStats:
             self.counts[name] = self.counts.get(name, 0) + 1
 
     def means(self) -> dict[str, float]:
-        return {name: float(self.sums[name]) / self.counts[name] for name in (*STEP_STATS, "r1")
+        return {name: float(self.sums[name]) / self.counts[name] for name in (*STEP_STATS, *OPTIONAL_STATS)
                 if name in self.sums}
