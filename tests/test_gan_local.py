@@ -179,6 +179,11 @@ def test_schedule_fitted_to_the_time_left():
     assert fitted.optim.lr_decay_from_images == int(fitted.optim.total_images * 0.75)
     assert fitted.optim.lr_g == cfg.optim.lr_g and cfg.optim.total_images == 1000  # the rest kept, input untouched
     assert gan_local.fit_schedule(cfg, 0, 10.0, 10, decay_last=0).optim.lr_decay_from_images is None
+    # refitted after the decay began: total follows the rate, the decay keeps its start
+    refit = gan_local.fit_schedule(fitted, images_seen=6000, images_per_s=50.0, seconds_left=10, decay_last=0.25,
+                                   decay_began_at=fitted.optim.lr_decay_from_images)
+    assert refit.optim.total_images == 6000 + int(0.95 * 50 * 10)
+    assert refit.optim.lr_decay_from_images == fitted.optim.lr_decay_from_images
 
 
 @needs_fmnist
@@ -186,8 +191,9 @@ def test_fitted_run_records_the_fitted_schedule(prepared, tmp_path, capsys):
     args = local_args(prepared, tmp_path, 1_000_000)
     assert gan_local.main([*args[:4], "--minutes", "0.05", "--decay-last", "0.5", *args[4:]]) == 0
     saved = json.loads((tmp_path / "local" / "config.json").read_text())["optim"]
-    assert saved["total_images"] < 1_000_000 and saved["lr_decay_from_images"] == saved["total_images"] // 2
-    assert f"optim.total_images={saved['total_images']}" in capsys.readouterr().out
+    # refitted every tick; the decay's start was set while the lr was still constant
+    assert saved["total_images"] < 1_000_000 and 0 < saved["lr_decay_from_images"] < saved["total_images"]
+    assert "schedule fitted to the time left: optim.total_images=" in capsys.readouterr().out
 
 
 def test_bad_config_fails_naming_the_field(tmp_path, capsys):

@@ -3,8 +3,9 @@ Ray, or a quick experiment. Same config, same step (`GanTraining`), same run fol
 jobs/train_gan.py (config.json, stats.jsonl, samples/, export/), plus `checkpoint/` (the full
 state, rewritten each time). Stops at optim.total_images or after --minutes, whichever comes
 first, then checkpoints and exports; run again and it resumes from `checkpoint/`. With
-`--decay-last F` the schedule is fitted to the time: after the first tick, optim.total_images
-becomes what the measured rate reaches by the deadline, and the lr falls over its last F.
+`--decay-last F` the schedule is fitted to the time: after every tick, optim.total_images becomes
+what the mean rate so far reaches by the deadline, and the lr falls over its last F (once the fall
+has begun, its start stays put).
 
     python -m prodray.train.gan_local --config prodray/configs/gan_fashion_mnist.yaml \\
         [--minutes M [--decay-last F]] [--device cuda|cpu] [key=value ...]
@@ -59,11 +60,15 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def fit_schedule(cfg: GanTrainConfig, images_seen: int, images_per_s: float, seconds_left: float,
-                 decay_last: float) -> GanTrainConfig:
+                 decay_last: float, decay_began_at: int | None = None) -> GanTrainConfig:
     """The config with optim.total_images set to what `images_per_s` reaches in `seconds_left`
-    (95 %: ticks cost time too) and the lr decaying over the last `decay_last` of the run."""
+    (95 %: ticks cost time too) and the lr decaying over the last `decay_last` of the run, or from
+    `decay_began_at` when the decay is already under way (so the lr never jumps back up)."""
     total = images_seen + max(1, int(0.95 * images_per_s * seconds_left))
-    decay_from = min(int(total * (1 - decay_last)), total - 1) if decay_last > 0 else None
+    if decay_began_at is not None:
+        decay_from = decay_began_at
+    else:
+        decay_from = min(int(total * (1 - decay_last)), total - 1) if decay_last > 0 else None
     optim = cfg.optim.model_copy(update={"total_images": total, "lr_decay_from_images": decay_from})
     return cfg.model_copy(update={"optim": optim})
 
@@ -95,12 +100,12 @@ def train(cfg: GanTrainConfig, device: torch.device, minutes: float | None = Non
         f"{' with mixed precision' if training.use_amp else ''}; run folder {run_dir}")
     pool = load_pool(cfg.data.prepared, list(mconfig["vocab"]), device, log)
 
-    started = time.perf_counter()
+    started, images_at_start = time.perf_counter(), training.images_seen
     deadline = started + minutes * 60 if minutes else None
     next_tick = (training.images_seen // cfg.run.tick_images + 1) * cfg.run.tick_images
     tick_start, tick_images, tick_stats = started, 0, TickStats()
     stopped, metrics = None, {}
-    fit = decay_last is not None and deadline is not None
+    fit, fitted = decay_last is not None and deadline is not None, False
     while stopped is None:
         real, attributes = sample_batch(pool, cfg.data.batch_size, training.rng, device)
         tick_stats.add(training.train_step(real, attributes))
@@ -125,13 +130,17 @@ def train(cfg: GanTrainConfig, device: torch.device, minutes: float | None = Non
         files.save_sample(f"tick-{tick_index:06d}.png", training.grid())
         if stopped or tick_index % cfg.run.checkpoint_ticks == 0:
             save_checkpoint(training, run_dir)
-        if fit and stopped is None:  # once, on the first tick's rate
-            cfg = training.cfg = fit_schedule(cfg, training.images_seen, metrics["images_per_s"],
-                                              deadline - time.perf_counter(), decay_last)
+        if fit and stopped is None:  # every tick, on the mean rate so far: the rate drifts over a run
+            now, decay_from = time.perf_counter(), cfg.optim.lr_decay_from_images
+            began = decay_from if fitted and decay_from is not None and training.images_seen >= decay_from else None
+            rate = (training.images_seen - images_at_start) / (now - started)
+            refit = fit_schedule(cfg, training.images_seen, rate, deadline - now, decay_last, began)
+            if not fitted or abs(refit.optim.total_images - cfg.optim.total_images) > 0.01 * cfg.optim.total_images:
+                log(f"schedule fitted to the time left: optim.total_images={refit.optim.total_images} "
+                    f"optim.lr_decay_from_images={refit.optim.lr_decay_from_images}")
+            cfg = training.cfg = refit
             files.write_config(cfg)
-            fit = False
-            log(f"schedule fitted to the time left: optim.total_images={cfg.optim.total_images} "
-                f"optim.lr_decay_from_images={cfg.optim.lr_decay_from_images}")
+            fitted = True
         next_tick = (training.images_seen // cfg.run.tick_images + 1) * cfg.run.tick_images
         tick_start, tick_images, tick_stats = time.perf_counter(), 0, TickStats()
 
@@ -147,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="GAN config YAML (prodray/configs/gan_*.yaml)")
     parser.add_argument("--minutes", type=float, help="stop (checkpoint + export) after this many minutes")
     parser.add_argument("--decay-last", type=float, metavar="F",
-                        help="with --minutes: fit optim.total_images to the time after the first tick and "
+                        help="with --minutes: fit optim.total_images to the time after every tick and "
                              "decay the lr over the last F (0-1) of it")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. optim.total_images=1000000")
