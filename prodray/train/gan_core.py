@@ -3,10 +3,11 @@
 `GanTraining` owns G, D, the EMA generator, both optimizers and grad scalers, the random state
 and the counters, and runs one step in the phases named as in StyleGAN2-ADA: `d_step` (hinge /
 logistic loss on augmented real and generated images), lazy `r1` (every `r1_interval` steps,
-scaled up by the interval), `g_step`, `ema`; with `optim.class_weight`, D also classifies
-real images' attributes and G is pushed to be read as the asked ones (AC-GAN). It does no logging, saving or data loading: the Ray
-Train shell (gan.py) and the one-process runner (gan_local.py) do those around it. Progress is
-counted in real images shown to the discriminator.
+scaled up by the interval), `g_step`, `ema`; with `optim.class_weight`, D also classifies real
+images' attributes and G is pushed to be read as the asked ones (AC-GAN; loss_d and loss_g include
+those terms, class_d and class_g report them alone). It does no logging, saving or data loading:
+the Ray Train shell (gan.py) and the one-process runner (gan_local.py) do those around it.
+Progress is counted in real images shown to the discriminator.
 """
 
 import hashlib
