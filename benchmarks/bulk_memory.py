@@ -1,5 +1,5 @@
 """Bulk job memory against catalog size: peak RSS of the driver, and of the driver plus every Ray
-process, while `prodray.bulk.run_bulk` processes catalogs of increasing size in one Ray instance.
+process, while `prodray.cluster.bulk.run_bulk` processes catalogs of increasing size in one Ray instance.
 
 Memory, not speed, is the question here, so the images are small (64-96 px JPEGs) and the model a
 fresh 4-channel, 1-block rpsnet: the per-image work is tiny and a 10,000-image catalog takes
@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from bulk_throughput import PeakRss, start_s3
-from prodray import local, storage
+from prodray.io import storage
+from prodray.local import stack as local
 
 
 def small_jpeg(rng: np.random.Generator) -> bytes:
@@ -55,9 +56,9 @@ def main() -> None:
 
     import ray
 
-    from prodray.bulk import BulkOptions, run_bulk
-    from prodray.checkpoint import export_model
-    from prodray.models import build_model
+    from prodray.cluster.bulk import BulkOptions, run_bulk
+    from prodray.io.artifacts import export_model
+    from prodray.enhancer.model import build_model
 
     root = Path(tempfile.mkdtemp(prefix="bulk-memory-"))
     weed = start_s3(root)

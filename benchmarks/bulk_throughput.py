@@ -1,4 +1,4 @@
-"""Bulk catalog throughput: the Ray Data pipeline (prodray.bulk.run_bulk) against (a) the plain
+"""Bulk catalog throughput: the Ray Data pipeline (prodray.cluster.bulk.run_bulk) against (a) the plain
 sequential loop a user would write and (b) the compute bound, side by side in one run.
 
 Starts its own SeaweedFS on free loopback ports, generates a catalog of JPEGs (256-512 px a side,
@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from prodray import local, storage
+from prodray.io import storage
+from prodray.local import stack as local
 
 
 # ---------------------------------------------------------------- the embedded S3
@@ -150,7 +151,7 @@ class PeakRss:
 # ---------------------------------------------------------------- the three measurements
 
 def run_pipeline(source: str, output: str, model: str, args) -> tuple[float, float, PeakRss]:
-    from prodray.bulk import BulkOptions, run_bulk
+    from prodray.cluster.bulk import BulkOptions, run_bulk
 
     options = BulkOptions(input=source, output=output, model=model, scale=2, format="jpeg", quality=90,
                           batch_size=args.batch_size, actors=args.actors, actor_cpus=actor_cpus(args),
@@ -166,8 +167,8 @@ def run_pipeline(source: str, output: str, model: str, args) -> tuple[float, flo
 def run_plain_loop(keys: list[str], source_root: str, output: str, model: str, threads: int) -> tuple[float, float]:
     import torch
 
-    from prodray.codec import decode_image, encode_image
-    from prodray.enhance import Enhancer
+    from prodray.io.codec import decode_image, encode_image
+    from prodray.enhancer.inference import Enhancer
 
     torch.set_num_threads(threads)
     enhancer = Enhancer.load(model)
@@ -184,8 +185,8 @@ def run_plain_loop(keys: list[str], source_root: str, output: str, model: str, t
 def run_compute_bound(keys: list[str], model: str, threads: int, batch_size: int) -> tuple[float, float]:
     import torch
 
-    from prodray.codec import decode_image
-    from prodray.enhance import Enhancer
+    from prodray.io.codec import decode_image
+    from prodray.enhancer.inference import Enhancer
 
     torch.set_num_threads(threads)
     enhancer = Enhancer.load(model, max_batch=batch_size)
@@ -200,7 +201,7 @@ def run_compute_bound(keys: list[str], model: str, threads: int, batch_size: int
 
 def actor_cpus(args) -> float:
     """CPUs each enhancer actor reserves: `threads`, unless the actors would then leave less than
-    the 1 CPU Ray Data's read tasks need (prodray.bulk.check_reservations); then a share that leaves 1
+    the 1 CPU Ray Data's read tasks need (prodray.cluster.bulk.check_reservations); then a share that leaves 1
     CPU free. Ray sets OMP_NUM_THREADS from it (1 for a fraction); actor_torch_threads() shows
     what torch gets."""
     cpus = os.cpu_count() or 1
@@ -238,8 +239,8 @@ def main() -> None:
 
     import ray
 
-    from prodray.checkpoint import export_model
-    from prodray.models import build_model
+    from prodray.io.artifacts import export_model
+    from prodray.enhancer.model import build_model
 
     root = Path(tempfile.mkdtemp(prefix="bulk-bench-"))
     weed = start_s3(root)

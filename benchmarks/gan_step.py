@@ -1,7 +1,7 @@
 """GAN training-step throughput, side by side: the step as shipped (NHWC weights and batches)
 against the same step with plain NCHW tensors, and on a GPU also with mixed precision.
 
-Pure torch (prodray.train.gan_core.GanTraining, no Ray), random uint8 images at the resolution and
+Pure torch (prodray.gan.training.GanTraining, no Ray), random uint8 images at the resolution and
 with the attribute vocabularies of the shipped generator of that dataset, the config's networks and
 optimizer settings. Arms run in interleaved rounds so drift on a shared machine hits them alike;
 prints images/s per round, the median of each arm and its ratio to the baseline.
@@ -18,9 +18,9 @@ import time
 import numpy as np
 import torch
 
-from prodray.checkpoint import SHIPPED_DIR
+from prodray.io.artifacts import SHIPPED_DIR
 from prodray.config import GanTrainConfig, load_config
-from prodray.train.gan_core import GanTraining, model_config, sample_batch
+from prodray.gan.training import GanTraining, model_config, sample_batch
 
 
 def build_arm(cfg: GanTrainConfig, mconfig: dict, device: torch.device, layout: str, amp: bool) -> GanTraining:

@@ -1,7 +1,7 @@
 """Self-ensemble: what averaging over the 8 flips/turns buys and costs, side by side in one run.
 
 For each shipped enhancer (or --model) and each benchmark folder, the standard SR protocol
-(prodray.evaluation.evaluate_sr) with the plain model and with `Enhancer(self_ensemble=True)`:
+(prodray.enhancer.evaluation.evaluate_sr) with the plain model and with `Enhancer(self_ensemble=True)`:
 PSNR/SSIM on Y, and the wall time of each pass over the folder (same process, same threads).
 
     .venv/bin/python benchmarks/self_ensemble.py [--data ../shared/data/sr-bench] [--threads 2]
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from prodray.enhance import Enhancer
-from prodray.evaluation import evaluate_sr
+from prodray.enhancer.inference import Enhancer
+from prodray.enhancer.evaluation import evaluate_sr
 
 
 def timed_scores(enhancer: Enhancer, folder: Path, scale: int) -> tuple[dict, float]:

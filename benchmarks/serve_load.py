@@ -35,7 +35,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from prodray.local import free_port
+from prodray.local.stack import free_port
 
 GOAL_COMPUTE, GOAL_BATCHING, GOAL_ADDED_MS = 0.7, 1.5, 10.0
 PAUSE_S = 0.25  # between the halves of a low-load pair
@@ -182,8 +182,8 @@ def main() -> None:
     import torch
     from ray import serve
 
-    from prodray.enhance import Enhancer
-    from prodray.serve import build_app
+    from prodray.enhancer.inference import Enhancer
+    from prodray.cluster.serve import build_app
 
     torch.set_num_threads(args.threads)
     enhancer = Enhancer.load(args.model, "cpu")

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prodray.degradations import DegradationRanges, degrade
-from prodray.models import build_model
-from prodray.train.loop import charbonnier
+from prodray.enhancer.degradations import DegradationRanges, degrade
+from prodray.enhancer.model import build_model
+from prodray.training import charbonnier
 
 MODEL = {"scale": 2, "channels": 48, "blocks": 8}
 

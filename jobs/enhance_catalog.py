@@ -7,7 +7,7 @@
 import argparse
 import json
 
-from prodray.jobs_common import connect_ray, run_main
+from prodray.cluster.jobs import connect_ray, run_main
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--self-ensemble", action="store_true",
                         help="average over the 8 flips/turns of each image: 8x the compute, slightly sharper")
     args = parser.parse_args()
-    from prodray.bulk import BulkOptions, run_bulk
+    from prodray.cluster.bulk import BulkOptions, run_bulk
     options = BulkOptions(input=args.input, output=args.output, model=args.model, scale=args.scale, format=args.format,
                           quality=args.quality, batch_size=args.batch_size, actors=args.actors, actor_cpus=args.actor_cpus,
                           actor_gpus=args.actor_gpus, actor_memory_gib=args.actor_memory_gib,

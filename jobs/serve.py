@@ -11,7 +11,7 @@ import argparse
 import time
 import urllib.request
 
-from prodray.jobs_common import connect_ray, run_main
+from prodray.cluster.jobs import connect_ray, run_main
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     connect_ray()
     from ray import serve
 
-    from prodray.serve import build_app
+    from prodray.cluster.serve import build_app
     # Serve's controller is always detached (Ray >= 2.x has no `detached` flag any more).
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(build_app(args.model, generator=args.generator), name="prodray", route_prefix="/", blocking=False)

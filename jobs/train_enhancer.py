@@ -3,7 +3,7 @@
     ray job submit --working-dir . -- python jobs/train_enhancer.py --config prodray/configs/enhancer_demo.yaml [k=v ...]
 """
 
-from prodray.jobs_common import config_parser, connect_ray, run_main
+from prodray.cluster.jobs import config_parser, connect_ray, run_main
 
 
 def main() -> None:
@@ -14,7 +14,7 @@ def main() -> None:
         print(dump_config(cfg))
         return
     connect_ray()
-    from prodray.train.enhancer import build_trainer, run_uri
+    from prodray.enhancer.training import build_trainer, run_uri
     result = build_trainer(cfg).fit()
     print(f"training finished: {result.metrics}")
     print(f"export: {run_uri(cfg)}/export")

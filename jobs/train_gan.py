@@ -5,7 +5,7 @@
 The data is a prepared dataset (`prodray gan prepare fashion-mnist|fashion-products --out DIR`).
 """
 
-from prodray.jobs_common import config_parser, connect_ray, run_main
+from prodray.cluster.jobs import config_parser, connect_ray, run_main
 
 
 def main() -> None:
@@ -16,7 +16,7 @@ def main() -> None:
         print(dump_config(cfg))
         return
     connect_ray()
-    from prodray.train.gan import build_trainer
+    from prodray.cluster.gan_trainer import build_trainer
     result = build_trainer(cfg).fit()  # checks data.attributes against the vocabulary first
     print(f"training finished: {result.metrics}")
     print(f"export: {cfg.run.storage_path}/{cfg.run.name}/export")

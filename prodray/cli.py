@@ -13,7 +13,7 @@ def _print_json(value) -> None:
 
 
 def cmd_up(args) -> None:
-    from prodray import local
+    from prodray.local import stack as local
     ports = local.Ports.from_env(dashboard=args.dashboard_port, s3=args.s3_port, ray=args.ray_port)
     state = local.up(ports, bucket=args.bucket)
     env = local.stack_env(state)
@@ -28,12 +28,12 @@ def cmd_up(args) -> None:
 
 
 def cmd_down(args) -> None:
-    from prodray import local
+    from prodray.local import stack as local
     local.down()
 
 
 def cmd_status(args) -> None:
-    from prodray import local
+    from prodray.local import stack as local
     status = local.status()
     if args.json:
         _print_json(status)
@@ -48,7 +48,7 @@ def cmd_status(args) -> None:
 
 def cmd_env(args) -> None:
     """Print `export` lines for the running local stack (meant for eval, not for logs)."""
-    from prodray import local
+    from prodray.local import stack as local
     state = local.read_state()
     if not state:
         raise local.StackError("local stack not running: start it with `prodray up`")
@@ -57,19 +57,19 @@ def cmd_env(args) -> None:
 
 
 def cmd_catalog_import(args) -> None:
-    from prodray import catalog
+    from prodray.catalog import ingest as catalog
     result = catalog.import_catalog(args.src, args.dest, attributes_csv=args.attributes)
     print(f"imported {result['images']} images ({result['rejected']} rejected) to {args.dest}; manifest {result['manifest']}")
 
 
 def cmd_catalog_sample(args) -> None:
-    from prodray import catalog
+    from prodray.catalog import ingest as catalog
     catalog.sample_catalog(args.dest, fashion_count=args.fashion_mnist)
 
 
 def _upscalers(model_ref: str, scale: int, device: str, self_ensemble: bool = False):
-    from prodray.enhance import Enhancer
-    from prodray.evaluation import bicubic_upscale, unsharp_mask
+    from prodray.enhancer.inference import Enhancer
+    from prodray.enhancer.evaluation import bicubic_upscale, unsharp_mask
     enhancer = Enhancer.load(model_ref or f"enhancer-x{scale}", device=device, self_ensemble=self_ensemble)
     if enhancer.scale != scale:
         raise ValueError(f"model {enhancer.model_id} is x{enhancer.scale}, but --scale is {scale}")
@@ -78,7 +78,7 @@ def _upscalers(model_ref: str, scale: int, device: str, self_ensemble: bool = Fa
 
 
 def cmd_eval_sr(args) -> None:
-    from prodray.evaluation import evaluate_sr
+    from prodray.enhancer.evaluation import evaluate_sr
     enhancer, upscalers = _upscalers(args.model, args.scale, args.device, args.self_ensemble)
     del upscalers["bicubic+unsharp"]
     result = evaluate_sr(args.data, args.scale, upscalers)
@@ -95,7 +95,7 @@ def cmd_eval_sr(args) -> None:
 
 
 def cmd_eval_catalog(args) -> None:
-    from prodray.evaluation import evaluate_catalog
+    from prodray.enhancer.evaluation import evaluate_catalog
     enhancer, upscalers = _upscalers(args.model, args.scale, args.device, args.self_ensemble)
     result = evaluate_catalog(args.data, args.scale, upscalers, seed=args.seed, limit=args.limit)
     result["model_id"] = enhancer.model_id
@@ -103,10 +103,10 @@ def cmd_eval_catalog(args) -> None:
 
 
 def cmd_eval_gan(args) -> None:
-    from prodray.classifier import shipped_classifier_for
-    from prodray.gan_data import read_vocab
-    from prodray.gan_eval import evaluate_gan, generator_sample_fn
-    from prodray.generate import ProductGenerator
+    from prodray.gan.classifier import shipped_classifier_for
+    from prodray.gan.data import read_vocab
+    from prodray.gan.evaluation import evaluate_gan, generator_sample_fn
+    from prodray.gan.inference import ProductGenerator
     meta = read_vocab(args.data)
     vocab, resolution = meta["attributes"], int(meta["resolution"])
     generator = ProductGenerator.load(args.model, device=args.device)
@@ -133,7 +133,7 @@ def cmd_eval_gan(args) -> None:
 
 
 def cmd_enhance(args) -> None:
-    from prodray.bulk import BulkOptions, run_bulk
+    from prodray.cluster.bulk import BulkOptions, run_bulk
     options = BulkOptions(input=args.input, output=args.output, model=args.model, scale=args.scale,
                           format=args.format, quality=args.quality, min_longest_side=args.min_longest_side,
                           pad_square=args.pad_square, max_output_bytes=args.max_output_bytes).check()
@@ -142,12 +142,12 @@ def cmd_enhance(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from prodray.report import write_report
+    from prodray.catalog.report import write_report
     print(f"report written to {write_report(args.output_uri, sample=args.sample, local_path=args.local)}")
 
 
 def cmd_gan_train_classifier(args) -> None:
-    from prodray.classifier import train_and_export
+    from prodray.gan.classifier import train_and_export
     command = (f"prodray gan train-classifier --data {args.data} --out {args.out} --epochs {args.epochs:g} "
                f"--seed {args.seed} --threads {args.threads}" + (f" --limit {args.limit}" if args.limit else "")
                + (f" --widths {args.widths}" if args.widths else ""))
@@ -159,7 +159,7 @@ def cmd_gan_train_classifier(args) -> None:
 
 
 def cmd_gan_prepare(args) -> None:
-    from prodray.gan_data import prepare_fashion_mnist, prepare_fashion_products
+    from prodray.gan.data import prepare_fashion_mnist, prepare_fashion_products
     kwargs = {"source": args.source} if args.source else {}
     if args.dataset == "fashion-mnist":
         result = prepare_fashion_mnist(args.out, limit=args.limit, **kwargs)
@@ -173,9 +173,9 @@ def cmd_gan_generate(args) -> None:
     import io
     import zipfile
 
-    from prodray import storage
-    from prodray.codec import encode_image
-    from prodray.generate import ProductGenerator
+    from prodray.io import storage
+    from prodray.io.codec import encode_image
+    from prodray.gan.inference import ProductGenerator
     generator = ProductGenerator.load(args.model)
     attributes = dict(item.split("=", 1) for item in args.attribute)
     images = generator.generate(attributes, n=args.n, seed=args.seed, truncation=args.truncation)
@@ -186,13 +186,13 @@ def cmd_gan_generate(args) -> None:
                 archive.writestr(f"{index:04d}.png", encode_image(image, fmt="png"))
         storage.put_bytes(args.out, buffer.getvalue())
     else:
-        from prodray.train.loop import image_grid
+        from prodray.io.images import image_grid
         storage.put_bytes(args.out, encode_image(image_grid([images]), fmt="png"))
     print(f"{generator.model_id}: {len(images)} image(s) of {attributes} (seed {args.seed}) -> {args.out}")
 
 
 def cmd_gan_export(args) -> None:
-    from prodray.train.gan import export_checkpoint
+    from prodray.cluster.gan_trainer import export_checkpoint
     model_id = export_checkpoint(args.run, args.checkpoint, args.out)
     print(f"exported {model_id} from {args.checkpoint} to {args.out}")
 
@@ -311,8 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
-    from prodray.jobs_common import run_main
-    from prodray.local import apply_local_env
+    from prodray.cluster.jobs import run_main
+    from prodray.local.stack import apply_local_env
 
     args = build_parser().parse_args(argv)
     apply_local_env()

@@ -199,7 +199,7 @@ class GanTrainConfig(Strict):
     run: RunConfig = RunConfig(name="gan", tick_images=10_000)
 
     def check(self) -> "GanTrainConfig":
-        from prodray.augment import parse_policy
+        from prodray.gan.augment import parse_policy
         try:
             parse_policy(self.optim.augment)
         except ValueError as exc:

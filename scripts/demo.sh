@@ -31,7 +31,7 @@ step "serve (Ray Serve) on http://127.0.0.1:${PRODRAY_SERVE_PORT:-8000}"
 submit python jobs/serve.py --model s3://prodray/runs/demo-enhancer/export --port "${PRODRAY_SERVE_PORT:-8000}"
 python - "$OUT" <<'PY'
 import sys, urllib.request
-from prodray import storage
+from prodray.io import storage
 out = sys.argv[1]
 image = storage.get_bytes("s3://prodray/catalog/photos/coffee.png")
 request = urllib.request.Request("http://127.0.0.1:8000/v1/enhance?format=png", data=image, method="POST",

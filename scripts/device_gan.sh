@@ -8,7 +8,7 @@
 # Then one device call (the `run` tool, carry [".device"]), e.g.:
 #   bash scripts/device_gan.sh train fashion-mnist 6 data.batch_size=256 run.tick_images=200000
 # It prepares the data there, measures the step (benchmarks/gan_step.py at batch 64 and 256),
-# trains with prodray.train.gan_local for MINUTES (the schedule fitted to the time after the first
+# trains with prodray.local.runner for MINUTES (the schedule fitted to the time after the first
 # tick, the lr falling over its last DECAY_LAST, default 0.4), then runs `prodray eval gan`
 # (FID/KID/CAS/attribute accuracy, the shipped judge) and leaves in $OUT: bench.txt, train.log,
 # stats.jsonl, the last sample grid, eval.json and export/ (generator + config.json).
@@ -56,7 +56,7 @@ for batch in 64 256; do
   "$PYTHON" benchmarks/gan_step.py --config "$config" --batch $batch --steps "${BENCH_STEPS:-100}" 2>&1 \
     | tee -a "$OUT/bench.txt"
 done
-PYTHONUNBUFFERED=1 "$PYTHON" -m prodray.train.gan_local --config "$config" --minutes "$minutes" \
+PYTHONUNBUFFERED=1 "$PYTHON" -m prodray.local.runner --config "$config" --minutes "$minutes" \
   --decay-last "${DECAY_LAST:-0.4}" "data.prepared=$prepared" "run.storage_path=$work/runs" run.name=device "$@" \
   2>&1 | tee "$OUT/train.log"
 cp "$run/stats.jsonl" "$OUT/"

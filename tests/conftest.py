@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prodray import local
+from prodray.local import stack as local
 
 # SeaweedFS also listens on port + 10000 (gRPC) for master, volume and filer.
 GRPC_OFFSET = 10000
@@ -103,7 +103,7 @@ def s3_server(tmp_path_factory):
 @pytest.fixture
 def s3_env(s3_server, monkeypatch):
     """Point the standard AWS_* variables at the test server; fresh filesystem cache."""
-    from prodray import storage
+    from prodray.io import storage
 
     for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_CONFIG_FILE",
                  "AWS_SHARED_CREDENTIALS_FILE"):

@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from conftest import image_bytes
-from prodray import storage
-from prodray.bulk import BulkOptions, check_reservations, output_key, run_bulk, with_cluster_defaults
-from prodray.checkpoint import export_model
-from prodray.models import build_model
+from prodray.io import storage
+from prodray.cluster.bulk import BulkOptions, check_reservations, output_key, run_bulk, with_cluster_defaults
+from prodray.io.artifacts import export_model
+from prodray.enhancer.model import build_model
 
 ray = pytest.importorskip("ray")
 

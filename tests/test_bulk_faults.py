@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import image_bytes
-from prodray import storage
-from prodray.bulk import BulkOptions, run_bulk
-from prodray.checkpoint import export_model
-from prodray.models import build_model
+from prodray.io import storage
+from prodray.cluster.bulk import BulkOptions, run_bulk
+from prodray.io.artifacts import export_model
+from prodray.enhancer.model import build_model
 from s3_fault_proxy import FaultProxy
 
 ray = pytest.importorskip("ray")

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from prodray import storage
-from prodray.bulk import BulkOptions, ConstraintFailed, encode_for_marketplace, output_key, pad_to_square
+from prodray.io import storage
+from prodray.cluster.bulk import BulkOptions, ConstraintFailed, encode_for_marketplace, output_key
+from prodray.io.images import pad_to_square
 
 OPTIONS = BulkOptions(input="s3://b/in", output="s3://b/out")
 
@@ -48,7 +49,7 @@ def test_min_longest_side_rejects_small_outputs():
 
 def test_max_output_bytes_lowers_jpeg_quality_until_it_fits_and_rejects_png():
     image = noisy(128, 128)
-    from prodray.codec import encode_image
+    from prodray.io.codec import encode_image
     at_90, at_60 = len(encode_image(image, fmt="jpeg", quality=90)), len(encode_image(image, fmt="jpeg", quality=60))
     assert at_60 < at_90
     options = BulkOptions(input="s3://b/in", output="s3://b/out", format="jpeg", quality=90, max_output_bytes=at_60)
@@ -99,9 +100,9 @@ def catalog_kinds() -> dict:
 @pytest.mark.slow
 def test_catalog_image_kinds_and_constraints_end_to_end(bucket, s3_env):
     ray = pytest.importorskip("ray")
-    from prodray.bulk import run_bulk
-    from prodray.checkpoint import export_model
-    from prodray.models import build_model
+    from prodray.cluster.bulk import run_bulk
+    from prodray.io.artifacts import export_model
+    from prodray.enhancer.model import build_model
 
     # An untrained rpsnet is exactly bilinear upscaling (its residual branch starts at zero),
     # so colours and layout can be checked on the output.
@@ -127,7 +128,7 @@ def test_catalog_image_kinds_and_constraints_end_to_end(bucket, s3_env):
     finally:
         ray.shutdown()
 
-    from prodray.bulk import MANIFEST_DIR
+    from prodray.cluster.bulk import MANIFEST_DIR
     import pyarrow.parquet as pq
 
     def rows(prefix):

@@ -1,4 +1,4 @@
-"""prodray.catalog: import a folder of real images into S3 (SeaweedFS) with a manifest; the sample catalog."""
+"""prodray.catalog.ingest: import a folder of real images into S3 (SeaweedFS) with a manifest; the sample catalog."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from prodray import catalog, storage
+from prodray.catalog import ingest as catalog
+from prodray.io import storage
 
 pytestmark = pytest.mark.slow
 

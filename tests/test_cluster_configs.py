@@ -244,7 +244,7 @@ def test_rayservice_serve_config():
     assert isinstance(serve_config, str), "serveConfigV2 must be a YAML string"
     parsed = yaml.safe_load(serve_config)
     apps = parsed["applications"]
-    assert apps[0]["import_path"] == "prodray.serve:app"
+    assert apps[0]["import_path"] == "prodray.cluster.serve:app"
     assert apps[0]["route_prefix"] == "/"
     assert all(a.get("name") for a in apps)
 

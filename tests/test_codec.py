@@ -1,4 +1,4 @@
-"""Tests for prodray.codec. All images are synthesised in-test (no files, no network)."""
+"""Tests for prodray.io.codec. All images are synthesised in-test (no files, no network)."""
 
 import io
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from prodray.codec import (
+from prodray.io.codec import (
     DecodedImage,
     ImageRejected,
     content_type,

@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from prodray import checkpoint as ckpt_io
+from prodray.io import artifacts as ckpt_io
 from prodray.config import ConfigError, EnhancerTrainConfig, load_config
-from prodray.enhancer_losses import EdgeLoss, VGGPerceptualLoss, _read_state_dict, build_perceptual
-from prodray.losses import d_loss, g_loss
-from prodray.models.sr_discriminator import PatchDiscriminator, UNetDiscriminator, build_discriminator
+from prodray.enhancer.losses import EdgeLoss, VGGPerceptualLoss, _read_state_dict, build_perceptual
+from prodray.gan.losses import d_loss, g_loss
+from prodray.enhancer.discriminator import PatchDiscriminator, UNetDiscriminator, build_discriminator
 
 
 @pytest.fixture(autouse=True)
@@ -161,7 +161,7 @@ def test_resolved_keeps_shipped_names_and_checks_paths(tmp_path):
 
 
 def test_init_model_must_match_the_model_section(tmp_path):
-    from prodray.train.finetune import check_init_model
+    from prodray.enhancer.adversarial import check_init_model
     shipped = json.loads((ckpt_io.SHIPPED_DIR / "enhancer-x2" / "config.json").read_text())
     cfg = adversarial_config(tmp_path, f"model.channels={shipped['channels']}", f"model.blocks={shipped['blocks']}")
     assert check_init_model(cfg)["model_id"] == shipped["model_id"]
@@ -172,7 +172,7 @@ def test_init_model_must_match_the_model_section(tmp_path):
 
 
 def test_psnr_init_from_is_checked_before_any_work(tmp_path):
-    from prodray.train.enhancer import read_init_model
+    from prodray.enhancer.training import read_init_model
     base = [f"data.sources=[{tmp_path}]"]
     cfg = load_config(EnhancerTrainConfig, None, [*base, "init_from=enhancer-x4", "model.scale=4"]).resolved()
     assert cfg.init_from == "enhancer-x4"  # shipped names pass through

@@ -11,10 +11,10 @@ from PIL import Image
 
 ray = pytest.importorskip("ray")
 
-from prodray import checkpoint as ckpt_io  # noqa: E402
+from prodray.io import artifacts as ckpt_io  # noqa: E402
 from prodray.config import EnhancerTrainConfig, load_config  # noqa: E402
-from prodray.enhance import Enhancer  # noqa: E402
-from prodray.train.enhancer import build_enhancer, build_trainer  # noqa: E402
+from prodray.enhancer.inference import Enhancer  # noqa: E402
+from prodray.enhancer.training import build_enhancer, build_trainer  # noqa: E402
 
 from conftest import run_checkpoints  # noqa: E402
 

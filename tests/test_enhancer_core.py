@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from prodray.checkpoint import export_model
-from prodray.degradations import DegradationRanges, degrade, imresize, imresize_uint8
-from prodray.enhance import Enhancer, keep_white
+from prodray.io.artifacts import export_model
+from prodray.enhancer.degradations import DegradationRanges, degrade
+from prodray.io.images import imresize, imresize_uint8
+from prodray.enhancer.inference import Enhancer, keep_white
 from prodray.metrics import psnr, psnr_ssim_y, rgb_to_y, ssim
-from prodray.models import build_model, count_parameters
+from prodray.enhancer.model import build_model
+from prodray.training import count_parameters
 
 SMALL = {"arch": "rpsnet", "channels": 8, "blocks": 1, "kind": "enhancer"}
 
@@ -125,8 +127,8 @@ class _ListShard:
 
 
 def test_training_pool_holds_each_image_at_every_hr_scale_that_fits_the_patch():
-    from prodray.codec import encode_image
-    from prodray.train.enhancer import load_pool
+    from prodray.io.codec import encode_image
+    from prodray.enhancer.training import load_pool
     rng = np.random.default_rng(0)
     large, small = (rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((300, 200, 3), (100, 80, 3)))
     shard = _ListShard([encode_image(large), encode_image(small), b"not an image"])
@@ -194,7 +196,7 @@ def test_export_loads_in_a_fresh_process_with_the_same_output(tmp_path):
     image = np.random.default_rng(1).integers(0, 256, (30, 20, 3), dtype=np.uint8)
     np.save(tmp_path / "in.npy", image)
     here = Enhancer(model, {**SMALL, "scale": 2, "blocks": 2}).enhance(image).rgb
-    code = (f"import numpy as np; from prodray.enhance import Enhancer; e = Enhancer.load({str(tmp_path / 'export')!r}); "
+    code = (f"import numpy as np; from prodray.enhancer.inference import Enhancer; e = Enhancer.load({str(tmp_path / 'export')!r}); "
             f"np.save({str(tmp_path / 'out.npy')!r}, e.enhance(np.load({str(tmp_path / 'in.npy')!r})).rgb); print(e.model_id)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == model_id

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from prodray.cli import _upscalers
-from prodray.evaluation import evaluate_catalog
+from prodray.enhancer.evaluation import evaluate_catalog
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("model", "bicubic", "bicubic+unsharp")

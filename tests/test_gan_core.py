@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from prodray import checkpoint as ckpt_io
-from prodray.augment import diff_augment, parse_policy
+from prodray.io import artifacts as ckpt_io
+from prodray.gan.augment import diff_augment, parse_policy
 from prodray.config import ConfigError, GanTrainConfig, load_config
-from prodray.generate import ProductGenerator, UnknownAttribute
-from prodray.losses import class_loss, d_loss, g_loss, mode_seeking_loss, r1_penalty
-from prodray.models.gan import MinibatchStddev, build_discriminator, build_generator
-from prodray.train.gan_core import grid_conditions, read_checkpoint, state_digest, write_checkpoint
-from prodray.train.loop import apply_configured_hyperparameters, linear_decay_factor, make_ema
+from prodray.gan.inference import ProductGenerator, UnknownAttribute
+from prodray.gan.losses import class_loss, d_loss, g_loss, mode_seeking_loss, r1_penalty
+from prodray.gan.model import MinibatchStddev, build_discriminator, build_generator
+from prodray.gan.training import grid_conditions, read_checkpoint, state_digest, write_checkpoint
+from prodray.training import apply_configured_hyperparameters, linear_decay_factor, make_ema
 
 VOCAB = {"articleType": ["Shirts", "Tshirts", "Watches"], "baseColour": ["Black", "Red", "Blue", "White"]}
 
@@ -284,7 +284,7 @@ def test_truncation_bounds_the_noise_and_is_seeded(exported):
 
 
 def test_enhancer_export_is_not_a_generator(tmp_path):
-    from prodray.models import build_model
+    from prodray.enhancer.model import build_model
     ckpt_io.export_model(str(tmp_path), "enhancer", build_model("rpsnet", scale=2, channels=8, blocks=1),
                          {"kind": "enhancer", "arch": "rpsnet", "scale": 2, "channels": 8, "blocks": 1,
                           "vocab": {}, "resolution": 8, "z_dim": 1, "embed_dim": 1, "g_channels": 8})

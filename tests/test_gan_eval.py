@@ -1,4 +1,4 @@
-"""The GAN evaluation protocol (prodray.gan_eval) and the attribute classifier, without a trained GAN.
+"""The GAN evaluation protocol (prodray.gan.evaluation) and the attribute classifier, without a trained GAN.
 
 A small synthetic prepared dataset (shape x colour on white, 32 px) stands in for the real ones:
 real images of the requested attributes must score like real data (fid near fid_floor, attr_acc
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from prodray.classifier import (accuracy, extract_features, load_classifier, predict, save_classifier,
+from prodray.gan.classifier import (accuracy, extract_features, load_classifier, predict, save_classifier,
                                 shipped_classifier_for, train_classifier)
-from prodray.gan_data import _write_prepared, load_split
-from prodray.gan_eval import balanced_rows, evaluate_gan, generator_sample_fn
+from prodray.gan.data import _write_prepared, load_split
+from prodray.gan.evaluation import balanced_rows, evaluate_gan, generator_sample_fn
 
 SHAPES = ["square", "disc", "bar", "cross"]
 COLOURS = ["red", "green", "blue"]
@@ -203,7 +203,7 @@ def test_cli_train_classifier(prepared, tmp_path):
     ("classifier-fashion-mnist", ["category"], 32),
     ("classifier-fashion-products", ["articleType", "baseColour"], 64)])
 def test_shipped_classifiers(name, attributes, resolution):
-    from prodray.checkpoint import SHIPPED_DIR
+    from prodray.io.artifacts import SHIPPED_DIR
     folder = SHIPPED_DIR / name
     if not (folder / "config.json").is_file():
         pytest.skip(f"{name} not shipped yet")
@@ -237,7 +237,7 @@ def test_cli_eval_gan_with_a_stand_in_generator(prepared, classifier, tmp_path, 
             truncations.add(truncation)
             return sample(attributes, seed)
 
-    monkeypatch.setitem(sys.modules, "prodray.generate", types.SimpleNamespace(ProductGenerator=StandIn))
+    monkeypatch.setitem(sys.modules, "prodray.gan.inference", types.SimpleNamespace(ProductGenerator=StandIn))
     export = str(tmp_path / "classifier")
     save_classifier(export, classifier, {"shape": SHAPES, "colour": COLOURS})
     args = build_parser().parse_args(["eval", "gan", "--model", "my-gan", "--data", prepared, "--classifier", export,

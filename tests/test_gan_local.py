@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from prodray.catalog import FASHION_MNIST_DIR
+from prodray.catalog.ingest import FASHION_MNIST_DIR
 from prodray.config import ConfigError, GanTrainConfig, load_config
-from prodray.gan_data import prepare_fashion_mnist
-from prodray.generate import ProductGenerator
-from prodray.train import gan_local
-from prodray.train.gan_core import GanTraining, TickStats, pool_to_device, sample_batch
+from prodray.gan.data import prepare_fashion_mnist
+from prodray.gan.inference import ProductGenerator
+from prodray.local import runner as gan_local
+from prodray.gan.training import GanTraining, TickStats, pool_to_device, sample_batch
 
 GAN_CONFIG = str(Path(__file__).resolve().parents[1] / "prodray" / "configs" / "gan_fashion_mnist.yaml")
 VOCAB = {"category": ["a", "b", "c"]}

@@ -9,8 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from prodray import listing, storage
-from prodray.bulk import INPUT_SUFFIXES
+from prodray.cluster import listing
+from prodray.io import storage
+from prodray.io.images import IMAGE_SUFFIXES
 
 ray = pytest.importorskip("ray")
 
@@ -62,7 +63,7 @@ def test_s3_level_pages_and_shards_stay_bounded(bucket, boto_client, monkeypatch
     monkeypatch.setattr(listing, "SHARD_ROWS", 300)
     done = np.unique(listing.key_hashes([f"img-{i:05d}.png" for i in range(0, 1003, 10)]))  # 101 done
     folder = str(tmp_path / "shards")
-    result = listing.list_directory(root, root, INPUT_SUFFIXES, done, folder, "d0")
+    result = listing.list_directory(root, root, IMAGE_SUFFIXES, done, folder, "d0")
     assert result["listed"] == 1003 and result["pending"] == 902 and result["shards"] == 4
     rows = shard_rows(folder)
     assert len(rows) == 902 and len({row["key"] for row in rows}) == 902
@@ -111,7 +112,7 @@ def local_ray(s3_env):
 def test_ray_walk_finds_every_image_once(root, local_ray, tmp_path):
     make_tree(root)
     folder = storage.join(root + "-out", "_listing", "run")
-    result = listing.list_pending(root, INPUT_SUFFIXES, np.zeros(0, np.uint64), folder, echo=lambda _: None)
+    result = listing.list_pending(root, IMAGE_SUFFIXES, np.zeros(0, np.uint64), folder, echo=lambda _: None)
     rows = shard_rows(folder)
     assert sorted(row["key"] for row in rows) == sorted(IMAGES)
     assert (result.listed, result.pending) == (len(IMAGES), len(IMAGES))
@@ -119,7 +120,7 @@ def test_ray_walk_finds_every_image_once(root, local_ray, tmp_path):
 
     storage.delete_tree(folder)
     done = np.unique(listing.key_hashes(["shoes/red/s2.webp", "a.jpg"]))
-    result = listing.list_pending(root, INPUT_SUFFIXES, done, folder, echo=lambda _: None)
+    result = listing.list_pending(root, IMAGE_SUFFIXES, done, folder, echo=lambda _: None)
     assert (result.listed, result.pending) == (len(IMAGES), len(IMAGES) - 2)
     assert sorted(row["key"] for row in shard_rows(folder)) == sorted(IMAGES - {"shoes/red/s2.webp", "a.jpg"})
     storage.delete_tree(folder)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from prodray import local
+from prodray.local import stack as local
 
 from conftest import free_ports
 

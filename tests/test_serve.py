@@ -1,4 +1,4 @@
-"""prodray.serve over real HTTP: a local Ray cluster, Serve on a free 127.0.0.1 port, tiny models.
+"""prodray.cluster.serve over real HTTP: a local Ray cluster, Serve on a free 127.0.0.1 port, tiny models.
 
 The enhancer (8 channels, 1 block) and the generator (32 px) are exported untrained, so outputs
 are checked for shape, format, headers and seed semantics, not for quality. One app serves every
@@ -25,9 +25,9 @@ import requests
 import yaml
 from PIL import Image
 
-from prodray.checkpoint import export_model
-from prodray.local import free_port
-from prodray.models import build_model
+from prodray.io.artifacts import export_model
+from prodray.local.stack import free_port
+from prodray.enhancer.model import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_BYTES = 1_000_000  # small byte cap for the test app
@@ -55,7 +55,7 @@ def _export(path: Path, seed: int) -> tuple[str, str]:
 def _export_generator(path: Path, seed: int) -> tuple[str, str]:
     import torch
 
-    from prodray.models.gan import build_generator
+    from prodray.gan.model import build_generator
     torch.manual_seed(seed)
     model = build_generator(GEN_CONFIG).eval()
     return str(path), export_model(str(path), "generator", model, {**GEN_CONFIG, "kind": "generator"})
@@ -102,7 +102,7 @@ def server(tmp_path_factory):
     import ray
     from ray import serve
 
-    from prodray.serve import build_app
+    from prodray.cluster.serve import build_app
 
     root = tmp_path_factory.mktemp("serve")
     model_a, id_a = _export(root / "a", seed=0)
@@ -237,7 +237,7 @@ def _unzip(resp: requests.Response) -> list[tuple[str, np.ndarray]]:
 
 @pytest.fixture(scope="module")
 def local_generator(server):
-    from prodray.generate import ProductGenerator
+    from prodray.gan.inference import ProductGenerator
     return ProductGenerator.load(server["gen_a"], "cpu")
 
 
@@ -315,7 +315,7 @@ def test_generator_batch_merges_requests_exactly(server, local_generator):
     requests run as one forward pass, and each request still gets exactly
     ProductGenerator.generate(attributes, n, seed). Over HTTP this is checked end to end by
     test_generate_concurrent_requests_keep_their_seeds."""
-    from prodray.serve import GeneratorDeployment
+    from prodray.cluster.serve import GeneratorDeployment
 
     cls = GeneratorDeployment.func_or_class
     replica = cls()
@@ -338,7 +338,7 @@ def test_generator_batch_merges_requests_exactly(server, local_generator):
 
 
 def test_generator_reconfigure_in_process(server, tmp_path):
-    from prodray.serve import GeneratorDeployment
+    from prodray.cluster.serve import GeneratorDeployment
 
     replica = GeneratorDeployment.func_or_class()
 
@@ -662,7 +662,7 @@ def test_enhancer_overload_gives_json_503(server):
     the ingress answers a JSON 503 "overloaded" with Retry-After, not a 500."""
     from ray import serve
 
-    from prodray.serve import build_app
+    from prodray.cluster.serve import build_app
 
     tight = {"ray_actor_options": {"num_cpus": 0}, "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
              "max_ongoing_requests": 1, "max_queued_requests": 1}
@@ -694,7 +694,7 @@ def test_enhancer_overload_gives_json_503(server):
 
 def test_reconfigure_swaps_model_in_process(server, tmp_path):
     """The replica class alone (no Ray): same model is not reloaded, a bad one keeps the old."""
-    from prodray.serve import EnhancerDeployment
+    from prodray.cluster.serve import EnhancerDeployment
 
     replica = EnhancerDeployment.func_or_class()
 
@@ -722,7 +722,7 @@ def test_reconfigure_swaps_model_in_process(server, tmp_path):
 
 def test_serve_deploy_config_reconfigures_in_place(server):
     """serve_config.yaml as `serve deploy` sends it (same controller call as the dashboard's
-    REST API): import path prodray.serve:app; changing only user_config.model is a lightweight
+    REST API): import path prodray.cluster.serve:app; changing only user_config.model is a lightweight
     update, i.e. `reconfigure` on the running replica, again with no failed request."""
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
@@ -802,7 +802,7 @@ def test_serve_config_is_valid_and_matches_app():
     ServeDeploySchema.model_validate(doc)
     assert doc["http_options"]["host"] == "127.0.0.1"
     (app,) = doc["applications"]
-    assert app["import_path"] == "prodray.serve:app"
+    assert app["import_path"] == "prodray.cluster.serve:app"
     deployments = {d["name"]: d for d in app["deployments"]}
     assert set(deployments) == {"Ingress", "EnhancerDeployment", "GeneratorDeployment"}
     assert deployments["EnhancerDeployment"]["user_config"]["model"] == "enhancer-x2"
@@ -818,8 +818,8 @@ def test_import_is_lazy():
     """Importing the module and building the app must not start Ray or import torch-heavy code."""
     import subprocess
     import sys
-    code = ("import sys, ray, prodray.serve as s; assert not ray.is_initialized(); "
-            "assert 'prodray.enhance' not in sys.modules and 'prodray.generate' not in sys.modules; "
+    code = ("import sys, ray, prodray.cluster.serve as s; assert not ray.is_initialized(); "
+            "assert 'prodray.enhancer.inference' not in sys.modules and 'prodray.gan.inference' not in sys.modules; "
             "assert 'torch' not in sys.modules; print(type(s.app).__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""prodray.storage against a real S3 server (SeaweedFS) and a local folder."""
+"""prodray.io.storage against a real S3 server (SeaweedFS) and a local folder."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import uuid
 import pytest
 from botocore.exceptions import ClientError
 
-from prodray import local, storage
-from prodray.storage import StorageError
+from prodray.io import storage
+from prodray.local import stack as local
+from prodray.io.storage import StorageError
 
 from conftest import closed_port
 

@@ -10,18 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prodray.catalog import FASHION_MNIST_DIR
+from prodray.catalog.ingest import FASHION_MNIST_DIR
 
 ray = pytest.importorskip("ray")
 
-from prodray import checkpoint as ckpt_io  # noqa: E402
+from prodray.io import artifacts as ckpt_io  # noqa: E402
 from prodray.config import ConfigError, GanTrainConfig, load_config  # noqa: E402
-from prodray.gan_data import prepare_fashion_mnist  # noqa: E402
-from prodray.generate import ProductGenerator  # noqa: E402
-from prodray.models.gan import build_discriminator, build_generator  # noqa: E402
-from prodray.train.gan import build_trainer, export_checkpoint  # noqa: E402
-from prodray.train.gan_core import read_checkpoint, state_digest  # noqa: E402
-from prodray.train.loop import make_ema  # noqa: E402
+from prodray.gan.data import prepare_fashion_mnist  # noqa: E402
+from prodray.gan.inference import ProductGenerator  # noqa: E402
+from prodray.gan.model import build_discriminator, build_generator  # noqa: E402
+from prodray.cluster.gan_trainer import build_trainer, export_checkpoint  # noqa: E402
+from prodray.gan.training import read_checkpoint, state_digest  # noqa: E402
+from prodray.training import make_ema  # noqa: E402
 
 from conftest import run_checkpoints  # noqa: E402
 

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from prodray.checkpoint import SHIPPED_DIR, export_model, load_export
-from prodray.gan_data import GanSplit
-from prodray.models.classifier import AttributeClassifier, build_classifier, default_widths, to_input
+from prodray.io.artifacts import SHIPPED_DIR, export_model, load_export
+from prodray.gan.data import GanSplit
+from prodray.gan.classifier_model import AttributeClassifier, build_classifier, default_widths, to_input
 
 EXPORT_NAME = "classifier"
 
@@ -156,7 +156,7 @@ def train_and_export(data: str, out: str, epochs: float = 3.0, limit: int | None
                      threads: int | None = 1, batch_size: int = 128, widths=None, command: str | None = None,
                      echo=print) -> dict:
     """Train on the `train` split of a prepared dataset, score on `test`, export; returns the config."""
-    from prodray.gan_data import load_split, read_vocab
+    from prodray.gan.data import load_split, read_vocab
     meta = read_vocab(data)
     started = time.time()
     train = load_split(data, "train", limit=limit, seed=seed)

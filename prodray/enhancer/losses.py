@@ -1,4 +1,4 @@
-"""Perceptual losses of the enhancer's adversarial fine-tuning stage (the GAN losses are prodray.losses).
+"""Perceptual losses of the enhancer's adversarial fine-tuning stage (the GAN losses are prodray.gan.losses).
 
 Pure torch, no Ray, nothing downloaded at run time. The perceptual term is one of:
 - `VGGPerceptualLoss`: L1 between VGG19 features (conv1_2, conv2_2, conv3_4, conv4_4, conv5_4,

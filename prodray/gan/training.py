@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prodray import checkpoint as ckpt_io
-from prodray.augment import diff_augment, parse_policy
+from prodray.io import artifacts as ckpt_io
+from prodray.gan.augment import diff_augment, parse_policy
 from prodray.config import ConfigError, GanTrainConfig
-from prodray.losses import class_loss, d_loss, g_loss, mode_seeking_loss, r1_penalty
-from prodray.models.gan import build_discriminator, build_generator
-from prodray.train.loop import (apply_configured_hyperparameters, image_grid, linear_decay_factor, make_ema,
-                                restore_rng, rng_state, set_lr, update_ema)
+from prodray.gan.losses import class_loss, d_loss, g_loss, mode_seeking_loss, r1_penalty
+from prodray.gan.model import build_discriminator, build_generator
+from prodray.training import apply_configured_hyperparameters, linear_decay_factor, make_ema, restore_rng, rng_state, set_lr, update_ema
+from prodray.io.images import image_grid
 
 STEP_STATS = ("loss_d", "loss_g", "real_score", "fake_score")
 OPTIONAL_STATS = ("r1", "class_d", "class_g")  # lazy R1; the auxiliary classifier's losses

@@ -31,8 +31,8 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request as StarletteRequest
 
-from prodray.codec import ImageRejected, content_type, decode_image, encode_image
-from prodray.generation_limits import MAX_SEED, MAX_TRUNCATION
+from prodray.io.codec import ImageRejected, content_type, decode_image, encode_image
+from prodray.gan.limits import MAX_SEED, MAX_TRUNCATION
 
 logger = logging.getLogger("ray.serve")  # Serve routes it into each replica's log file
 
@@ -135,7 +135,7 @@ class EnhancerDeployment(SwappableModel):
 
     @staticmethod
     def _load(reference: str, device: str):
-        from prodray.enhance import Enhancer  # torch is imported by model replicas only
+        from prodray.enhancer.inference import Enhancer  # torch is imported by model replicas only
         return Enhancer.load(reference, device)
 
     async def info(self) -> dict:
@@ -154,7 +154,7 @@ class EnhancerDeployment(SwappableModel):
             return {"rejected": "unsupported_scale", "scale": self._model.scale}
         out, enhancer = await self._enhance_batch(rgb)
         if alpha is not None:
-            from prodray.enhance import upscale_alpha
+            from prodray.enhancer.inference import upscale_alpha
             alpha = await asyncio.to_thread(upscale_alpha, alpha, enhancer.scale)
         return {"rgb": out, "alpha": alpha, "model_id": enhancer.model_id, "scale": enhancer.scale}
 
@@ -185,7 +185,7 @@ class GeneratorDeployment(SwappableModel):
 
     @staticmethod
     def _load(reference: str, device: str):
-        from prodray.generate import ProductGenerator  # torch is imported by model replicas only
+        from prodray.gan.inference import ProductGenerator  # torch is imported by model replicas only
         return ProductGenerator.load(reference, device)
 
     async def info(self) -> dict:
@@ -202,7 +202,7 @@ class GeneratorDeployment(SwappableModel):
         if self._model is None:  # only when deployed without any user_config
             await self._ensure_loaded()
         generator = self._model
-        from prodray.generate import UnknownAttribute
+        from prodray.gan.inference import UnknownAttribute
         try:
             index = generator.indices(attributes)
             noise = generator.noise(n, seed, truncation)
@@ -537,5 +537,5 @@ def build_app(model: str | None = None, *, generator: str | bool | None = None,
     return ingress.bind(enhancer, max_bytes=max_bytes, max_pixels=max_pixels, generator=generator_app)
 
 
-# Import path for `serve deploy serve_config.yaml` / `serve run prodray.serve:app`.
+# Import path for `serve deploy serve_config.yaml` / `serve run prodray.cluster.serve:app`.
 app = build_app()

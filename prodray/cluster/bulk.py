@@ -19,13 +19,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from prodray import storage
-from prodray.codec import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageRejected, decode_image, encode_image
-from prodray.listing import LISTING_DIR, done_hashes, list_pending
+from prodray.io import storage
+from prodray.io.codec import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageRejected, decode_image, encode_image
+from prodray.io.images import IMAGE_SUFFIXES, pad_to_square
+from prodray.cluster.listing import LISTING_DIR, done_hashes, list_pending
 
 log = logging.getLogger(__name__)
 
-INPUT_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 MANIFEST_DIR = "_manifest"
 DONE_STATUSES = ("ok", "skipped", "rejected")
@@ -107,20 +107,6 @@ class ConstraintFailed(ValueError):
 MIN_FIT_QUALITY = 30
 
 
-def pad_to_square(rgb: np.ndarray, alpha: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Centre (H, W, 3) on a pure-white square canvas; padded alpha is opaque (white shows as white)."""
-    height, width = rgb.shape[:2]
-    side = max(height, width)
-    top, left = (side - height) // 2, (side - width) // 2
-    canvas = np.full((side, side, 3), 255, np.uint8)
-    canvas[top:top + height, left:left + width] = rgb
-    if alpha is not None:
-        padded = np.full((side, side), 255, np.uint8)
-        padded[top:top + height, left:left + width] = alpha
-        alpha = padded
-    return canvas, alpha
-
-
 def encode_for_marketplace(rgb: np.ndarray, alpha: np.ndarray | None, options: BulkOptions, icc_profile=None,
                            dpi=None) -> tuple[bytes, str, tuple[int, int]]:
     """Apply the constraints in `options` and encode. -> (bytes, note for the manifest's reason, (H, W) out).
@@ -186,7 +172,7 @@ class EnhanceWriter:
     def __init__(self, model_ref: str, options: BulkOptions):
         import torch
 
-        from prodray.enhance import Enhancer
+        from prodray.enhancer.inference import Enhancer
         # Ray sets CUDA_VISIBLE_DEVICES to the actor's GPU, so "cuda" is that one.
         device = "cuda" if options.actor_gpus and torch.cuda.is_available() else "cpu"
         self.enhancer = Enhancer.load(model_ref, device=device, max_batch=options.batch_size,
@@ -226,7 +212,7 @@ class EnhanceWriter:
             height, width = int(batch["height"][i]), int(batch["width"][i])
             alpha = None
             if len(batch["alpha"][i]):
-                from prodray.enhance import upscale_alpha
+                from prodray.enhancer.inference import upscale_alpha
                 alpha = upscale_alpha(np.frombuffer(batch["alpha"][i], np.uint8).reshape(height, width), enhancer.scale)
             started = time.perf_counter()
             try:
@@ -257,7 +243,7 @@ def write_manifest_shard(output: str, rows: list[dict], run_id: str, index: int)
 
 
 def resolve_model(options: BulkOptions) -> tuple[str, dict]:
-    from prodray.checkpoint import resolve_export
+    from prodray.io.artifacts import resolve_export
     reference = options.model or f"enhancer-x{options.scale}"
     _, config_uri = resolve_export(reference)
     config = json.loads(storage.get_bytes(config_uri))
@@ -324,7 +310,7 @@ def _run_listed(options: BulkOptions, model_ref: str, model_id: str, run_id: str
     options = with_cluster_defaults(options, cluster)
     check_reservations(options, cluster)
     done = done_hashes(storage.join(options.output, MANIFEST_DIR), DONE_STATUSES)
-    listing = list_pending(options.input, INPUT_SUFFIXES, done, listing_uri, echo)
+    listing = list_pending(options.input, IMAGE_SUFFIXES, done, listing_uri, echo)
     if not listing.listed:
         raise FileNotFoundError(f"no images found under {options.input}")
     echo(f"{listing.listed} inputs, {listing.listed - listing.pending} already done, "

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from prodray import storage
+from prodray.io import storage
 
 LISTING_DIR = "_listing"
 SHARD_ROWS = 4096  # rows per listing shard: bounds a listing task's memory on huge flat folders

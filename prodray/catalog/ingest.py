@@ -16,9 +16,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from prodray import storage
-from prodray.codec import ImageRejected, encode_image, read_image_size
-from prodray.evaluation import IMAGE_SUFFIXES
+from prodray.io import storage
+from prodray.io.codec import ImageRejected, encode_image, read_image_size
+from prodray.io.images import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ SKIMAGE_PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field
 
 
 def _format_of(data: bytes) -> str:
-    from prodray.codec import decode_image
+    from prodray.io.codec import decode_image
     return decode_image(data).format
 
 

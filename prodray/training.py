@@ -95,18 +95,6 @@ def charbonnier(prediction: torch.Tensor, target: torch.Tensor, eps: float = 1e-
     return torch.sqrt((prediction - target) ** 2 + eps * eps).mean()
 
 
-def image_grid(rows: list[list[np.ndarray]]) -> np.ndarray:
-    """Tile uint8 HWC images (same size within the whole grid) into one image, 2 px white gaps."""
-    height, width = rows[0][0].shape[:2]
-    gap = 2
-    columns = max(len(r) for r in rows)
-    grid = np.full((len(rows) * (height + gap) - gap, columns * (width + gap) - gap, 3), 255, np.uint8)
-    for r, row in enumerate(rows):
-        for c, tile in enumerate(row):
-            grid[r * (height + gap):r * (height + gap) + height, c * (width + gap):c * (width + gap) + width] = tile
-    return grid
-
-
 def rng_state(generator: torch.Generator, numpy_rng: np.random.Generator) -> dict:
     """RNG state as tensors only, so it round-trips through torch.load(weights_only=True)."""
     numpy_state = numpy_rng.bit_generator.state
@@ -123,3 +111,7 @@ def restore_rng(state: dict, generator: torch.Generator, numpy_rng: np.random.Ge
     numpy_rng.bit_generator.state = {"bit_generator": "PCG64",
                                      "state": {"state": int.from_bytes(raw[:16], "little"), "inc": int.from_bytes(raw[16:], "little")},
                                      "has_uint32": 0, "uinteger": 0}
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())

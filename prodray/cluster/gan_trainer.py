@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prodray import checkpoint as ckpt_io
-from prodray import storage
+from prodray.io import artifacts as ckpt_io
+from prodray.io import storage
 from prodray.config import GanTrainConfig
-from prodray.gan_data import decode_small, encode_attributes, read_vocab
-from prodray.models import count_parameters
-from prodray.models.gan import build_generator
-from prodray.train.gan_core import (GanTraining, TickStats, check_attributes, export_generator, model_config,
+from prodray.gan.data import decode_small, encode_attributes, read_vocab
+from prodray.training import count_parameters
+from prodray.gan.model import build_generator
+from prodray.gan.training import (GanTraining, TickStats, check_attributes, export_generator, model_config,
                                     pool_to_device, sample_batch)
-from prodray.train.run_files import RunFiles, end_tick, maybe_crash_for_test
+from prodray.run_files import RunFiles, end_tick, maybe_crash_for_test
 
 
 # ---------------------------------------------------------------- data

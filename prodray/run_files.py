@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from prodray import storage
-from prodray.codec import encode_image
+from prodray.io import storage
+from prodray.io.codec import encode_image
 from prodray.config import dump_config
 
 

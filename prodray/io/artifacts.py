@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from prodray import storage
+from prodray.io import storage
 
 SHIPPED_DIR = Path(__file__).parent / "weights"
 

@@ -20,8 +20,8 @@ def config_parser(description: str) -> argparse.ArgumentParser:
 def run_main(main) -> None:
     """Call main(); turn expected user errors into one line and a non-zero exit."""
     from prodray.config import ConfigError
-    from prodray.local import StackError
-    from prodray.storage import StorageError, redact
+    from prodray.local.stack import StackError
+    from prodray.io.storage import StorageError, redact
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

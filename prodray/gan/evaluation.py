@@ -24,12 +24,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from prodray import storage
-from prodray.classifier import (accuracy, extract_features, load_classifier, predict, torch_threads,
+from prodray.io import storage
+from prodray.gan.classifier import (accuracy, extract_features, load_classifier, predict, torch_threads,
                                 train_classifier)
-from prodray.gan_data import GanSplit, decode_small, encode_attributes, load_split, read_manifest, read_vocab
+from prodray.gan.data import GanSplit, decode_small, encode_attributes, load_split, read_manifest, read_vocab
 from prodray.metrics import fid_from_features, kid_from_features
-from prodray.models.classifier import AttributeClassifier
+from prodray.gan.classifier_model import AttributeClassifier
 
 SampleFn = Callable[[dict[str, np.ndarray], int], np.ndarray]
 
@@ -52,7 +52,7 @@ class InceptionFeatures:
 
     @torch.inference_mode()
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        from prodray.models.classifier import to_input
+        from prodray.gan.classifier_model import to_input
         parts = []
         for start in range(0, len(images), self.batch_size):
             x = to_input(images[start:start + self.batch_size]).to(self.device)  # (B, 3, R, R) in [-1, 1]

@@ -7,7 +7,7 @@ first, then checkpoints and exports; run again and it resumes from `checkpoint/`
 what the mean rate so far reaches by the deadline, and the lr falls over its last F (once the fall
 has begun, its start stays put).
 
-    python -m prodray.train.gan_local --config prodray/configs/gan_fashion_mnist.yaml \\
+    python -m prodray.local.runner --config prodray/configs/gan_fashion_mnist.yaml \\
         [--minutes M [--decay-last F]] [--device cuda|cpu] [key=value ...]
 """
 
@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
-from prodray import storage
+from prodray.io import storage
 from prodray.config import ConfigError, GanTrainConfig, load_config
-from prodray.gan_data import load_split, read_vocab
-from prodray.models import count_parameters
-from prodray.train.gan_core import (GanTraining, TickStats, check_attributes, export_generator, model_config,
+from prodray.gan.data import load_split, read_vocab
+from prodray.training import count_parameters
+from prodray.gan.training import (GanTraining, TickStats, check_attributes, export_generator, model_config,
                                     pool_to_device, sample_batch)
-from prodray.train.run_files import RunFiles, format_metrics
+from prodray.run_files import RunFiles, format_metrics
 
 
 def load_pool(prepared: str, names: list[str], device: torch.device, log) -> tuple[torch.Tensor, dict]:

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prodray.codec import decode_image
-from prodray.degradations import DegradationRanges, degrade, from_uint8_hwc, imresize_uint8, to_uint8_hwc
+from prodray.io.codec import decode_image
+from prodray.enhancer.degradations import DegradationRanges, degrade
+from prodray.io.images import IMAGE_SUFFIXES, from_uint8_hwc, imresize_uint8, to_uint8_hwc
 from prodray.metrics import mean_ciede2000, psnr_ssim_y
 
-IMAGE_SUFFIXES = {".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"}
 GREY_MODES = {"L", "1", "I", "I;16", "I;16B", "I;16L"}
 
 
@@ -80,7 +80,7 @@ CATALOG_RANGES = DegradationRanges(noise_prob=1.0, noise_sigma=(3.0, 3.0), jpeg_
 
 def unsharp_mask(image: np.ndarray, amount: float = 0.6, sigma: float = 1.0) -> np.ndarray:
     """The usual photo-editor sharpening, as a baseline: x + amount * (x - blur(x))."""
-    from prodray.degradations import gaussian_kernels
+    from prodray.enhancer.degradations import gaussian_kernels
     x = from_uint8_hwc(image)[None]
     s = torch.tensor([sigma])
     k = gaussian_kernels(s, s, torch.zeros(1), size=7)[0]

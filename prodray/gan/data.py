@@ -29,10 +29,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from prodray import storage
-from prodray.catalog import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, fashion_mnist
-from prodray.codec import decode_image, encode_image
-from prodray.degradations import imresize_uint8
+from prodray.io import storage
+from prodray.catalog.ingest import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, fashion_mnist
+from prodray.io.codec import decode_image, encode_image
+from prodray.io.images import imresize_uint8
 
 FASHION_PRODUCTS_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-product-small"
 OTHER = "other"

@@ -14,16 +14,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prodray import checkpoint as ckpt_io
-from prodray import storage
-from prodray.codec import ImageRejected, decode_image
+from prodray.io import artifacts as ckpt_io
+from prodray.io import storage
+from prodray.io.codec import ImageRejected, decode_image
 from prodray.config import ConfigError, EnhancerModelConfig, EnhancerTrainConfig
-from prodray.degradations import DegradationRanges, degrade, from_uint8_hwc, imresize_uint8, to_uint8_hwc
-from prodray.evaluation import IMAGE_SUFFIXES, bicubic_upscale, score_sr
-from prodray.models import build_model, count_parameters
-from prodray.train.loop import (apply_configured_hyperparameters, charbonnier, image_grid, lr_at, make_ema,
-                                random_crops, restore_rng, rng_state, set_lr, update_ema)
-from prodray.train.run_files import RunFiles, end_tick, maybe_crash_for_test
+from prodray.enhancer.degradations import DegradationRanges, degrade
+from prodray.io.images import from_uint8_hwc, imresize_uint8, to_uint8_hwc
+from prodray.enhancer.evaluation import bicubic_upscale, score_sr
+from prodray.io.images import IMAGE_SUFFIXES
+from prodray.enhancer.model import build_model
+from prodray.training import count_parameters
+from prodray.training import apply_configured_hyperparameters, charbonnier, lr_at, make_ema, random_crops, restore_rng, rng_state, set_lr, update_ema
+from prodray.io.images import image_grid
+from prodray.run_files import RunFiles, end_tick, maybe_crash_for_test
 
 MAX_POOL_IMAGES = 20_000
 INIT_MODEL_FIELDS = ("arch", "scale", "channels", "blocks")  # what an init model must share with model.*
@@ -177,7 +180,7 @@ def train_worker(config: dict) -> None:
             + (f"; started from {cfg.init_from}" if cfg.init_from else ""))
     val_images = []
     if rank == 0 and cfg.data.val_folder:
-        from prodray.evaluation import list_images, load_benchmark_image
+        from prodray.enhancer.evaluation import list_images, load_benchmark_image
         val_images = [load_benchmark_image(p) for p in list_images(cfg.data.val_folder)[:cfg.data.val_max_images]]
 
     pool = load_pool(ray.train.get_dataset_shard("train"), cfg.data.patch_size, log, tuple(cfg.data.hr_scales))
@@ -269,7 +272,7 @@ def build_trainer(cfg: EnhancerTrainConfig):
     if cfg.init_from:
         read_init_model(cfg.init_from, "init_from", cfg.model)
     if cfg.adversarial is not None:  # the optional second stage: adversarial fine-tuning
-        from prodray.train.finetune import check_init_model, finetune_worker
+        from prodray.enhancer.adversarial import check_init_model, finetune_worker
         check_init_model(cfg)
         worker = finetune_worker
     filesystem, storage_path = storage.pyarrow_filesystem(cfg.run.storage_path)

@@ -12,10 +12,10 @@ import random
 
 import pyarrow.parquet as pq
 
-from prodray import storage
-from prodray.bulk import MANIFEST_DIR
-from prodray.codec import decode_image, encode_image
-from prodray.degradations import imresize_uint8
+from prodray.io import storage
+from prodray.cluster.bulk import MANIFEST_DIR
+from prodray.io.codec import decode_image, encode_image
+from prodray.io.images import imresize_uint8
 
 THUMB_SIDE = 320
 

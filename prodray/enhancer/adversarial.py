@@ -16,19 +16,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from prodray import checkpoint as ckpt_io
-from prodray import storage
+from prodray.io import artifacts as ckpt_io
+from prodray.io import storage
 from prodray.config import ConfigError, EnhancerTrainConfig
-from prodray.degradations import DegradationRanges
-from prodray.enhancer_losses import build_perceptual
-from prodray.losses import d_loss, g_loss
-from prodray.evaluation import score_sr
-from prodray.models.sr_discriminator import build_discriminator
-from prodray.train.enhancer import (build_enhancer, load_pool, make_batch, read_init_model, run_uri, sample_grid,
+from prodray.enhancer.degradations import DegradationRanges
+from prodray.enhancer.losses import build_perceptual
+from prodray.gan.losses import d_loss, g_loss
+from prodray.enhancer.evaluation import score_sr
+from prodray.enhancer.discriminator import build_discriminator
+from prodray.enhancer.training import (build_enhancer, load_pool, make_batch, read_init_model, run_uri, sample_grid,
                                     upscale_with)
-from prodray.train.loop import (apply_configured_hyperparameters, lr_at, make_ema, restore_rng, rng_state, set_lr,
+from prodray.training import (apply_configured_hyperparameters, lr_at, make_ema, restore_rng, rng_state, set_lr,
                                 update_ema)
-from prodray.train.run_files import RunFiles, end_tick
+from prodray.run_files import RunFiles, end_tick
 
 
 def check_init_model(cfg: EnhancerTrainConfig) -> dict:
@@ -104,7 +104,7 @@ def finetune_worker(config: dict) -> None:
             f"perceptual loss: {perceptual_name}; run folder {files.uri}")
     val_images = []
     if rank == 0 and cfg.data.val_folder:
-        from prodray.evaluation import list_images, load_benchmark_image
+        from prodray.enhancer.evaluation import list_images, load_benchmark_image
         val_images = [load_benchmark_image(p) for p in list_images(cfg.data.val_folder)[:cfg.data.val_max_images]]
 
     pool = load_pool(ray.train.get_dataset_shard("train"), cfg.data.patch_size, log, tuple(cfg.data.hr_scales))

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from prodray.checkpoint import load_export
-from prodray.degradations import from_uint8_hwc, imresize_uint8
+from prodray.io.artifacts import load_export
+from prodray.io.images import from_uint8_hwc, imresize_uint8
 
 
 @dataclass
@@ -46,7 +46,7 @@ class Enhancer:
 
     @classmethod
     def load(cls, reference: str, device: str = "cpu", **kwargs) -> "Enhancer":
-        from prodray.train.enhancer import build_enhancer
+        from prodray.enhancer.training import build_enhancer
         model, config = load_export(reference, build_enhancer)
         return cls(model, config, device=device, **kwargs)
 

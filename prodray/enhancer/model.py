@@ -62,3 +62,15 @@ class ResidualPixelShuffleNet(nn.Module):
             if isinstance(module, nn.Conv2d):
                 total += 2 * module.in_channels * module.out_channels * module.kernel_size[0] * module.kernel_size[1]
         return total
+
+
+ARCHS = {
+    "rpsnet": ResidualPixelShuffleNet,
+}
+
+
+def build_model(arch: str, **kwargs):
+    """Build a network by registry name; unknown names fail with the list of known ones."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; known: {sorted(ARCHS)}")
+    return ARCHS[arch](**kwargs)
