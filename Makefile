@@ -25,6 +25,7 @@ demo: $(VENV)/.installed
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
 
 test: $(VENV)/.installed-dev
+	$(BIN)/ruff check prodray jobs tests benchmarks
 	$(BIN)/python -m pytest -q
 
 down:

@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-
 from bulk_throughput import PeakRss, start_s3
+
 from prodray.io import storage
 from prodray.local import stack as local
 
@@ -56,9 +56,10 @@ def main() -> None:
 
     import ray
 
-    from prodray.cluster.bulk import BulkOptions, run_bulk
-    from prodray.io.artifacts import export_model
+    from prodray.cluster.bulk import run_bulk
+    from prodray.config import BulkConfig
     from prodray.enhancer.model import build_model
+    from prodray.io.artifacts import export_model
 
     root = Path(tempfile.mkdtemp(prefix="bulk-memory-"))
     weed = start_s3(root)
@@ -73,9 +74,9 @@ def main() -> None:
                 started = time.perf_counter()
                 upload(f"s3://bench/catalog-{size}", size, seed=index)
                 upload_s = time.perf_counter() - started
-                options = BulkOptions(input=f"s3://bench/catalog-{size}", output=f"s3://bench/out-{size}",
-                                      model=model, scale=2, format="jpeg", quality=90, actor_cpus=1.0,
-                                      progress_every_s=1e9)
+                options = BulkConfig(input=f"s3://bench/catalog-{size}", output=f"s3://bench/out-{size}",
+                                     model=model, scale=2, format="jpeg", quality=90, actor_cpus=1.0,
+                                     progress_every_s=1e9)
                 with PeakRss() as memory:
                     summary = run_bulk(options, echo=lambda line: None)
                 assert summary["counts"] == {"ok": size}, summary["counts"]
@@ -90,7 +91,8 @@ def main() -> None:
     finally:
         local.stop_group(weed.pid, grace_s=3.0)
 
-    print(f"\n{'images':>8}{'job s':>8}{'images/s':>10}{'driver at start':>17}{'driver peak':>13}{'tree peak':>11}  (MiB)")
+    print(f"\n{'images':>8}{'job s':>8}{'images/s':>10}{'driver at start':>17}{'driver peak':>13}"
+          f"{'tree peak':>11}  (MiB)")
     for size, start, wall, rate, driver, tree in rows:
         print(f"{size:>8}{wall:>8.0f}{rate:>10.1f}{start:>17.0f}{driver:>13.0f}{tree:>11.0f}")
     if len(rows) > 1:

@@ -34,7 +34,6 @@ import numpy as np
 from prodray.io import storage
 from prodray.local import stack as local
 
-
 # ---------------------------------------------------------------- the embedded S3
 
 def free_seaweed_ports() -> local.Ports:
@@ -151,11 +150,12 @@ class PeakRss:
 # ---------------------------------------------------------------- the three measurements
 
 def run_pipeline(source: str, output: str, model: str, args) -> tuple[float, float, PeakRss]:
-    from prodray.cluster.bulk import BulkOptions, run_bulk
+    from prodray.cluster.bulk import run_bulk
+    from prodray.config import BulkConfig
 
-    options = BulkOptions(input=source, output=output, model=model, scale=2, format="jpeg", quality=90,
-                          batch_size=args.batch_size, actors=args.actors, actor_cpus=actor_cpus(args),
-                          progress_every_s=1e9)
+    options = BulkConfig(input=source, output=output, model=model, scale=2, format="jpeg", quality=90,
+                         batch_size=args.batch_size, actors=args.actors, actor_cpus=actor_cpus(args),
+                         progress_every_s=1e9)
     with PeakRss() as memory:
         started = time.perf_counter()
         summary = run_bulk(options, echo=lambda line: None)
@@ -167,8 +167,8 @@ def run_pipeline(source: str, output: str, model: str, args) -> tuple[float, flo
 def run_plain_loop(keys: list[str], source_root: str, output: str, model: str, threads: int) -> tuple[float, float]:
     import torch
 
-    from prodray.io.codec import decode_image, encode_image
     from prodray.enhancer.inference import Enhancer
+    from prodray.io.codec import decode_image, encode_image
 
     torch.set_num_threads(threads)
     enhancer = Enhancer.load(model)
@@ -185,8 +185,8 @@ def run_plain_loop(keys: list[str], source_root: str, output: str, model: str, t
 def run_compute_bound(keys: list[str], model: str, threads: int, batch_size: int) -> tuple[float, float]:
     import torch
 
-    from prodray.io.codec import decode_image
     from prodray.enhancer.inference import Enhancer
+    from prodray.io.codec import decode_image
 
     torch.set_num_threads(threads)
     enhancer = Enhancer.load(model, max_batch=batch_size)
@@ -229,7 +229,8 @@ def actor_torch_threads(cpus: float) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=150, help="catalog size for the throughput figures")
-    parser.add_argument("--model", help="model reference (e.g. enhancer-x2); default: a fresh rpsnet of --channels/--blocks")
+    parser.add_argument("--model", help="model reference (e.g. enhancer-x2); "
+                        "default: a fresh rpsnet of --channels/--blocks")
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--blocks", type=int, default=2)
     parser.add_argument("--actors", type=int, default=1)
@@ -239,8 +240,8 @@ def main() -> None:
 
     import ray
 
-    from prodray.io.artifacts import export_model
     from prodray.enhancer.model import build_model
+    from prodray.io.artifacts import export_model
 
     root = Path(tempfile.mkdtemp(prefix="bulk-bench-"))
     weed = start_s3(root)
@@ -271,7 +272,8 @@ def main() -> None:
         finally:
             ray.shutdown()
         torch_threads = args.actors * args.threads
-        rate_plain, wall_plain = run_plain_loop(keys, "s3://bench/catalog", "s3://bench/out-plain", model, torch_threads)
+        rate_plain, wall_plain = run_plain_loop(keys, "s3://bench/catalog", "s3://bench/out-plain", model,
+                                                torch_threads)
         rate_compute, wall_compute = run_compute_bound(keys, model, torch_threads, args.batch_size)
     finally:
         local.stop_group(weed.pid, grace_s=3.0)

@@ -18,9 +18,9 @@ import time
 import numpy as np
 import torch
 
-from prodray.io.artifacts import SHIPPED_DIR
 from prodray.config import GanTrainConfig, load_config
 from prodray.gan.training import GanTraining, model_config, sample_batch
+from prodray.io.artifacts import SHIPPED_DIR
 
 
 def build_arm(cfg: GanTrainConfig, mconfig: dict, device: torch.device, layout: str, amp: bool) -> GanTraining:

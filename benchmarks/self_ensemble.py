@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from prodray.enhancer.inference import Enhancer
 from prodray.enhancer.evaluation import evaluate_sr
+from prodray.enhancer.inference import Enhancer
 
 
 def timed_scores(enhancer: Enhancer, folder: Path, scale: int) -> tuple[dict, float]:
@@ -30,7 +30,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"{'model':<24} {'set':<6} {'plain dB':>9} {'ens8 dB':>8} {'gain':>6} {'plain s':>8} {'ens8 s':>7} {'time x':>7}")
+    print(f"{'model':<24} {'set':<6} {'plain dB':>9} {'ens8 dB':>8} {'gain':>6} "
+          f"{'plain s':>8} {'ens8 s':>7} {'time x':>7}")
     for scale in (2, 4):
         plain = Enhancer.load(f"enhancer-x{scale}")
         ensemble = Enhancer.load(f"enhancer-x{scale}", self_ensemble=True)
@@ -39,7 +40,8 @@ def main() -> None:
             base, base_s = timed_scores(plain, folder, scale)
             ens, ens_s = timed_scores(ensemble, folder, scale)
             print(f"{plain.model_id + f' x{scale}':<24} {name:<6} {base['psnr_y']:9.2f} {ens['psnr_y']:8.2f} "
-                  f"{ens['psnr_y'] - base['psnr_y']:+6.2f} {base_s:8.1f} {ens_s:7.1f} {ens_s / base_s:7.2f}", flush=True)
+                  f"{ens['psnr_y'] - base['psnr_y']:+6.2f} {base_s:8.1f} {ens_s:7.1f} {ens_s / base_s:7.2f}",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -182,8 +182,9 @@ def main() -> None:
     import torch
     from ray import serve
 
-    from prodray.enhancer.inference import Enhancer
     from prodray.cluster.serve import build_app
+    from prodray.config import ServeConfig
+    from prodray.enhancer.inference import Enhancer
 
     torch.set_num_threads(args.threads)
     enhancer = Enhancer.load(args.model, "cpu")
@@ -194,8 +195,9 @@ def main() -> None:
     batch = min(args.clients, args.max_batch_size)
 
     # Logical CPUs for both enhancer replicas; only one of them computes at a time.
-    ray.init(address="local", num_cpus=2 * args.threads, include_dashboard=False,
-             logging_level="ERROR", log_to_driver=False)
+    # OMP_NUM_THREADS reaches every replica through the job's runtime env.
+    ray.init(address="local", num_cpus=2 * args.threads, include_dashboard=False, logging_level="ERROR",
+             log_to_driver=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": str(args.threads)}})
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     results: dict = {"args": vars(args), "nproc": os.cpu_count(), "loadavg_start": os.getloadavg(),
@@ -203,14 +205,10 @@ def main() -> None:
     try:
         t0 = time.perf_counter()
         for name, max_batch_size in (("batched", args.max_batch_size), ("unbatched", 1)):
-            serve.run(build_app(args.model, generator=False, enhancer_options={
-                "user_config": {"max_batch_size": max_batch_size},
-                "ray_actor_options": {"num_cpus": args.threads,
-                                      "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(args.threads)}}},
-                "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
-            }, ingress_options={"ray_actor_options": {"num_cpus": 0},
-                                "autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}),
-                name=name, route_prefix=APPS[name] or "/")
+            one = {"min_replicas": 1, "max_replicas": 1}
+            config = ServeConfig(model=args.model, generator="none", ingress_replicas={"num_cpus": 0, **one},
+                                 enhancer_replicas={"num_cpus": args.threads, "max_batch_size": max_batch_size, **one})
+            serve.run(build_app(config), name=name, route_prefix=APPS[name] or "/")
             warm = Client(port, APPS[name])
             for png, side in ((pngs[0], out_side), (tiny, tiny_side)):
                 warm.post(png, side)
@@ -284,7 +282,8 @@ def report(r: dict) -> None:
                   f"{x['decode_p50_ms']:.1f}, handle call {x['enhance_call_p50_ms']:.1f}, encode "
                   f"{x['encode_p50_ms']:.1f} ms; {x['pairs']} pairs)")
     print()
-    goals = [(f"Serve >= {GOAL_COMPUTE}x compute bound at saturation", ratios["Serve batched / compute bound"] >= GOAL_COMPUTE),
+    goals = [(f"Serve >= {GOAL_COMPUTE}x compute bound at saturation",
+              ratios["Serve batched / compute bound"] >= GOAL_COMPUTE),
              (f"batching >= {GOAL_BATCHING}x unbatched", ratios["Serve batched / Serve unbatched"] >= GOAL_BATCHING)]
     goals += [(f"added latency <= {GOAL_ADDED_MS:.0f} ms at low load ({key})", r[key]["added_p50_ms"] <= GOAL_ADDED_MS)
               for key in ("low_load_batched", "low_load_tiny_batched")]

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from prodray.enhancer.degradations import DegradationRanges, degrade
+from prodray.enhancer.losses import charbonnier
 from prodray.enhancer.model import build_model
-from prodray.training import charbonnier
 
 MODEL = {"scale": 2, "channels": 48, "blocks": 8}
 
@@ -59,7 +59,8 @@ def plain(args) -> float:
     one_thread()
     torch.manual_seed(0)
     model = build_model("rpsnet", **MODEL)
-    return timed_loop(model, torch.optim.AdamW(model.parameters(), 1e-3), args.steps, args.warmup, args.batch, args.patch, 2, 0)
+    return timed_loop(model, torch.optim.AdamW(model.parameters(), 1e-3), args.steps, args.warmup, args.batch,
+                      args.patch, 2, 0)
 
 
 def ray_worker(config):
@@ -84,8 +85,9 @@ def with_ray(args, workers: int, out: Path) -> float:
 
     folder = out / f"workers-{workers}"
     folder.mkdir()
-    trainer = TorchTrainer(ray_worker, train_loop_config={"steps": args.steps, "warmup": args.warmup, "batch": args.batch,
-                                                          "patch": args.patch, "out": str(folder)},
+    trainer = TorchTrainer(ray_worker,
+                           train_loop_config={"steps": args.steps, "warmup": args.warmup, "batch": args.batch,
+                                              "patch": args.patch, "out": str(folder)},
                            scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 0.5}),
                            run_config=RunConfig(storage_path=str(out / "runs"), name=f"bench-{workers}"))
     result = trainer.fit()
@@ -115,7 +117,8 @@ def main() -> None:
     baseline = (plain_rate + plain_again) / 2
     result = {"plain_images_per_s": [round(plain_rate, 2), round(plain_again, 2)],
               "ray_1_worker_images_per_s": round(ray_1, 2), "ray_2_workers_images_per_s": round(ray_2, 2),
-              "overhead_ratio_plain_over_ray1": round(baseline / ray_1, 3), "scaling_ray2_over_ray1": round(ray_2 / ray_1, 3),
+              "overhead_ratio_plain_over_ray1": round(baseline / ray_1, 3),
+              "scaling_ray2_over_ray1": round(ray_2 / ray_1, 3),
               "threads_per_process": 1, "cpu_count": os.cpu_count(), "wall_s": round(time.time() - started, 1),
               "config": vars(args)}
     print(json.dumps(result, indent=2), flush=True)

@@ -42,8 +42,10 @@ def cmd_status(args) -> None:
         print("local stack: not running (start it with `prodray up`)")
         return
     ray, s3 = status["ray"], status["s3"]
-    print(f"Ray head: {'running' if ray['alive'] else 'DEAD'} pid {ray['pid']} at {ray['address']}, dashboard {ray['dashboard']}")
-    print(f"S3:       {'running' if s3['alive'] else 'DEAD'} pid {s3['pid']} at {s3['endpoint']}, bucket {s3['bucket']}, data {s3['data']}")
+    print(f"Ray head: {'running' if ray['alive'] else 'DEAD'} pid {ray['pid']} at {ray['address']}, "
+          f"dashboard {ray['dashboard']}")
+    print(f"S3:       {'running' if s3['alive'] else 'DEAD'} pid {s3['pid']} at {s3['endpoint']}, "
+          f"bucket {s3['bucket']}, data {s3['data']}")
 
 
 def cmd_env(args) -> None:
@@ -59,7 +61,8 @@ def cmd_env(args) -> None:
 def cmd_catalog_import(args) -> None:
     from prodray.catalog import ingest as catalog
     result = catalog.import_catalog(args.src, args.dest, attributes_csv=args.attributes)
-    print(f"imported {result['images']} images ({result['rejected']} rejected) to {args.dest}; manifest {result['manifest']}")
+    print(f"imported {result['images']} images ({result['rejected']} rejected) to {args.dest}; "
+          f"manifest {result['manifest']}")
 
 
 def cmd_catalog_sample(args) -> None:
@@ -68,8 +71,8 @@ def cmd_catalog_sample(args) -> None:
 
 
 def _upscalers(model_ref: str, scale: int, device: str, self_ensemble: bool = False):
-    from prodray.enhancer.inference import Enhancer
     from prodray.enhancer.evaluation import bicubic_upscale, unsharp_mask
+    from prodray.enhancer.inference import Enhancer
     enhancer = Enhancer.load(model_ref or f"enhancer-x{scale}", device=device, self_ensemble=self_ensemble)
     if enhancer.scale != scale:
         raise ValueError(f"model {enhancer.model_id} is x{enhancer.scale}, but --scale is {scale}")
@@ -133,12 +136,16 @@ def cmd_eval_gan(args) -> None:
 
 
 def cmd_enhance(args) -> None:
-    from prodray.cluster.bulk import BulkOptions, run_bulk
-    options = BulkOptions(input=args.input, output=args.output, model=args.model, scale=args.scale,
-                          format=args.format, quality=args.quality, min_longest_side=args.min_longest_side,
-                          pad_square=args.pad_square, max_output_bytes=args.max_output_bytes).check()
-    summary = run_bulk(options)
-    print(json.dumps(summary, indent=2))
+    from prodray.cli_flags import config_from_args
+    from prodray.config import BulkConfig, dump_config
+    config = config_from_args(BulkConfig, args)
+    if args.dry_run:
+        print(dump_config(config))
+        return
+    from prodray.cluster.bulk import run_bulk
+    from prodray.cluster.jobs import connect_ray
+    connect_ray()
+    print(json.dumps(run_bulk(config), indent=2))
 
 
 def cmd_report(args) -> None:
@@ -173,9 +180,9 @@ def cmd_gan_generate(args) -> None:
     import io
     import zipfile
 
+    from prodray.gan.inference import ProductGenerator
     from prodray.io import storage
     from prodray.io.codec import encode_image
-    from prodray.gan.inference import ProductGenerator
     generator = ProductGenerator.load(args.model)
     attributes = dict(item.split("=", 1) for item in args.attribute)
     images = generator.generate(attributes, n=args.n, seed=args.seed, truncation=args.truncation)
@@ -192,7 +199,7 @@ def cmd_gan_generate(args) -> None:
 
 
 def cmd_gan_export(args) -> None:
-    from prodray.cluster.gan_trainer import export_checkpoint
+    from prodray.local.runner import export_checkpoint
     model_id = export_checkpoint(args.run, args.checkpoint, args.out)
     print(f"exported {model_id} from {args.checkpoint} to {args.out}")
 
@@ -217,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
     sub.add_parser("env", help="print export lines for the local stack").set_defaults(func=cmd_env)
 
-    catalog = sub.add_parser("catalog", help="catalogs in object storage").add_subparsers(dest="catalog_command", required=True)
+    catalog = sub.add_parser("catalog", help="catalogs in object storage").add_subparsers(
+        dest="catalog_command", required=True)
     imp = catalog.add_parser("import", help="copy images to DEST_URI and write _manifest.parquet")
     imp.add_argument("src")
     imp.add_argument("dest")
@@ -290,16 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--out", required=True, help="PNG (a row of images) or .zip of PNGs; local or s3://")
     generate.set_defaults(func=cmd_gan_generate)
 
-    enhance = sub.add_parser("enhance", help="bulk-enhance a catalog with Ray Data")
-    enhance.add_argument("--input", required=True)
-    enhance.add_argument("--output", required=True)
-    enhance.add_argument("--model")
-    enhance.add_argument("--scale", type=int, default=2, choices=[1, 2, 4])
-    enhance.add_argument("--format", default="png", choices=["png", "jpeg", "webp"])
-    enhance.add_argument("--quality", type=int, default=90)
-    enhance.add_argument("--min-longest-side", type=int, help="marketplace: reject results smaller than this")
-    enhance.add_argument("--pad-square", action="store_true", help="marketplace: pad results to a square on pure white")
-    enhance.add_argument("--max-output-bytes", type=int, help="marketplace: lower JPEG/WebP quality to fit")
+    from prodray.cli_flags import add_config_flags
+    from prodray.config import BulkConfig
+    enhance = sub.add_parser("enhance", help="bulk-enhance a catalog with Ray Data (jobs/enhance_catalog.py)")
+    add_config_flags(enhance, BulkConfig)
     enhance.set_defaults(func=cmd_enhance)
 
     report = sub.add_parser("report", help="before/after HTML gallery of a bulk run")

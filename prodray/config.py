@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from prodray.io.codec import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
 
 class Strict(BaseModel):
@@ -79,6 +81,10 @@ class RunConfig(Strict):
     seed: int = 0
     threads_per_worker: Optional[int] = None
 
+    def resolved(self) -> "RunConfig":
+        return self.model_copy(update={"storage_path": resolve_local(self.storage_path, "run.storage_path",
+                                                                     must_exist=False)})
+
 
 class AdversarialConfig(Strict):
     """Optional second stage: fine-tune a PSNR-trained enhancer with a discriminator.
@@ -86,7 +92,7 @@ class AdversarialConfig(Strict):
     Loss of the enhancer = pixel_weight x L1 + perceptual_weight x perceptual + adversarial_weight
     x GAN. The perceptual term uses VGG19 features only when `vgg19_weights` names a local (or
     s3://) torchvision VGG19 weights file; otherwise a fixed multi-scale edge loss (Laplacian
-    bands + gradients), so nothing is ever downloaded. See prodray/enhancer_losses.py."""
+    bands + gradients), so nothing is ever downloaded. See prodray/enhancer/losses.py."""
 
     init_from: str  # exported PSNR model to start from: shipped name (enhancer-x2), export folder or s3:// URI
     export_name: str = Field("enhancer-gan", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # model id = <name>-<hash>
@@ -110,33 +116,39 @@ class EnhancerTrainConfig(Strict):
     # Start the PSNR training from an exported enhancer (shipped name, export folder or s3:// URI)
     # instead of random weights: to continue a shipped model on more or other data.
     init_from: Optional[str] = None
-    adversarial: Optional[AdversarialConfig] = None  # set = run the adversarial fine-tuning stage
 
-    def check(self) -> "EnhancerTrainConfig":
+    def check(self):
         if self.data.patch_size % self.model.scale:
             raise ConfigError(f"data.patch_size ({self.data.patch_size}) must be a multiple of "
                               f"model.scale ({self.model.scale})")
-        if self.init_from and self.adversarial is not None:
-            raise ConfigError("config field init_from: the adversarial stage starts from adversarial.init_from; "
-                              "set only that one")
         return self
 
-    def resolved(self) -> "EnhancerTrainConfig":
+    def _resolved_update(self) -> dict:
         """Local paths made absolute (workers run elsewhere) and checked to exist, in the driver."""
         data = self.data.model_copy(update={
             "sources": [resolve_local(s, f"data.sources[{i}]") for i, s in enumerate(self.data.sources)],
             "val_folder": resolve_local(self.data.val_folder, "data.val_folder") if self.data.val_folder else None})
-        run = self.run.model_copy(update={"storage_path": resolve_local(self.run.storage_path, "run.storage_path",
-                                                                        must_exist=False)})
-        update = {"data": data, "run": run}
+        return {"data": data, "run": self.run.resolved()}
+
+    def resolved(self):
+        update = self._resolved_update()
         if self.init_from:
             update["init_from"] = resolve_model(self.init_from, "init_from")
-        if self.adversarial is not None:
-            adv = self.adversarial
-            update["adversarial"] = adv.model_copy(update={
-                "init_from": resolve_model(adv.init_from, "adversarial.init_from"),
-                "vgg19_weights": resolve_local(adv.vgg19_weights, "adversarial.vgg19_weights") if adv.vgg19_weights else None})
         return self.model_copy(update=update)
+
+
+class AdversarialTrainConfig(EnhancerTrainConfig):
+    """The enhancer's second stage: starts from an exported PSNR model (adversarial.init_from)."""
+
+    kind: Literal["enhancer-adversarial"] = "enhancer-adversarial"
+    init_from: None = Field(None, description="the adversarial stage starts from adversarial.init_from")
+    adversarial: AdversarialConfig
+
+    def resolved(self):
+        adv = self.adversarial
+        vgg = resolve_local(adv.vgg19_weights, "adversarial.vgg19_weights") if adv.vgg19_weights else None
+        return self.model_copy(update={**self._resolved_update(), "adversarial": adv.model_copy(update={
+            "init_from": resolve_model(adv.init_from, "adversarial.init_from"), "vgg19_weights": vgg})})
 
 
 def resolve_model(reference: str, field: str) -> str:
@@ -212,9 +224,7 @@ class GanTrainConfig(Strict):
 
     def resolved(self) -> "GanTrainConfig":
         data = self.data.model_copy(update={"prepared": resolve_local(self.data.prepared, "data.prepared")})
-        run = self.run.model_copy(update={"storage_path": resolve_local(self.run.storage_path, "run.storage_path",
-                                                                        must_exist=False)})
-        return self.model_copy(update={"data": data, "run": run})
+        return self.model_copy(update={"data": data, "run": self.run.resolved()})
 
 
 # ---------------------------------------------------------------- loading
@@ -245,8 +255,8 @@ def _format_error(error: ValidationError) -> str:
     return f"config field {field}: {first['msg']} (got {first.get('input')!r})"
 
 
-def load_config(cls, path=None, overrides=None):
-    """Load a config of type `cls` from YAML (or defaults) with `a.b=c` overrides applied."""
+def read_tree(path=None, overrides=None) -> dict:
+    """The YAML mapping at `path` (or {}) with `a.b=c` overrides applied."""
     tree: dict = {}
     if path is not None:
         path = Path(path)
@@ -260,6 +270,10 @@ def load_config(cls, path=None, overrides=None):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
     for key, value in parse_overrides(overrides):
         _set_dotted(tree, key, value)
+    return tree
+
+
+def validate(cls, tree: dict):
     try:
         config = cls.model_validate(tree)
     except ValidationError as exc:
@@ -267,5 +281,173 @@ def load_config(cls, path=None, overrides=None):
     return config.check() if hasattr(config, "check") else config
 
 
+def load_config(cls, path=None, overrides=None):
+    """Load a config of type `cls` from YAML (or defaults) with `a.b=c` overrides applied."""
+    return validate(cls, read_tree(path, overrides))
+
+
+TRAIN_CONFIGS = {"enhancer": EnhancerTrainConfig, "enhancer-adversarial": AdversarialTrainConfig,
+                 "gan": GanTrainConfig}
+
+
+def load_train_config(path=None, overrides=None, default_kind: str | None = None):
+    """A training config of the class its `kind` names (jobs/train.py dispatches on it). A config
+    written before the adversarial stage had its own kind (kind enhancer plus an `adversarial:`
+    section) still loads, as that stage."""
+    tree = read_tree(path, overrides)
+    kind = tree.get("kind", default_kind)
+    if kind == "enhancer" and "adversarial" in tree:
+        kind = tree["kind"] = "enhancer-adversarial"
+    if kind not in TRAIN_CONFIGS:
+        raise ConfigError(f"config field kind: {kind!r} is not one of {sorted(TRAIN_CONFIGS)}")
+    return validate(TRAIN_CONFIGS[kind], tree)
+
+
 def dump_config(config) -> str:
     return config.model_dump_json(indent=2)
+
+
+# ---------------------------------------------------------------- bulk enhancement and serving
+# The jobs' and `prodray`'s flags are generated from these fields (prodray/cli_flags.py): a field's
+# description is its --help text, so each option is defined here once.
+
+OutputFormat = Literal["png", "jpeg", "webp"]
+
+
+def _checked_uri(uri: str) -> str:
+    from prodray.io.storage import StorageError, split_uri
+    try:
+        split_uri(uri)
+    except StorageError as exc:
+        raise ValueError(str(exc)) from None
+    return uri
+
+
+class BulkConfig(Strict):
+    """One bulk enhancement run (jobs/enhance_catalog.py, `prodray enhance`): input, output, model,
+    encoding, marketplace constraints and the enhancer actor pool."""
+
+    input: str = Field(description="s3:// prefix, local folder, or a .parquet manifest of keys")
+    output: str = Field(description="s3:// prefix or local folder for results + manifest (not the input)")
+    model: Optional[str] = Field(None, description="export folder, s3:// URI or shipped name "
+                                 "(default: the shipped enhancer-x<scale>)")
+    scale: Literal[1, 2, 4] = Field(2, description="upscaling factor; must be the model's")
+    format: OutputFormat = Field("png", description="output image format")
+    quality: int = Field(90, ge=1, le=100, description="JPEG/WebP quality, 1-100")
+    max_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1, description="inputs larger than this are rejected unread")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1,
+                            description="inputs with more pixels (read from the header) are rejected undecoded")
+    batch_size: int = Field(8, ge=1, description="images per enhancer call")
+    actors: int = Field(1, ge=1, description="enhancer actors (model replicas)")
+    actor_cpus: float = Field(1.0, ge=0, description="CPUs reserved per enhancer actor; "
+                              "leave 1 of the cluster free for Ray Data")
+    actor_gpus: Optional[float] = Field(None, ge=0, description="GPUs per enhancer actor "
+                                        "(default: 1 when the cluster has GPUs, else 0)")
+    # A reservation for Ray's scheduler, not a limit: it keeps actors off nodes that cannot hold them.
+    actor_memory_gib: float = Field(2.0, ge=0, description="memory reserved per enhancer actor for Ray's "
+                                    "scheduler (0: none)")
+    max_error_fraction: Optional[float] = Field(None, ge=0, le=1, description="fail the job when more than "
+                                                "this share of the images is rejected or fails")
+    progress_every_s: float = Field(10.0, ge=0, description="seconds between progress lines")
+    # Marketplace constraints; each one set becomes part of the output key.
+    min_longest_side: Optional[int] = Field(None, ge=1, description="marketplace: reject outputs whose longest "
+                                            "side is below this (px); nothing is resized, pick a larger --scale")
+    pad_square: bool = Field(False, description="marketplace: centre outputs on a pure-white square")
+    max_output_bytes: Optional[int] = Field(None, ge=1, description="marketplace: lower JPEG/WebP quality in "
+                                            "steps until outputs fit (PNG: reject)")
+    self_ensemble: bool = Field(False, description="average the model over the 8 flips/turns of each image: "
+                                "8x the compute, slightly sharper (results get their own keys)")
+
+    @field_validator("input", "output")
+    @classmethod
+    def _uri(cls, uri: str) -> str:
+        return _checked_uri(uri)
+
+    @field_validator("output")
+    @classmethod
+    def _not_the_input(cls, output: str, info: ValidationInfo) -> str:
+        if "input" in info.data and output.rstrip("/") == info.data["input"].rstrip("/"):
+            raise ValueError("output must differ from input")
+        return output
+
+
+SERVE_MAX_BYTES = 20 * 2**20
+# A 2x result of 16 MP is 64 MP (192 MB of RGB): the biggest we accept per request.
+SERVE_MAX_PIXELS = 4096 * 4096
+NO_GENERATOR = "none"
+
+
+class ReplicaConfig(Strict):
+    """One Serve deployment's replicas, in Ray Serve's own terms: what each reserves, how many run,
+    how many requests each admits before callers get 503."""
+
+    num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per replica")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (a model replica given one runs on it)")
+    min_replicas: int = Field(1, ge=0, description="autoscaling: fewest replicas")
+    max_replicas: int = Field(4, ge=1, description="autoscaling: most replicas")
+    target_ongoing_requests: float = Field(4.0, gt=0, description="autoscaling: requests per replica to aim for")
+    max_ongoing_requests: int = Field(16, ge=1, description="requests one replica runs at once")
+    max_queued_requests: int = Field(64, ge=-1, description="requests waiting beyond those, after which callers "
+                                     "get 503 at once (-1: no bound)")
+
+    @field_validator("max_replicas")
+    @classmethod
+    def _range(cls, most: int, info: ValidationInfo) -> int:
+        if most < info.data.get("min_replicas", 0):
+            raise ValueError(f"max_replicas {most} is below min_replicas {info.data['min_replicas']}")
+        return most
+
+
+class ModelReplicaConfig(ReplicaConfig):
+    # max_ongoing_requests stays >= max_batch_size so that a full batch can form.
+    max_batch_size: int = Field(8, ge=1, description="requests batched into one model call (1: no batching)")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, description="seconds a batch waits to fill")
+
+
+class GeneratorReplicaConfig(ModelReplicaConfig):
+    # Half a CPU: a small generator is cheap, and ingress (0.5) + enhancer (1) + generator (0.5) then
+    # fit a 2-CPU head (the local demo). Scale-out adds replicas.
+    num_cpus: float = Field(0.5, ge=0, description="CPUs reserved per replica")
+
+
+class IngressReplicaConfig(ReplicaConfig):
+    # The ingress decodes and encodes in threads, so one replica admits more than a model replica.
+    num_cpus: float = Field(0.5, ge=0, description="CPUs reserved per replica")
+    target_ongoing_requests: float = Field(16.0, gt=0, description="autoscaling: requests per replica to aim for")
+    max_ongoing_requests: int = Field(32, ge=1, description="requests one replica runs at once")
+
+
+class ServeConfig(Strict):
+    """The Serve application: the `args` of prodray.cluster.serve:app_builder (serve_config.yaml,
+    deploy/rayservice.yaml) and the flags of jobs/serve.py."""
+
+    model: str = Field("enhancer-x2", description="enhancer: export folder, s3:// URI or shipped name")
+    generator: str = Field("gan-fashion-products", description="product generator: export folder, s3:// URI or "
+                           f"shipped name; '{NO_GENERATOR}' serves the enhancer only")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the models run "
+                                                   "(auto: cuda when the replica has a GPU)")
+    max_bytes: int = Field(SERVE_MAX_BYTES, ge=1, description="upload size limit, enforced while reading")
+    max_pixels: int = Field(SERVE_MAX_PIXELS, ge=1, description="pixel limit of an upload, checked on its header")
+    ingress_replicas: IngressReplicaConfig = IngressReplicaConfig()
+    enhancer_replicas: ModelReplicaConfig = ModelReplicaConfig()
+    generator_replicas: GeneratorReplicaConfig = GeneratorReplicaConfig()
+
+    @field_validator("generator")
+    @classmethod
+    def _no_generator_spelling(cls, generator: str) -> str:
+        return NO_GENERATOR if generator.lower() == NO_GENERATOR else generator
+
+    @property
+    def serves_generator(self) -> bool:
+        return self.generator != NO_GENERATOR
+
+
+class ServeJobConfig(ServeConfig):
+    """jobs/serve.py: the application, plus where Serve listens and how long the job waits for it."""
+
+    host: str = Field("127.0.0.1", description="address Serve binds to; 0.0.0.0 exposes the API to the network")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port")
+    timeout: float = Field(300.0, gt=0, description="seconds to wait for /healthz to answer")
+
+    def app_config(self) -> ServeConfig:
+        return ServeConfig(**self.model_dump(include=set(ServeConfig.model_fields)))

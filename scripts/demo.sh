@@ -21,7 +21,7 @@ submit() { ray job submit --working-dir . -- "$@" 2>&1 | grep -v "Failed to quer
 serve shutdown -y >/dev/null 2>&1 || true
 
 step "train (Ray Train, 2 workers, DDP) -> s3://prodray/runs/demo-enhancer"
-submit python jobs/train_enhancer.py --config prodray/configs/enhancer_demo.yaml
+submit python jobs/train.py --config prodray/configs/enhancer_demo.yaml
 
 step "bulk-enhance the catalog (Ray Data) -> s3://prodray/enhanced"
 submit python jobs/enhance_catalog.py --input s3://prodray/catalog --output s3://prodray/enhanced \

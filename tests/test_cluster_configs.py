@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from prodray.config import ServeConfig
+
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = REPO / "cluster.yaml"
 DEPLOY_DIR = REPO / "deploy"
@@ -27,7 +29,7 @@ RAY_IMAGE = f"rayproject/ray:{RAY_VERSION}-py311-gpu"
 DEPLOY_FILES = {
     "rayjob-train.yaml": (
         "RayJob",
-        "python jobs/train_enhancer.py --config prodray/configs/enhancer_small.yaml",
+        "python jobs/train.py --config prodray/configs/enhancer_small.yaml",
     ),
     "rayjob-enhance.yaml": (
         "RayJob",
@@ -244,9 +246,12 @@ def test_rayservice_serve_config():
     assert isinstance(serve_config, str), "serveConfigV2 must be a YAML string"
     parsed = yaml.safe_load(serve_config)
     apps = parsed["applications"]
-    assert apps[0]["import_path"] == "prodray.cluster.serve:app"
+    assert apps[0]["import_path"] == "prodray.cluster.serve:app_builder"
     assert apps[0]["route_prefix"] == "/"
     assert all(a.get("name") for a in apps)
+    # The builder's args are a ServeConfig: a typo there would fail the deploy on the cluster.
+    config = ServeConfig.model_validate(apps[0]["args"])
+    assert config.enhancer_replicas.num_gpus == 1  # the worker group exists for the GPU replicas
 
 
 def test_serve_config_accepted_by_ray_serve_schema():

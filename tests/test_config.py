@@ -35,15 +35,17 @@ def test_shipped_configs_load():
     import prodray
 
     folder = Path(prodray.__file__).parent / "configs"
-    from prodray.config import GanTrainConfig
+    from prodray.config import load_train_config
 
     for path in sorted(folder.glob("enhancer*.yaml")):
-        cfg = load_config(EnhancerTrainConfig, path)
+        cfg = load_train_config(path)  # every shipped config names its kind
+        assert cfg.kind == ("enhancer-adversarial" if "adversarial" in path.name else "enhancer"), path.name
         assert cfg.data.patch_size % cfg.model.scale == 0, path.name
     gan_configs = sorted(folder.glob("gan_*.yaml"))
     assert gan_configs
     for path in gan_configs:
-        assert load_config(GanTrainConfig, path).data.batch_size >= 2, path.name
+        cfg = load_train_config(path)
+        assert cfg.kind == "gan" and cfg.data.batch_size >= 2, path.name
     assert {p.name for p in folder.glob("*.yaml")} == {p.name for p in [*folder.glob("enhancer*.yaml"), *gan_configs]}
 
 
@@ -91,3 +93,76 @@ def test_bad_yaml_and_bad_override(tmp_path):
 def test_config_error_is_value_error():
     # jobs_common.run_main turns ValueErrors into one line and exit code 2.
     assert issubclass(ConfigError, ValueError)
+
+
+# ---------------------------------------------------------------- bulk and serve configs
+
+BULK = {"input": "s3://bucket/in", "output": "s3://bucket/out"}
+
+
+def test_bulk_defaults_are_the_jobs():
+    from prodray.config import BulkConfig
+    from prodray.io.codec import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+
+    assert BulkConfig(**BULK).model_dump() == {
+        **BULK, "model": None, "scale": 2, "format": "png", "quality": 90, "max_bytes": DEFAULT_MAX_BYTES,
+        "max_pixels": DEFAULT_MAX_PIXELS, "batch_size": 8, "actors": 1, "actor_cpus": 1.0, "actor_gpus": None,
+        "actor_memory_gib": 2.0, "max_error_fraction": None, "progress_every_s": 10.0, "min_longest_side": None,
+        "pad_square": False, "max_output_bytes": None, "self_ensemble": False}
+
+
+@pytest.mark.parametrize("update,field", [
+    ({"input": "gs://bucket/in"}, "input"),
+    ({"output": "s3:///no-bucket"}, "output"),
+    ({"output": "s3://bucket/in/"}, "output"),  # the input again, with a slash
+    ({"format": "gif"}, "format"),
+    ({"quality": 0}, "quality"),
+    ({"quality": 101}, "quality"),
+    ({"scale": 3}, "scale"),
+    ({"min_longest_side": 0}, "min_longest_side"),
+    ({"actor_gpus": -1}, "actor_gpus"),
+    ({"actor_memory_gib": -0.5}, "actor_memory_gib"),
+    ({"max_output_bytes": 0}, "max_output_bytes"),
+    ({"max_error_fraction": 1.5}, "max_error_fraction"),
+    ({"actors": 0}, "actors"),
+    ({"colour": "red"}, "colour"),
+])
+def test_bad_bulk_config_names_the_field(update, field):
+    from prodray.config import BulkConfig, validate
+
+    with pytest.raises(ConfigError, match=rf"^config field {field}: "):
+        validate(BulkConfig, {"input": "s3://bucket/in", "output": "s3://bucket/out", **update})
+
+
+def test_bulk_config_is_frozen_plain_data():
+    import pickle
+
+    from prodray.config import BulkConfig
+
+    config = BulkConfig(**BULK, pad_square=True)
+    assert pickle.loads(pickle.dumps(config)) == config  # it travels to the enhancer actors
+    with pytest.raises(ValueError):
+        config.quality = 10
+
+
+def test_serve_config_defaults_and_the_job_part():
+    from prodray.config import ServeConfig, ServeJobConfig
+
+    config = ServeConfig()
+    assert (config.model, config.generator, config.device) == ("enhancer-x2", "gan-fashion-products", "auto")
+    assert config.serves_generator
+    replicas = {name: getattr(config, name) for name in ("ingress_replicas", "enhancer_replicas", "generator_replicas")}
+    assert {name: r.num_cpus for name, r in replicas.items()} == {
+        "ingress_replicas": 0.5, "enhancer_replicas": 1.0, "generator_replicas": 0.5}
+    assert replicas["ingress_replicas"].max_ongoing_requests == 32
+    assert replicas["enhancer_replicas"].max_ongoing_requests >= replicas["enhancer_replicas"].max_batch_size
+    assert ServeConfig(generator="None").generator == "none" and not ServeConfig(generator="none").serves_generator
+    job = ServeJobConfig(model="m", port=9000, host="0.0.0.0")
+    assert job.app_config() == ServeConfig(model="m")  # host, port and timeout are the job's, not the app's
+
+
+def test_serve_config_partial_section_keeps_that_sections_defaults():
+    from prodray.config import ServeConfig, validate
+
+    config = validate(ServeConfig, {"generator_replicas": {"num_gpus": 1}})
+    assert config.generator_replicas.num_gpus == 1 and config.generator_replicas.num_cpus == 0.5

@@ -6,14 +6,11 @@ and embeds thumbnails as data URIs so the page is one file that opens anywhere.
 
 import base64
 import html
-import io
 import json
 import random
 
-import pyarrow.parquet as pq
-
+from prodray.catalog.manifest import SUCCESS_FILE, read_manifest
 from prodray.io import storage
-from prodray.cluster.bulk import MANIFEST_DIR
 from prodray.io.codec import decode_image, encode_image
 from prodray.io.images import imresize_uint8
 
@@ -28,15 +25,8 @@ def _thumbnail_uri(data: bytes) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(encode_image(rgb, fmt="jpeg", quality=88)).decode()
 
 
-def read_manifest(output_uri: str) -> list[dict]:
-    rows = []
-    for shard in storage.list_files(storage.join(output_uri, MANIFEST_DIR), suffixes=(".parquet",)):
-        rows.extend(pq.read_table(io.BytesIO(storage.get_bytes(shard["uri"]))).to_pylist())
-    return rows
-
-
 def build_report(output_uri: str, sample: int = 24, seed: int = 0) -> str:
-    success_uri = storage.join(output_uri, "_SUCCESS")
+    success_uri = storage.join(output_uri, SUCCESS_FILE)
     if not storage.exists(success_uri):
         raise FileNotFoundError(f"{success_uri} not found: the bulk job has not finished there")
     summary = json.loads(storage.get_bytes(success_uri))
@@ -51,16 +41,22 @@ def build_report(output_uri: str, sample: int = 24, seed: int = 0) -> str:
     for row in chosen:
         before = _thumbnail_uri(storage.get_bytes(storage.join(input_uri, row["input_key"])))
         after = _thumbnail_uri(storage.get_bytes(storage.join(output_uri, row["output_key"])))
-        cards.append(f"""<figure><div class="pair"><img src="{before}" title="before"><img src="{after}" title="after"></div>
-<figcaption>{html.escape(row['input_key'])}: {row['width_in']}x{row['height_in']} &rarr; {row['width_out']}x{row['height_out']}</figcaption></figure>""")
-    problems = "".join(f"<tr><td>{html.escape(r['input_key'])}</td><td>{r['status']}</td><td>{html.escape(r['reason'] or '')}</td></tr>"
+        sizes = f"{row['width_in']}x{row['height_in']} &rarr; {row['width_out']}x{row['height_out']}"
+        cards.append(f'<figure><div class="pair"><img src="{before}" title="before"><img src="{after}" title="after">'
+                     f"</div>\n<figcaption>{html.escape(row['input_key'])}: {sizes}</figcaption></figure>")
+    problems = "".join(f"<tr><td>{html.escape(r['input_key'])}</td><td>{r['status']}</td>"
+                       f"<td>{html.escape(r['reason'] or '')}</td></tr>"
                        for r in rows if r["status"] in ("rejected", "error"))
+    style = ("body{font-family:sans-serif;margin:2em} figure{display:inline-block;margin:8px} "
+             ".pair img{height:200px;image-rendering:auto;margin-right:4px;border:1px solid #ccc}\n"
+             "table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:2px 8px}")
+    run = (f"model <b>{html.escape(str(summary.get('model_id')))}</b>, last run {summary.get('processed')} images "
+           f"in {summary.get('wall_s')} s\n({summary.get('images_per_s')} images/s). "
+           f"All manifest rows by status: {html.escape(json.dumps(counts))}.")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>prodray report</title>
-<style>body{{font-family:sans-serif;margin:2em}} figure{{display:inline-block;margin:8px}} .pair img{{height:200px;image-rendering:auto;margin-right:4px;border:1px solid #ccc}}
-table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:2px 8px}}</style></head><body>
+<style>{style}</style></head><body>
 <h1>prodray bulk run: {html.escape(output_uri)}</h1>
-<p>model <b>{html.escape(str(summary.get('model_id')))}</b>, last run {summary.get('processed')} images in {summary.get('wall_s')} s
-({summary.get('images_per_s')} images/s). All manifest rows by status: {html.escape(json.dumps(counts))}.</p>
+<p>{run}</p>
 <h2>Before / after (sample of {len(chosen)})</h2>{''.join(cards)}
 <h2>Rejected and failed inputs</h2><table><tr><th>key</th><th>status</th><th>reason</th></tr>{problems}</table>
 </body></html>"""

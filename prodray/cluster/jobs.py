@@ -20,8 +20,8 @@ def config_parser(description: str) -> argparse.ArgumentParser:
 def run_main(main) -> None:
     """Call main(); turn expected user errors into one line and a non-zero exit."""
     from prodray.config import ConfigError
-    from prodray.local.stack import StackError
     from prodray.io.storage import StorageError, redact
+    from prodray.local.stack import StackError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -37,3 +37,24 @@ def connect_ray() -> None:
 
     if not ray.is_initialized():
         ray.init(logging_level="WARNING", log_to_driver=True)
+
+
+def train_job(description: str, default_kind: str | None = None) -> None:
+    """jobs/train.py: load any training config (its `kind` picks the family), check and prepare it
+    in the driver, run it on Ray Train and say where the export is."""
+    from prodray.config import dump_config, load_train_config
+    from prodray.run_files import run_uri
+
+    args = config_parser(description).parse_args()
+    cfg = load_train_config(args.config, args.overrides, default_kind).resolved()
+    if args.dry_run:
+        print(dump_config(cfg))
+        return
+    connect_ray()
+    from prodray.cluster.trainer import build_trainer
+
+    result = build_trainer(cfg).fit()
+    if result.error is not None:
+        raise SystemExit(f"error: training failed: {result.error}")
+    print(f"training finished: {result.metrics}")
+    print(f"export: {run_uri(cfg)}/export")

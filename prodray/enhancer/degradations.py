@@ -13,7 +13,6 @@ import torch.nn.functional as F
 
 from prodray.io.images import from_uint8_hwc, imresize, to_uint8_hwc
 
-
 # ---------------------------------------------------------------- random degradations
 
 @dataclass(frozen=True)

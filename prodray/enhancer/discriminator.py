@@ -2,12 +2,12 @@
 
 Owns the two networks only: a U-Net discriminator that scores every pixel (Real-ESRGAN's idea,
 our own code) and a PatchGAN-style one that scores overlapping patches. Losses and the training
-loop live in `prodray/enhancer_losses.py` and `prodray/train/finetune.py`.
+loop live in `prodray/enhancer/losses.py` and `prodray/enhancer/training.py`.
 """
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 

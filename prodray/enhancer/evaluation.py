@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prodray.io.codec import decode_image
 from prodray.enhancer.degradations import DegradationRanges, degrade
+from prodray.io.codec import decode_image
 from prodray.io.images import IMAGE_SUFFIXES, from_uint8_hwc, imresize_uint8, to_uint8_hwc
 from prodray.metrics import mean_ciede2000, psnr_ssim_y
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from prodray.enhancer.model import build_enhancer
 from prodray.io.artifacts import load_export
 from prodray.io.images import from_uint8_hwc, imresize_uint8
 
@@ -46,7 +47,6 @@ class Enhancer:
 
     @classmethod
     def load(cls, reference: str, device: str = "cpu", **kwargs) -> "Enhancer":
-        from prodray.enhancer.training import build_enhancer
         model, config = load_export(reference, build_enhancer)
         return cls(model, config, device=device, **kwargs)
 

@@ -13,9 +13,8 @@ Pure torch, no Ray, nothing downloaded at run time. The perceptual term is one o
 import io
 
 import torch
-from torch import nn
 import torch.nn.functional as F
-
+from torch import nn
 
 # ---------------------------------------------------------------- perceptual: offline default
 
@@ -109,3 +108,9 @@ def build_perceptual(vgg19_weights: bytes | None = None, name: str = "") -> tupl
     if vgg19_weights is not None:
         return VGGPerceptualLoss(_read_state_dict(vgg19_weights, name)), f"vgg19 features ({name})"
     return EdgeLoss(), "edge (multi-scale Laplacian band + gradient L1; no VGG weights given)"
+
+
+# ---------------------------------------------------------------- pixel loss of the PSNR stage
+
+def charbonnier(prediction: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    return torch.sqrt((prediction - target) ** 2 + eps * eps).mean()

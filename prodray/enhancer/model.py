@@ -4,8 +4,8 @@ It restores (scale 1) or super-resolves (scale 2, 4) any H x W RGB image. It own
 only; degradations, losses and tiling live elsewhere.
 """
 
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 
 class ResidualBlock(nn.Module):
@@ -74,3 +74,8 @@ def build_model(arch: str, **kwargs):
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; known: {sorted(ARCHS)}")
     return ARCHS[arch](**kwargs)
+
+
+def build_enhancer(config: dict) -> nn.Module:
+    """The network an enhancer config (or an export's config.json) describes."""
+    return build_model(config["arch"], scale=config["scale"], channels=config["channels"], blocks=config["blocks"])

@@ -1,4 +1,4 @@
-"""Train, score, save and load the attribute classifier (prodray/models/classifier.py).
+"""Train, score, save and load the attribute classifier (prodray/gan/classifier_model.py).
 
 Pure torch, no Ray: a seeded AdamW loop with light augmentation (flip, shift of up to 2 px) over
 a GanSplit in memory, per-attribute accuracy, pooled features for FID/KID, and exports
@@ -15,9 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from prodray.io.artifacts import SHIPPED_DIR, export_model, load_export
-from prodray.gan.data import GanSplit
 from prodray.gan.classifier_model import AttributeClassifier, build_classifier, default_widths, to_input
+from prodray.gan.data import GanSplit
+from prodray.io.artifacts import SHIPPED_DIR, export_model, load_export
 
 EXPORT_NAME = "classifier"
 

@@ -12,7 +12,7 @@ the image resolution). Two loaders build one from the sources this project may u
   `description` (values seen fewer than `min_count` times are grouped as `other`).
 
 `load_split` reads a split back into memory (uint8 NHWC + attribute indices) for evaluation;
-training reads the manifest through Ray Data (prodray/train/gan.py).
+training reads the manifest through Ray Data (prodray/cluster/trainer.py) or the one-process runner.
 """
 
 import csv
@@ -29,12 +29,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from prodray.io import storage
 from prodray.catalog.ingest import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, fashion_mnist
+from prodray.io import storage
 from prodray.io.codec import decode_image, encode_image
-from prodray.io.images import imresize_uint8
+from prodray.io.images import imresize_uint8, pad_to_square
 
-FASHION_PRODUCTS_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-product-small"
+FASHION_PRODUCTS_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "fashion-product-small"
 OTHER = "other"
 
 
@@ -111,6 +111,25 @@ def load_split(prepared: str, split: str, limit: int | None = None, seed: int = 
     return GanSplit(np.stack(images), encode_attributes(table, vocab), vocab)
 
 
+def decode_rows(batch: dict, prepared: str, resolution: int, vocab: dict) -> dict:
+    """A batch of manifest rows -> decoded images + attribute indices (the training pool's rows)."""
+    images = [decode_small(storage.get_bytes(storage.join(prepared, str(uri))), resolution) for uri in batch["uri"]]
+    encoded = encode_attributes({name: list(batch[name]) for name in vocab}, vocab)
+    return {"image": np.stack(images), **{f"attr_{name}": encoded[name] for name in vocab}}
+
+
+def pool_from_batches(batches, names: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Decoded batches, concatenated: uint8 NHWC images + attribute index arrays."""
+    images, attributes = [], {name: [] for name in names}
+    for batch in batches:
+        images.append(batch["image"])
+        for name in names:
+            attributes[name].append(batch[f"attr_{name}"])
+    if not images:
+        raise RuntimeError("no training images in this worker's share")
+    return np.concatenate(images), {name: np.concatenate(parts) for name, parts in attributes.items()}
+
+
 # ---------------------------------------------------------------- writing prepared datasets
 
 def _write_prepared(out: str, records: list[dict], images: list[np.ndarray], vocab: dict, resolution: int,
@@ -157,12 +176,8 @@ def prepare_fashion_mnist(out: str, source: Path = FASHION_MNIST_DIR, limit: int
 
 def pad_square_resize(rgb: np.ndarray, size: int) -> np.ndarray:
     """Pad on pure white to a centred square, then resize (antialiased bicubic) to size x size."""
-    height, width = rgb.shape[:2]
-    side = max(height, width)
-    canvas = np.full((side, side, 3), 255, np.uint8)
-    top, left = (side - height) // 2, (side - width) // 2
-    canvas[top:top + height, left:left + width] = rgb
-    return canvas if side == size else imresize_uint8(canvas, size / side)
+    canvas, _ = pad_to_square(rgb)
+    return canvas if canvas.shape[0] == size else imresize_uint8(canvas, size / canvas.shape[0])
 
 
 def grouped_vocab(values: list[str], min_count: int) -> list[str]:

@@ -24,12 +24,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from prodray.io import storage
-from prodray.gan.classifier import (accuracy, extract_features, load_classifier, predict, torch_threads,
-                                train_classifier)
-from prodray.gan.data import GanSplit, decode_small, encode_attributes, load_split, read_manifest, read_vocab
-from prodray.metrics import fid_from_features, kid_from_features
+from prodray.gan.classifier import accuracy, extract_features, load_classifier, predict, torch_threads, train_classifier
 from prodray.gan.classifier_model import AttributeClassifier
+from prodray.gan.data import GanSplit, decode_small, encode_attributes, load_split, read_manifest, read_vocab
+from prodray.io import storage
+from prodray.metrics import fid_from_features, kid_from_features
 
 SampleFn = Callable[[dict[str, np.ndarray], int], np.ndarray]
 

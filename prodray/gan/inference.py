@@ -9,9 +9,9 @@ image does not depend on what else is in the batch.
 import numpy as np
 import torch
 
-from prodray.io.artifacts import load_export
 from prodray.gan.limits import MAX_SEED, MAX_TRUNCATION
 from prodray.gan.model import build_generator
+from prodray.io.artifacts import load_export
 
 
 class UnknownAttribute(ValueError):

@@ -16,7 +16,6 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils import spectral_norm
 
-
 GENERATOR_BLOCKS = ("plain", "residual")
 
 
@@ -60,8 +59,8 @@ class UpBlock(nn.Module):
 
 class ResidualUpBlock(nn.Module):
     """BigGAN-style: CBN, ReLU, x2 upsampling, 3x3 conv, CBN, ReLU, 3x3 conv, plus a 1x1-conv skip
-    of the upsampled input. Two convolutions per resolution instead of one; a whole GAN step costs
-    about 20 % more at 32 px (the discriminator's passes dominate it; MODEL_CARD.md has the A/B)."""
+    of the upsampled input. Two convolutions per resolution instead of one, so a GAN step costs
+    more (MODEL_CARD.md has the A/B)."""
 
     def __init__(self, in_channels: int, out_channels: int, condition_dim: int):
         super().__init__()

@@ -5,27 +5,22 @@ and the counters, and runs one step in the phases named as in StyleGAN2-ADA: `d_
 logistic loss on augmented real and generated images), lazy `r1` (every `r1_interval` steps,
 scaled up by the interval), `g_step`, `ema`; with `optim.class_weight`, D also classifies real
 images' attributes and G is pushed to be read as the asked ones (AC-GAN; loss_d and loss_g include
-those terms, class_d and class_g report them alone). It does no logging, saving or data loading:
-the Ray Train shell (gan.py) and the one-process runner (gan_local.py) do those around it.
+those terms, class_d and class_g report them alone). It is a `Training`: the runners
+(cluster/trainer.py under Ray Train, local/runner.py in one process) log, save and feed it.
 Progress is counted in real images shown to the discriminator.
 """
-
-import hashlib
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from prodray.io import artifacts as ckpt_io
-from prodray.gan.augment import diff_augment, parse_policy
 from prodray.config import ConfigError, GanTrainConfig
+from prodray.gan import data
+from prodray.gan.augment import diff_augment, parse_policy
 from prodray.gan.losses import class_loss, d_loss, g_loss, mode_seeking_loss, r1_penalty
 from prodray.gan.model import build_discriminator, build_generator
-from prodray.training import apply_configured_hyperparameters, linear_decay_factor, make_ema, restore_rng, rng_state, set_lr, update_ema
+from prodray.io import artifacts
 from prodray.io.images import image_grid
-
-STEP_STATS = ("loss_d", "loss_g", "real_score", "fake_score")
-OPTIONAL_STATS = ("r1", "class_d", "class_g")  # lazy R1; the auxiliary classifier's losses
+from prodray.training import Training, count_parameters, linear_decay_factor, make_ema, set_lr, update_ema
 
 
 def model_config(cfg: GanTrainConfig, meta: dict) -> dict:
@@ -90,42 +85,6 @@ def sample_grid(generator_ema, vocab, z_dim: int, seed: int, device, columns: in
     return image_grid(rows)
 
 
-# ---------------------------------------------------------------- state
-
-def state_digest(networks: dict, optimizers: dict) -> str:
-    """sha256 over every network tensor and optimizer state tensor (resume checks compare it)."""
-    digest = hashlib.sha256()
-    for name in sorted(networks):
-        digest.update(ckpt_io.weights_bytes(networks[name]))
-    for name in sorted(optimizers):
-        for _, slots in sorted(optimizers[name].state_dict()["state"].items()):
-            for key in sorted(slots):
-                digest.update(slots[key].detach().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def write_checkpoint(folder: Path, networks: dict, optimizers: dict, scalers: dict, counters: dict, rng: dict,
-                     policy: str) -> None:
-    for name, network in networks.items():
-        (folder / f"{name}.safetensors").write_bytes(ckpt_io.weights_bytes(network))
-    state = {**{f"optimizer_{k}": v.state_dict() for k, v in optimizers.items()},
-             **{f"scaler_{k}": v.state_dict() for k, v in scalers.items()},
-             **counters, "rng": [rng], "augment": policy}
-    (folder / "state.pt").write_bytes(ckpt_io.state_bytes(state))
-
-
-def read_checkpoint(folder: Path, networks: dict, optimizers: dict, scalers: dict) -> dict:
-    """Restore networks/optimizers/scalers in place; returns the rest of the state."""
-    for name, network in networks.items():
-        ckpt_io.load_weights_bytes(network, (folder / f"{name}.safetensors").read_bytes())
-    state = ckpt_io.load_state_bytes((folder / "state.pt").read_bytes())
-    for name, optimizer in optimizers.items():
-        optimizer.load_state_dict(state[f"optimizer_{name}"])
-    for name, scaler in scalers.items():
-        scaler.load_state_dict(state[f"scaler_{name}"])
-    return state
-
-
 def set_requires_grad(module: torch.nn.Module, flag: bool) -> None:
     for parameter in module.parameters():
         parameter.requires_grad_(flag)
@@ -133,75 +92,89 @@ def set_requires_grad(module: torch.nn.Module, flag: bool) -> None:
 
 # ---------------------------------------------------------------- the step
 
-class GanTraining:
+class GanTraining(Training):
     """G, D, G_ema, both optimizers and grad scalers, random state and counters; `train_step`
     runs d_step, lazy r1, g_step and ema on one batch. `wrap` swaps in DDP wrappers for the
     networks being stepped (each phase calls the other network's bare module with its gradients
-    off, so DDP only ever all-reduces the network being stepped)."""
+    off, so DDP only ever all-reduces the network being stepped). The context is the networks'
+    config (`model_config`) plus the dataset's source line."""
 
-    def __init__(self, cfg: GanTrainConfig, mconfig: dict, device: torch.device, rank: int = 0):
-        self.cfg, self.mconfig, self.device, self.rank = cfg, mconfig, device, rank
-        # NHWC weights: oneDNN (CPU) and cuDNN convolutions then run without layout reorders
-        # (benchmarks/gan_step.py on the 2-core development machine: 1.13-1.22x the images/s).
-        self.generator = build_generator(mconfig).to(device, memory_format=torch.channels_last)
+    name = "gan"
+    read_batch_size = 1024
+
+    @classmethod
+    def prepare(cls, cfg: GanTrainConfig) -> dict:
+        meta = data.read_vocab(cfg.data.prepared)
+        check_attributes(cfg, meta)
+        return {**model_config(cfg, meta), "dataset": meta.get("source")}
+
+    @classmethod
+    def source_rows(cls, cfg: GanTrainConfig, context: dict) -> list[dict]:
+        rows = data.read_manifest(cfg.data.prepared, "train").to_pylist()
+        if not rows:
+            raise FileNotFoundError(f"the train split of {cfg.data.prepared} is empty")
+        return rows
+
+    @staticmethod
+    def read_rows(batch: dict, cfg: dict, context: dict) -> dict:
+        return data.decode_rows(batch, cfg["data"]["prepared"], context["resolution"], context["vocab"])
+
+    def __init__(self, cfg: GanTrainConfig, context: dict, device, rank: int = 0):
+        super().__init__(cfg, context, device, rank)
+        self.mconfig = context
+        # NHWC weights: oneDNN (CPU) and cuDNN convolutions then run without layout reorders.
+        self.generator = build_generator(context).to(self.device, memory_format=torch.channels_last)
         self.classify = cfg.optim.class_weight > 0
-        self.discriminator = build_discriminator(mconfig, classify=self.classify).to(
-            device, memory_format=torch.channels_last)
+        self.discriminator = build_discriminator(context, classify=self.classify).to(
+            self.device, memory_format=torch.channels_last)
         self.generator_ema = make_ema(self.generator)
         self.g_train, self.d_train = self.generator, self.discriminator  # DDP wrappers after `wrap`
         betas = tuple(cfg.optim.betas)
         self.optimizers = {"g": torch.optim.Adam(self.generator.parameters(), lr=cfg.optim.lr_g, betas=betas),
                            "d": torch.optim.Adam(self.discriminator.parameters(), lr=cfg.optim.lr_d, betas=betas)}
-        self.use_amp = cfg.run.amp and device.type == "cuda"
+        self.use_amp = cfg.run.amp and self.device.type == "cuda"
         self.scalers = {name: torch.amp.GradScaler("cuda", enabled=self.use_amp) for name in ("g", "d")}
-        self.torch_rng = torch.Generator(device=device).manual_seed(cfg.run.seed + rank)
-        self.rng = np.random.default_rng(cfg.run.seed + rank)
+        self.networks = {"generator": self.generator, "discriminator": self.discriminator,
+                         "generator_ema": self.generator_ema}
         self.policy = parse_policy(cfg.optim.augment)
-        self.step, self.images_seen = 0, 0
+        self.pool = None
 
-    @property
-    def networks(self) -> dict[str, torch.nn.Module]:
-        return {"generator": self.generator, "discriminator": self.discriminator,
-                "generator_ema": self.generator_ema}
+    def load_pool(self, batches, log) -> None:
+        self.pool = data.pool_from_batches(batches, list(self.mconfig["vocab"]))
+        if self.device.type == "cuda":  # on a GPU, no host-to-device copy per step
+            self.pool = pool_to_device(self.pool, self.device)
+        log(f"training pool: {len(self.pool[0])} images in memory")
+
+    def next_batch(self) -> tuple[torch.Tensor, dict]:
+        return sample_batch(self.pool, self.cfg.data.batch_size, self.rng, self.device)
 
     def wrap(self, prepare) -> None:
-        """prepare: e.g. ray.train.torch.prepare_model (DDP), applied to G and D on their own."""
         self.g_train, self.d_train = prepare(self.generator), prepare(self.discriminator)
+
+    def describe(self) -> str:
+        return (f"generator {count_parameters(self.generator):,} parameters, discriminator "
+                f"{count_parameters(self.discriminator):,}; {self.mconfig['resolution']}px on {self.device}"
+                + (" with mixed precision" if self.use_amp else "") + "; attributes "
+                + ", ".join(f"{k} ({len(v)})" for k, v in self.mconfig["vocab"].items()))
 
     def grid(self) -> np.ndarray:
         """The tick's sample grid from the EMA generator (fixed noise: comparable across ticks)."""
         return sample_grid(self.generator_ema, self.mconfig["vocab"], self.mconfig["z_dim"], self.cfg.run.seed,
                            self.device)
 
-    def tick_metrics(self, tick_images: int, elapsed: float, stats: "TickStats") -> dict:
-        """The stats.jsonl record of a tick: counters, images/s, the current lr, the step means."""
-        return {"step": self.step, "images_seen": self.images_seen, "images_per_s": tick_images / max(elapsed, 1e-9),
-                "lr_g": self.optimizers["g"].param_groups[0]["lr"], **stats.means()}
+    def learning_rates(self) -> dict[str, float]:
+        return {"lr_g": self.optimizers["g"].param_groups[0]["lr"]}
 
-    def digest(self) -> str:
-        return state_digest(self.networks, self.optimizers)
-
-    def save(self, folder: Path) -> None:
-        write_checkpoint(folder, self.networks, self.optimizers, self.scalers,
-                         {"step": self.step, "images_seen": self.images_seen},
-                         rng_state(self.torch_rng, self.rng), self.cfg.optim.augment)
-
-    def resume(self, folder: Path, log=print) -> str:
-        """Restore everything from a checkpoint folder; the config's optimizer settings win over
-        the checkpoint's (a resubmission may lower the lr). Returns the restored state's digest."""
-        state = read_checkpoint(folder, self.networks, self.optimizers, self.scalers)
-        self.step, self.images_seen = int(state["step"]), int(state["images_seen"])
-        seed = self.cfg.run.seed + self.rank
-        if self.rank < len(state["rng"]):
-            restore_rng(state["rng"][self.rank], self.torch_rng, self.rng)
-        else:  # a rank the checkpoint has no stream for: a fresh one that still depends on the step
-            self.torch_rng.manual_seed(seed + self.step)
-            self.rng = np.random.default_rng(seed + self.step)
-        digest = self.digest()
+    def configured_hyperparameters(self) -> dict[str, dict]:
         betas = tuple(self.cfg.optim.betas)
-        apply_configured_hyperparameters(self.optimizers, {"g": {"lr": self.cfg.optim.lr_g, "betas": betas},
-                                                           "d": {"lr": self.cfg.optim.lr_d, "betas": betas}}, log)
-        return digest
+        return {"g": {"lr": self.cfg.optim.lr_g, "betas": betas}, "d": {"lr": self.cfg.optim.lr_d, "betas": betas}}
+
+    def extra_state(self) -> dict:
+        return {"augment": self.cfg.optim.augment}
+
+    def export(self, export_uri: str) -> str:
+        return export_generator(export_uri, self.generator_ema, self.mconfig, self.images_seen,
+                                self.context.get("dataset"))
 
     def judge(self, discriminator, images: torch.Tensor, attributes: dict) -> tuple[torch.Tensor, dict | None]:
         """(scores, class logits or None): D's output in one shape whether or not it classifies."""
@@ -302,21 +275,6 @@ def export_generator(export_uri: str, generator_ema: torch.nn.Module, mconfig: d
                      dataset: str | None) -> str:
     """The endpoint's artifact: the EMA generator's weights + config.json (sizes, vocabularies,
     images seen, the dataset's source line); returns the model id."""
-    return ckpt_io.export_model(export_uri, "generator", generator_ema.eval(),
-                                {**mconfig, "kind": "generator", "images_seen": images_seen, "dataset": dataset})
-
-
-class TickStats:
-    """Means of the step scalars over a tick (r1 over the steps that ran it)."""
-
-    def __init__(self):
-        self.sums, self.counts = {}, {}
-
-    def add(self, stats: dict) -> None:
-        for name, value in stats.items():  # tensors stay on the device until `means`
-            self.sums[name] = self.sums[name] + value if name in self.sums else value
-            self.counts[name] = self.counts.get(name, 0) + 1
-
-    def means(self) -> dict[str, float]:
-        return {name: float(self.sums[name]) / self.counts[name] for name in (*STEP_STATS, *OPTIONAL_STATS)
-                if name in self.sums}
+    config = {k: v for k, v in mconfig.items() if k != "dataset"}
+    return artifacts.export_model(export_uri, "generator", generator_ema.eval(),
+                                  {**config, "kind": "generator", "images_seen": images_seen, "dataset": dataset})

@@ -16,7 +16,7 @@ from safetensors.torch import save as save_safetensors_bytes
 
 from prodray.io import storage
 
-SHIPPED_DIR = Path(__file__).parent / "weights"
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "weights"
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -70,7 +70,8 @@ def resolve_export(reference: str) -> tuple[str, str]:
         return reference, reference.rsplit("/", 1)[0] + "/config.json"
     config_uri = storage.join(reference, "config.json")
     if not storage.is_s3(reference) and not Path(storage.split_uri(config_uri)[1]).is_file():
-        known = sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / "config.json").is_file()) if SHIPPED_DIR.is_dir() else []
+        known = (sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / "config.json").is_file())
+                 if SHIPPED_DIR.is_dir() else [])
         raise FileNotFoundError(f"model {reference!r} not found: give an export folder, an s3:// URI or one of {known}")
     config = json.loads(storage.get_bytes(config_uri))
     return storage.join(reference, f"{config['name']}.safetensors"), config_uri

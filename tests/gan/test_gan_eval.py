@@ -11,8 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from prodray.gan.classifier import (accuracy, extract_features, load_classifier, predict, save_classifier,
-                                shipped_classifier_for, train_classifier)
+from prodray.gan.classifier import (
+    accuracy,
+    extract_features,
+    load_classifier,
+    predict,
+    save_classifier,
+    shipped_classifier_for,
+    train_classifier,
+)
 from prodray.gan.data import _write_prepared, load_split
 from prodray.gan.evaluation import balanced_rows, evaluate_gan, generator_sample_fn
 

@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from prodray.io import artifacts as ckpt_io
-from prodray.config import ConfigError, EnhancerTrainConfig, load_config
+from prodray.config import AdversarialTrainConfig, ConfigError, EnhancerTrainConfig, load_config
+from prodray.enhancer.discriminator import PatchDiscriminator, UNetDiscriminator, build_discriminator
 from prodray.enhancer.losses import EdgeLoss, VGGPerceptualLoss, _read_state_dict, build_perceptual
 from prodray.gan.losses import d_loss, g_loss
-from prodray.enhancer.discriminator import PatchDiscriminator, UNetDiscriminator, build_discriminator
+from prodray.io import artifacts as ckpt_io
 
 
 @pytest.fixture(autouse=True)
@@ -133,13 +133,13 @@ def test_vgg_perceptual_loads_a_user_weights_file(tmp_path):
 # ---------------------------------------------------------------- config
 
 def adversarial_config(tmp_path, *extra):
-    return load_config(EnhancerTrainConfig, None, [f"data.sources=[{tmp_path}]", "adversarial.init_from=enhancer-x2",
-                                                   *extra])
+    return load_config(AdversarialTrainConfig, None, [f"data.sources=[{tmp_path}]", "adversarial.init_from=enhancer-x2",
+                                                      *extra])
 
 
-def test_adversarial_section_is_optional_and_validated(tmp_path):
-    plain = load_config(EnhancerTrainConfig, None, [f"data.sources=[{tmp_path}]"])
-    assert plain.adversarial is None
+def test_adversarial_section_is_the_stage_and_validated(tmp_path):
+    with pytest.raises(ConfigError, match="adversarial"):  # the PSNR stage has no such section
+        load_config(EnhancerTrainConfig, None, [f"data.sources=[{tmp_path}]", "adversarial.init_from=enhancer-x2"])
     cfg = adversarial_config(tmp_path)
     assert cfg.adversarial.export_name == "enhancer-gan" and cfg.adversarial.discriminator == "unet"
     assert cfg.adversarial.vgg19_weights is None
@@ -148,23 +148,24 @@ def test_adversarial_section_is_optional_and_validated(tmp_path):
     with pytest.raises(ConfigError, match="adversarial.adversarial_weight"):
         adversarial_config(tmp_path, "adversarial.adversarial_weight=-1")
     with pytest.raises(ConfigError, match="adversarial.init_from"):
-        load_config(EnhancerTrainConfig, None, [f"data.sources=[{tmp_path}]", "adversarial.export_name=x"])
+        load_config(AdversarialTrainConfig, None, [f"data.sources=[{tmp_path}]", "adversarial.export_name=x"])
 
 
 def test_resolved_keeps_shipped_names_and_checks_paths(tmp_path):
     assert adversarial_config(tmp_path).resolved().adversarial.init_from == "enhancer-x2"
     with pytest.raises(ConfigError, match="adversarial.init_from"):
-        load_config(EnhancerTrainConfig, None, [f"data.sources=[{tmp_path}]",
-                                                f"adversarial.init_from={tmp_path}/missing"]).resolved()
+        load_config(AdversarialTrainConfig, None, [f"data.sources=[{tmp_path}]",
+                                                   f"adversarial.init_from={tmp_path}/missing"]).resolved()
     with pytest.raises(ConfigError, match="adversarial.vgg19_weights"):
         adversarial_config(tmp_path, f"adversarial.vgg19_weights={tmp_path}/vgg.pth").resolved()
 
 
 def test_init_model_must_match_the_model_section(tmp_path):
-    from prodray.enhancer.adversarial import check_init_model
+    from prodray.enhancer.training import AdversarialTraining
+    check_init_model = AdversarialTraining.prepare
     shipped = json.loads((ckpt_io.SHIPPED_DIR / "enhancer-x2" / "config.json").read_text())
     cfg = adversarial_config(tmp_path, f"model.channels={shipped['channels']}", f"model.blocks={shipped['blocks']}")
-    assert check_init_model(cfg)["model_id"] == shipped["model_id"]
+    assert check_init_model(cfg)["init_model_id"] == shipped["model_id"]
     with pytest.raises(ConfigError, match="model.channels"):
         check_init_model(adversarial_config(tmp_path, "model.channels=16"))
     with pytest.raises(ConfigError, match="adversarial.export_name"):

@@ -14,16 +14,15 @@ from prodray.catalog.ingest import FASHION_MNIST_DIR
 
 ray = pytest.importorskip("ray")
 
-from prodray.io import artifacts as ckpt_io  # noqa: E402
+from conftest import run_checkpoints  # noqa: E402
+
+from prodray.cluster.trainer import build_trainer  # noqa: E402
 from prodray.config import ConfigError, GanTrainConfig, load_config  # noqa: E402
 from prodray.gan.data import prepare_fashion_mnist  # noqa: E402
 from prodray.gan.inference import ProductGenerator  # noqa: E402
-from prodray.gan.model import build_discriminator, build_generator  # noqa: E402
-from prodray.cluster.gan_trainer import build_trainer, export_checkpoint  # noqa: E402
-from prodray.gan.training import read_checkpoint, state_digest  # noqa: E402
-from prodray.training import make_ema  # noqa: E402
-
-from conftest import run_checkpoints  # noqa: E402
+from prodray.gan.training import GanTraining  # noqa: E402
+from prodray.io import artifacts as ckpt_io  # noqa: E402
+from prodray.local.runner import export_checkpoint  # noqa: E402
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="dataset-fashion-mnist not installed")]
@@ -62,23 +61,16 @@ def latest_checkpoint(run: Path) -> Path:
     return run_checkpoints(run)[-1]
 
 
-def checkpoint_digest(folder: Path, classify: bool = False) -> str:
+def checkpoint_digest(folder: Path, cfg) -> str:
     """The digest of G, D, G_ema and both optimizers as stored in a checkpoint folder."""
-    model = json.loads((folder.parent / "export" / "config.json").read_text()) if (folder.parent / "export").exists() else None
-    config = {k: model[k] for k in ("vocab", "resolution", "z_dim", "embed_dim", "g_channels", "d_channels",
-                                    "d_mbstd_group")}
-    generator, discriminator = build_generator(config), build_discriminator(config, classify=classify)
-    networks = {"generator": generator, "discriminator": discriminator, "generator_ema": make_ema(generator)}
-    import torch
-    optimizers = {"g": torch.optim.Adam(generator.parameters()), "d": torch.optim.Adam(discriminator.parameters())}
-    scalers = {k: torch.amp.GradScaler("cuda", enabled=False) for k in ("g", "d")}
-    read_checkpoint(folder, networks, optimizers, scalers)
-    return state_digest(networks, optimizers)
+    model = json.loads((folder.parent / "export" / "config.json").read_text())
+    return GanTraining(cfg, model, "cpu").resume(folder, log=lambda _: None)
 
 
 def test_ddp_run_checkpoints_resumes_exactly_and_exports(local_ray, prepared, tmp_path):
     # With D's auxiliary classifier: DDP must see its head used in every phase, R1 included.
-    result = build_trainer(tiny_config(prepared, tmp_path, "gan", 64, "optim.class_weight=0.5")).fit()
+    cfg = tiny_config(prepared, tmp_path, "gan", 64, "optim.class_weight=0.5")
+    result = build_trainer(cfg).fit()
     assert result.error is None and result.metrics["images_seen"] == 64
     run = tmp_path / "gan"
     first = stats(tmp_path, "gan")
@@ -88,7 +80,7 @@ def test_ddp_run_checkpoints_resumes_exactly_and_exports(local_ray, prepared, tm
     assert len(list((run / "samples").glob("tick-*.png"))) == 2
     checkpoint = latest_checkpoint(run)
     assert all(np.isfinite(s["class_d"]) and np.isfinite(s["class_g"]) for s in first)
-    stored = checkpoint_digest(checkpoint, classify=True)
+    stored = checkpoint_digest(checkpoint, cfg)
     state = ckpt_io.load_state_bytes((checkpoint / "state.pt").read_bytes())
     assert state["step"] == 4 and state["images_seen"] == 64
 

@@ -12,12 +12,12 @@ from PIL import Image
 
 ray = pytest.importorskip("ray")
 
-from prodray.io import artifacts as ckpt_io  # noqa: E402
+from conftest import run_checkpoints  # noqa: E402
+
+from prodray.cluster.trainer import build_trainer  # noqa: E402
 from prodray.config import EnhancerTrainConfig, load_config  # noqa: E402
 from prodray.enhancer.inference import Enhancer  # noqa: E402
-from prodray.enhancer.training import build_trainer  # noqa: E402
-
-from conftest import run_checkpoints  # noqa: E402
+from prodray.io import artifacts as ckpt_io  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,8 @@ def test_killed_worker_recovers_through_failure_config(local_ray, images, tmp_pa
 
 def test_init_from_starts_training_from_an_exported_model(local_ray, images, tmp_path):
     import torch
-    from prodray.enhancer.training import build_enhancer
+
+    from prodray.enhancer.model import build_enhancer
     model_config = {"arch": "rpsnet", "scale": 2, "channels": 8, "blocks": 1}
     start = build_enhancer(model_config)
     with torch.no_grad():  # weights no fresh initialisation would give

@@ -2,7 +2,8 @@
 
 The enhancer (8 channels, 1 block) and the generator (32 px) are exported untrained, so outputs
 are checked for shape, format, headers and seed semantics, not for quality. One app serves every
-test; the last test redeploys it from serve_config.yaml.
+test; the last test redeploys it from serve_config.yaml. The typed builder and the deploy config
+are checked without a cluster at the end.
 """
 
 import asyncio
@@ -25,24 +26,20 @@ import requests
 import yaml
 from PIL import Image
 
+from prodray.enhancer.model import build_model
 from prodray.io.artifacts import export_model
 from prodray.local.stack import free_port
-from prodray.enhancer.model import build_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MAX_BYTES = 1_000_000  # small byte cap for the test app
 TINY = {"arch": "rpsnet", "scale": 2, "channels": 8, "blocks": 1, "kind": "enhancer"}
 # Fit a busy 2-core box: no CPU reservation, one replica each, a short queue so overload shows.
-ENHANCER_OPTIONS = {"ray_actor_options": {"num_cpus": 0},
-                    "autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}
-GENERATOR_OPTIONS = ENHANCER_OPTIONS
+ONE_REPLICA = {"num_cpus": 0, "min_replicas": 1, "max_replicas": 1}
 GEN_VOCAB = {"articleType": ["Tshirts", "Watches", "Handbags"], "baseColour": ["Black", "Red"]}
 GEN_CONFIG = {"vocab": GEN_VOCAB, "resolution": 32, "z_dim": 16, "embed_dim": 8, "g_channels": 32,
               "d_channels": 8}
 WATCH = {"articleType": "Watches", "baseColour": "Red"}
-INGRESS_OPTIONS = {"ray_actor_options": {"num_cpus": 0},
-                   "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
-                   "max_ongoing_requests": 2, "max_queued_requests": 2}
+INGRESS_REPLICAS = {**ONE_REPLICA, "max_ongoing_requests": 2, "max_queued_requests": 2}
 
 
 def _export(path: Path, seed: int) -> tuple[str, str]:
@@ -103,6 +100,7 @@ def server(tmp_path_factory):
     from ray import serve
 
     from prodray.cluster.serve import build_app
+    from prodray.config import ServeConfig
 
     root = tmp_path_factory.mktemp("serve")
     model_a, id_a = _export(root / "a", seed=0)
@@ -114,9 +112,9 @@ def server(tmp_path_factory):
     _start_local_ray(ray)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(model_a, generator=gen_a, max_bytes=MAX_BYTES, enhancer_options=ENHANCER_OPTIONS,
-                            generator_options=GENERATOR_OPTIONS, ingress_options=INGRESS_OPTIONS),
-                  name="prodray", route_prefix="/")
+        config = ServeConfig(model=model_a, generator=gen_a, max_bytes=MAX_BYTES, ingress_replicas=INGRESS_REPLICAS,
+                             enhancer_replicas=ONE_REPLICA, generator_replicas=ONE_REPLICA)
+        serve.run(build_app(config), name="prodray", route_prefix="/")
         yield {"url": f"http://127.0.0.1:{port}",
                "model_a": model_a, "id_a": id_a, "model_b": model_b, "id_b": id_b,
                "gen_a": gen_a, "gen_id_a": gen_id_a, "gen_b": gen_b, "gen_id_b": gen_id_b}
@@ -520,7 +518,8 @@ def test_web_page_in_headless_chromium(server, tmp_path):
             page.wait_for_function("document.querySelectorAll('#generated img').length === 3 && "
                                    "[...document.querySelectorAll('#generated img')].every(i => i.naturalWidth)",
                                    timeout=60_000)
-            sizes = page.eval_on_selector_all("#generated img", "imgs => imgs.map(i => [i.naturalWidth, i.naturalHeight])")
+            sizes = page.eval_on_selector_all("#generated img",
+                                              "imgs => imgs.map(i => [i.naturalWidth, i.naturalHeight])")
             assert sizes == [[32, 32]] * 3
             assert server["gen_id_a"] in page.inner_text("#gen-status") and "seed 42" in page.inner_text("#gen-status")
             # n = 1 answers a PNG, not a zip: one image.
@@ -663,15 +662,15 @@ def test_enhancer_overload_gives_json_503(server):
     from ray import serve
 
     from prodray.cluster.serve import build_app
+    from prodray.config import ServeConfig
 
-    tight = {"ray_actor_options": {"num_cpus": 0}, "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
-             "max_ongoing_requests": 1, "max_queued_requests": 1}
-    wide = dict(INGRESS_OPTIONS, max_ongoing_requests=32, max_queued_requests=32)
-    serve.run(build_app(server["model_a"], generator=False, max_bytes=MAX_BYTES, enhancer_options=tight,
-                        ingress_options=wide),
-              name="tight", route_prefix="/tight")
+    tight = {**ONE_REPLICA, "max_ongoing_requests": 1, "max_queued_requests": 1}
+    wide = {**INGRESS_REPLICAS, "max_ongoing_requests": 32, "max_queued_requests": 32}
+    config = ServeConfig(model=server["model_a"], generator="none", max_bytes=MAX_BYTES, enhancer_replicas=tight,
+                         ingress_replicas=wide)
+    serve.run(build_app(config), name="tight", route_prefix="/tight")
     try:
-        # Also the enhancer-only app (generator=False): no generator replica, /v1/generate is a 404.
+        # Also the enhancer-only app (generator "none"): no generator replica, /v1/generate is a 404.
         missing = _generate(server, {"attributes": WATCH}, prefix="/tight")
         assert missing.status_code == 404 and missing.json()["error"] == "no_generator"
         health = requests.get(server["url"] + "/tight/healthz", timeout=30).json()
@@ -722,21 +721,21 @@ def test_reconfigure_swaps_model_in_process(server, tmp_path):
 
 def test_serve_deploy_config_reconfigures_in_place(server):
     """serve_config.yaml as `serve deploy` sends it (same controller call as the dashboard's
-    REST API): import path prodray.cluster.serve:app; changing only user_config.model is a lightweight
-    update, i.e. `reconfigure` on the running replica, again with no failed request."""
+    REST API): the typed builder with the file's args; then adding only a user_config.model to each
+    deployment (as the file's comment says) is a lightweight update, i.e. `reconfigure` on the
+    running replicas, again with no failed request."""
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
     def config(model, generator):
         doc = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
         del doc["http_options"], doc["proxy_location"]  # Serve already runs on the test port
-        for deployment in doc["applications"][0]["deployments"]:
-            deployment["ray_actor_options"] = {"num_cpus": 0}
-            deployment["autoscaling_config"].update(min_replicas=1, max_replicas=1)
-            if deployment["name"] == "EnhancerDeployment":
-                deployment["user_config"] = {"model": model}
-            if deployment["name"] == "GeneratorDeployment":
-                deployment["user_config"] = {"model": generator}
+        (app,) = doc["applications"]
+        app["args"].update(model=server["model_a"], generator=server["gen_a"])  # the same args both times
+        for section in ("ingress_replicas", "enhancer_replicas", "generator_replicas"):
+            app["args"][section].update(ONE_REPLICA)
+        app["deployments"] = [{"name": "EnhancerDeployment", "user_config": {"model": model}},
+                              {"name": "GeneratorDeployment", "user_config": {"model": generator}}]
         return ServeDeploySchema.model_validate(doc)
 
     client = _get_global_client()
@@ -795,23 +794,70 @@ def _wait_for_model(server, model_id, timeout=90, index=0):
 # --- deploy config -----------------------------------------------------------------------------
 
 
-def test_serve_config_is_valid_and_matches_app():
+def test_serve_config_is_valid_and_calls_the_typed_builder():
+    from ray._common.utils import import_attr
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+    from ray.serve.deployment import Application
     from ray.serve.schema import ServeDeploySchema
+
+    from prodray.cluster.serve import app_builder
+    from prodray.config import ServeConfig, validate
 
     doc = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     ServeDeploySchema.model_validate(doc)
     assert doc["http_options"]["host"] == "127.0.0.1"
     (app,) = doc["applications"]
-    assert app["import_path"] == "prodray.cluster.serve:app"
-    deployments = {d["name"]: d for d in app["deployments"]}
-    assert set(deployments) == {"Ingress", "EnhancerDeployment", "GeneratorDeployment"}
-    assert deployments["EnhancerDeployment"]["user_config"]["model"] == "enhancer-x2"
-    assert deployments["GeneratorDeployment"]["user_config"]["model"] == "gan-fashion-products"
-    for name in ("EnhancerDeployment", "GeneratorDeployment"):
-        scaling = deployments[name]["autoscaling_config"]
-        assert scaling["max_replicas"] >= scaling["min_replicas"] >= 1 and scaling["target_ongoing_requests"] > 0
-        assert deployments[name]["max_queued_requests"] > 0 and deployments[name]["ray_actor_options"]["num_cpus"] > 0
+    assert import_attr(app["import_path"]) is app_builder
+    config = validate(ServeConfig, app["args"])
+    assert (config.model, config.generator) == ("enhancer-x2", "gan-fashion-products")
+    for name in ("model", "generator"):  # shipped models, so the file deploys as it is
+        assert (ROOT / "prodray" / "weights" / getattr(config, name) / "config.json").is_file(), name
+    # What Serve does with import_path + args when it deploys the file.
+    built = call_user_app_builder_with_args_if_necessary(import_attr(app["import_path"]), app["args"])
+    assert isinstance(built, Application)
     assert json.dumps(doc)  # plain data
+
+
+def _deployments(app) -> dict:
+    """Deployment name -> Deployment of a bound app, as Serve builds it (no cluster needed)."""
+    from ray.serve._private.build_app import build_app as serve_build_app
+    return {d.name: d for d in serve_build_app(app, name="check").deployments}
+
+
+def test_app_builder_builds_from_args():
+    from prodray.cluster.serve import app_builder
+
+    deployments = _deployments(app_builder({"model": "enhancer-x4", "generator": "none", "device": "cpu",
+                                            "max_bytes": 1234, "enhancer_replicas": {"num_gpus": 1,
+                                                                                      "max_replicas": 2}}))
+    assert set(deployments) == {"Ingress", "EnhancerDeployment"}  # generator none: no generator replica
+    enhancer = deployments["EnhancerDeployment"]
+    assert enhancer.ray_actor_options == {"num_cpus": 1.0, "num_gpus": 1.0}  # the unnamed ones keep defaults
+    assert enhancer.user_config == {"model": "enhancer-x4", "max_batch_size": 8, "batch_wait_timeout_s": 0.01}
+    assert enhancer.init_args == ("enhancer-x4", "cpu")
+    scaling = enhancer._deployment_config.autoscaling_config
+    assert (scaling.min_replicas, scaling.max_replicas) == (1, 2)
+    assert deployments["Ingress"].init_kwargs == {"max_bytes": 1234, "max_pixels": 4096 * 4096}
+    assert deployments["Ingress"].ray_actor_options["num_cpus"] == 0.5
+    defaults = _deployments(app_builder({}))
+    assert set(defaults) == {"Ingress", "EnhancerDeployment", "GeneratorDeployment"}
+    assert defaults["GeneratorDeployment"].user_config["model"] == "gan-fashion-products"
+
+
+@pytest.mark.parametrize("args,named", [
+    ({"colour": "red"}, "config field colour: Extra inputs are not permitted"),
+    ({"enhancer_replicas": {"num_gpu": 1}}, "config field enhancer_replicas.num_gpu: Extra inputs"),
+    ({"max_bytes": 0}, "config field max_bytes: Input should be greater than or equal to 1"),
+    ({"device": "tpu"}, "config field device: Input should be 'auto', 'cpu' or 'cuda'"),
+    ({"generator_replicas": {"min_replicas": 3, "max_replicas": 2}},
+     "config field generator_replicas.max_replicas: Value error, max_replicas 2 is below min_replicas 3"),
+])
+def test_app_builder_rejects_bad_args_naming_them(args, named):
+    from prodray.cluster.serve import app_builder
+    from prodray.config import ConfigError
+
+    with pytest.raises(ConfigError, match=named):
+        app_builder(args)
 
 
 def test_import_is_lazy():

@@ -1,4 +1,4 @@
-"""The GAN's pure-torch training core (GanTraining) and the one-process runner (gan_local.py),
+"""The GAN's pure-torch training core (GanTraining) and the one-process runner (local/runner.py),
 which a GPU machine without Ray uses: steps, exact resume, the run folder, the time budget."""
 
 import json
@@ -12,10 +12,11 @@ from prodray.catalog.ingest import FASHION_MNIST_DIR
 from prodray.config import ConfigError, GanTrainConfig, load_config
 from prodray.gan.data import prepare_fashion_mnist
 from prodray.gan.inference import ProductGenerator
+from prodray.gan.training import GanTraining, pool_to_device, sample_batch
 from prodray.local import runner as gan_local
-from prodray.gan.training import GanTraining, TickStats, pool_to_device, sample_batch
+from prodray.training import TickStats
 
-GAN_CONFIG = str(Path(__file__).resolve().parents[1] / "prodray" / "configs" / "gan_fashion_mnist.yaml")
+GAN_CONFIG = str(Path(__file__).resolve().parents[2] / "prodray" / "configs" / "gan_fashion_mnist.yaml")
 VOCAB = {"category": ["a", "b", "c"]}
 MCONFIG = {"vocab": VOCAB, "resolution": 8, "z_dim": 16, "embed_dim": 8, "g_channels": 32, "d_channels": 8,
            "d_mbstd_group": 4}

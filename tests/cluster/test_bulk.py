@@ -7,13 +7,15 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import image_bytes
 from PIL import Image
 
-from conftest import image_bytes
-from prodray.io import storage
-from prodray.cluster.bulk import BulkOptions, check_reservations, output_key, run_bulk, with_cluster_defaults
-from prodray.io.artifacts import export_model
+from prodray.catalog.manifest import output_key
+from prodray.cluster.bulk import check_reservations, run_bulk, with_cluster_defaults
+from prodray.config import BulkConfig, ConfigError, validate
 from prodray.enhancer.model import build_model
+from prodray.io import storage
+from prodray.io.artifacts import export_model
 
 ray = pytest.importorskip("ray")
 
@@ -28,39 +30,39 @@ def local_ray(s3_env):
 
 def test_actors_that_leave_no_cpu_for_ray_data_fail_before_work():
     # 2 actors x 0.75 CPU on 2 CPUs: Ray Data's 1-CPU file-listing task would wait forever.
-    options = BulkOptions(input="s3://b/in", output="s3://b/out", actors=2, actor_cpus=0.75)
+    options = BulkConfig(input="s3://b/in", output="s3://b/out", actors=2, actor_cpus=0.75)
     plenty = 64 * 2**30
     with pytest.raises(ValueError, match="--actors 2 x --actor-cpus 0.75 reserves 1.5 of the cluster's 2 CPUs"):
         check_reservations(options, {"CPU": 2, "memory": plenty})
     check_reservations(options, {"CPU": 3, "memory": plenty})  # 1.5 left
-    check_reservations(BulkOptions(input="s3://b/in", output="s3://b/out", actors=2, actor_cpus=0.5),
+    check_reservations(BulkConfig(input="s3://b/in", output="s3://b/out", actors=2, actor_cpus=0.5),
                        {"CPU": 2, "memory": plenty})
     check_reservations(options, {})  # an autoscaling cluster's empty head: not checked
 
 
 def test_actors_that_cannot_get_their_memory_fail_before_work():
-    options = BulkOptions(input="s3://b/in", output="s3://b/out", actors=3, actor_cpus=0.5, actor_memory_gib=2.0)
+    options = BulkConfig(input="s3://b/in", output="s3://b/out", actors=3, actor_cpus=0.5, actor_memory_gib=2.0)
     with pytest.raises(ValueError, match="--actors 3 x --actor-memory-gib 2 reserves 6 GiB; the cluster has 5.0 GiB"):
         check_reservations(options, {"CPU": 4, "memory": 5 * 2**30})
     check_reservations(options, {"CPU": 4, "memory": 6 * 2**30})
-    no_request = BulkOptions(input="s3://b/in", output="s3://b/out", actors=3, actor_cpus=0.5, actor_memory_gib=0)
+    no_request = BulkConfig(input="s3://b/in", output="s3://b/out", actors=3, actor_cpus=0.5, actor_memory_gib=0)
     check_reservations(no_request, {"CPU": 4, "memory": 0})
-    with pytest.raises(ValueError, match="--actor-memory-gib must be 0 or more"):
-        BulkOptions(input="s3://b/in", output="s3://b/out", actor_memory_gib=-1).check()
+    with pytest.raises(ConfigError, match="config field actor_memory_gib: Input should be greater than or equal to 0"):
+        validate(BulkConfig, {"input": "s3://b/in", "output": "s3://b/out", "actor_memory_gib": -1})
 
 
 def test_actors_take_a_gpu_each_when_the_cluster_has_gpus():
-    options = BulkOptions(input="s3://b/in", output="s3://b/out", actors=2, actor_cpus=0.5)
+    options = BulkConfig(input="s3://b/in", output="s3://b/out", actors=2, actor_cpus=0.5)
     assert with_cluster_defaults(options, {"CPU": 8}).actor_gpus == 0
     on_gpus = with_cluster_defaults(options, {"CPU": 8, "GPU": 2})
     assert on_gpus.actor_gpus == 1
     check_reservations(on_gpus, {"CPU": 8, "GPU": 2, "memory": 64 * 2**30})
     with pytest.raises(ValueError, match="--actors 2 x --actor-gpus 1 asks for 2 GPUs; the cluster has 1"):
         check_reservations(with_cluster_defaults(options, {"GPU": 1}), {"CPU": 8, "GPU": 1, "memory": 64 * 2**30})
-    forced_cpu = BulkOptions(input="s3://b/in", output="s3://b/out", actor_gpus=0)
+    forced_cpu = BulkConfig(input="s3://b/in", output="s3://b/out", actor_gpus=0)
     assert with_cluster_defaults(forced_cpu, {"CPU": 8, "GPU": 2}).actor_gpus == 0
-    with pytest.raises(ValueError, match="--actor-gpus must be 0 or more"):
-        BulkOptions(input="s3://b/in", output="s3://b/out", actor_gpus=-1).check()
+    with pytest.raises(ConfigError, match="config field actor_gpus: Input should be greater than or equal to 0"):
+        validate(BulkConfig, {"input": "s3://b/in", "output": "s3://b/out", "actor_gpus": -1})
 
 
 def rgba_png() -> bytes:
@@ -89,7 +91,7 @@ def test_bulk_job_end_to_end_with_bad_files_and_resume(bucket, local_ray, tmp_pa
     for key, data in {**good, **bad, "logo.png": rgba_png()}.items():
         storage.put_bytes(f"{source}/{key}", data)
     output = f"s3://{bucket}/enhanced"
-    options = BulkOptions(input=source, output=output, model=f"s3://{bucket}/model", scale=2, actor_cpus=0.5)
+    options = BulkConfig(input=source, output=output, model=f"s3://{bucket}/model", scale=2, actor_cpus=0.5)
 
     summary = run_bulk(options)
     assert summary["counts"] == {"ok": 7, "rejected": 3}

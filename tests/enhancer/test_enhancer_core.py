@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from prodray.io.artifacts import export_model
 from prodray.enhancer.degradations import DegradationRanges, degrade
-from prodray.io.images import imresize, imresize_uint8
 from prodray.enhancer.inference import Enhancer, keep_white
-from prodray.metrics import psnr, psnr_ssim_y, rgb_to_y, ssim
 from prodray.enhancer.model import build_model
+from prodray.io.artifacts import export_model
+from prodray.io.images import imresize, imresize_uint8
+from prodray.metrics import psnr, psnr_ssim_y, rgb_to_y, ssim
 from prodray.training import count_parameters
 
 SMALL = {"arch": "rpsnet", "channels": 8, "blocks": 1, "kind": "enhancer"}
@@ -127,12 +127,12 @@ class _ListShard:
 
 
 def test_training_pool_holds_each_image_at_every_hr_scale_that_fits_the_patch():
+    from prodray.enhancer.data import load_pool
     from prodray.io.codec import encode_image
-    from prodray.enhancer.training import load_pool
     rng = np.random.default_rng(0)
     large, small = (rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((300, 200, 3), (100, 80, 3)))
     shard = _ListShard([encode_image(large), encode_image(small), b"not an image"])
-    pool = load_pool(shard, 64, lambda message: None, hr_scales=(1.0, 0.5))
+    pool = load_pool(shard.iter_batches(32, "numpy"), 64, lambda message: None, hr_scales=(1.0, 0.5))
     # small at 0.5 (50x40) is under the 64 px patch, and the junk bytes are skipped
     assert [p.shape for p in pool] == [(300, 200, 3), (150, 100, 3), (100, 80, 3)]
     assert np.array_equal(pool[0], large) and np.array_equal(pool[1], imresize_uint8(large, 0.5))
@@ -150,7 +150,8 @@ def test_tiled_output_equals_whole_image_output():
     model = _trained_like_model()
     config = {**SMALL, "scale": 2, "blocks": 2}
     yy, xx = np.mgrid[0:150, 0:170]
-    smooth = np.stack([(yy + xx) * 0.7, 128 + 60 * np.sin(xx / 20), 200 - yy * 0.5], axis=2).clip(0, 255).astype(np.uint8)
+    smooth = np.stack([(yy + xx) * 0.7, 128 + 60 * np.sin(xx / 20), 200 - yy * 0.5],
+                      axis=2).clip(0, 255).astype(np.uint8)
     whole = Enhancer(model, config, tile=512).enhance(smooth).rgb
     tiled = Enhancer(model, config, tile=48, pad=24).enhance(smooth).rgb
     assert whole.shape == tiled.shape == (300, 340, 3)
@@ -161,7 +162,8 @@ def test_self_ensemble_is_exactly_flip_and_turn_equivariant():
     # The mean over the 8 flips/turns, each mapped back, commutes with every flip/turn of the
     # input; the plain network does not (a wrong inverse mapping would break the first assert).
     config = {**SMALL, "scale": 2, "blocks": 2}
-    plain, ensemble = Enhancer(_trained_like_model(), config), Enhancer(_trained_like_model(), config, self_ensemble=True)
+    plain, ensemble = (Enhancer(_trained_like_model(), config),
+                       Enhancer(_trained_like_model(), config, self_ensemble=True))
     x = torch.rand(2, 3, 12, 17, generator=torch.Generator().manual_seed(0))
     for turn in (lambda t: t.flip(3), lambda t: t.rot90(1, (2, 3)), lambda t: t.rot90(3, (2, 3)).flip(2)):
         assert torch.allclose(ensemble.forward(turn(x)), turn(ensemble.forward(x)), atol=1e-5)
@@ -196,8 +198,10 @@ def test_export_loads_in_a_fresh_process_with_the_same_output(tmp_path):
     image = np.random.default_rng(1).integers(0, 256, (30, 20, 3), dtype=np.uint8)
     np.save(tmp_path / "in.npy", image)
     here = Enhancer(model, {**SMALL, "scale": 2, "blocks": 2}).enhance(image).rgb
-    code = (f"import numpy as np; from prodray.enhancer.inference import Enhancer; e = Enhancer.load({str(tmp_path / 'export')!r}); "
-            f"np.save({str(tmp_path / 'out.npy')!r}, e.enhance(np.load({str(tmp_path / 'in.npy')!r})).rgb); print(e.model_id)")
+    code = ("import numpy as np; from prodray.enhancer.inference import Enhancer; "
+            f"e = Enhancer.load({str(tmp_path / 'export')!r}); "
+            f"np.save({str(tmp_path / 'out.npy')!r}, e.enhance(np.load({str(tmp_path / 'in.npy')!r})).rgb); "
+            "print(e.model_id)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == model_id
     assert np.array_equal(np.load(tmp_path / "out.npy"), here)

@@ -11,12 +11,13 @@ from PIL import Image
 
 ray = pytest.importorskip("ray")
 
-from prodray.io import artifacts as ckpt_io  # noqa: E402
-from prodray.config import EnhancerTrainConfig, load_config  # noqa: E402
-from prodray.enhancer.inference import Enhancer  # noqa: E402
-from prodray.enhancer.training import build_enhancer, build_trainer  # noqa: E402
-
 from conftest import run_checkpoints  # noqa: E402
+
+from prodray.cluster.trainer import build_trainer  # noqa: E402
+from prodray.config import AdversarialTrainConfig, load_config  # noqa: E402
+from prodray.enhancer.inference import Enhancer  # noqa: E402
+from prodray.enhancer.model import build_enhancer  # noqa: E402
+from prodray.io import artifacts as ckpt_io  # noqa: E402
 
 MODEL = {"arch": "rpsnet", "scale": 2, "channels": 8, "blocks": 1}
 
@@ -50,13 +51,15 @@ def psnr_export(tmp_path_factory):
 
 def test_adversarial_stage_trains_with_ddp_exports_its_own_model_and_resumes(local_ray, images, psnr_export, tmp_path):
     init_folder, init_id = psnr_export
-    make_config = lambda total: load_config(EnhancerTrainConfig, None, [  # noqa: E731
+    make_config = lambda total: load_config(AdversarialTrainConfig, None, [  # noqa: E731
         f"data.sources=[{images}]", "data.patch_size=24", "data.batch_size=4", "data.patches_per_image=2",
         f"data.val_folder={images}", "data.val_max_images=1",
-        *(f"model.{k}={v}" for k, v in MODEL.items()), "optim.lr=1e-4", f"optim.total_images={total}", "optim.warmup_images=0",
+        *(f"model.{k}={v}" for k, v in MODEL.items()),
+        "optim.lr=1e-4", f"optim.total_images={total}", "optim.warmup_images=0",
         f"run.storage_path={tmp_path}", "run.name=gan", "run.num_workers=2", "run.cpus_per_worker=0.5",
         "run.tick_images=8", "run.threads_per_worker=1",
-        f"adversarial.init_from={init_folder}", "adversarial.discriminator=unet", "adversarial.d_channels=8"]).resolved()
+        f"adversarial.init_from={init_folder}", "adversarial.discriminator=unet",
+        "adversarial.d_channels=8"]).resolved()
     result = build_trainer(make_config(16)).fit()
     assert result.error is None
     assert result.metrics["images_seen"] == 16 and result.metrics["step"] == 2  # 2 workers x 4 images per step
@@ -64,7 +67,8 @@ def test_adversarial_stage_trains_with_ddp_exports_its_own_model_and_resumes(loc
     run = tmp_path / "gan"
     history = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
     assert [s["images_seen"] for s in history] == [8, 16]
-    for key in ("loss_g", "loss_pixel", "loss_perceptual", "loss_adversarial", "loss_d", "d_real", "d_fake", "val_psnr_y"):
+    for key in ("loss_g", "loss_pixel", "loss_perceptual", "loss_adversarial", "loss_d", "d_real", "d_fake",
+                "val_psnr_y"):
         assert np.isfinite(history[-1][key]), key
     checkpoints = run_checkpoints(run)
     assert checkpoints and (checkpoints[-1] / "discriminator.safetensors").is_file()

@@ -13,7 +13,7 @@ from PIL import Image
 from prodray.cli import _upscalers
 from prodray.enhancer.evaluation import evaluate_catalog
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 METHODS = ("model", "bicubic", "bicubic+unsharp")
 
 

@@ -21,10 +21,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import free_ports
 
 from prodray.local import stack as local
-
-from conftest import free_ports
 
 pytestmark = pytest.mark.slow
 

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
+from prodray.catalog.manifest import output_key, read_manifest
+from prodray.catalog.marketplace import ConstraintFailed, encode_for_marketplace
+from prodray.config import BulkConfig
 from prodray.io import storage
-from prodray.cluster.bulk import BulkOptions, ConstraintFailed, encode_for_marketplace, output_key
 from prodray.io.images import pad_to_square
 
-OPTIONS = BulkOptions(input="s3://b/in", output="s3://b/out")
+OPTIONS = BulkConfig(input="s3://b/in", output="s3://b/out")
 
 
 def noisy(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -40,7 +42,7 @@ def test_pad_to_square_centres_on_pure_white_and_keeps_alpha_opaque_there():
 
 
 def test_min_longest_side_rejects_small_outputs():
-    options = BulkOptions(input="s3://b/in", output="s3://b/out", min_longest_side=100)
+    options = BulkConfig(input="s3://b/in", output="s3://b/out", min_longest_side=100)
     with pytest.raises(ConstraintFailed, match="too_small"):
         encode_for_marketplace(noisy(60, 99), None, options)
     data, note, shape = encode_for_marketplace(noisy(60, 100), None, options)
@@ -52,24 +54,24 @@ def test_max_output_bytes_lowers_jpeg_quality_until_it_fits_and_rejects_png():
     from prodray.io.codec import encode_image
     at_90, at_60 = len(encode_image(image, fmt="jpeg", quality=90)), len(encode_image(image, fmt="jpeg", quality=60))
     assert at_60 < at_90
-    options = BulkOptions(input="s3://b/in", output="s3://b/out", format="jpeg", quality=90, max_output_bytes=at_60)
+    options = BulkConfig(input="s3://b/in", output="s3://b/out", format="jpeg", quality=90, max_output_bytes=at_60)
     data, note, _ = encode_for_marketplace(image, None, options)
     assert len(data) <= at_60 and "quality lowered to 60" in note
     with pytest.raises(ConstraintFailed, match="too_many_output_bytes"):
-        encode_for_marketplace(image, None, BulkOptions(input="s3://b/in", output="s3://b/out", format="png",
-                                                        max_output_bytes=1000))
+        encode_for_marketplace(image, None, BulkConfig(input="s3://b/in", output="s3://b/out", format="png",
+                                                       max_output_bytes=1000))
 
 
 def test_constraints_are_part_of_the_output_key_only_when_set():
     plain = output_key("a/b.jpg", "m", OPTIONS)
     assert plain == "m/x2-png-q90/a/b.png"  # unchanged for jobs without constraints
-    constrained = BulkOptions(input="s3://b/in", output="s3://b/out", min_longest_side=1000, pad_square=True,
-                              max_output_bytes=500_000)
+    constrained = BulkConfig(input="s3://b/in", output="s3://b/out", min_longest_side=1000, pad_square=True,
+                             max_output_bytes=500_000)
     assert output_key("a/b.jpg", "m", constrained) == "m/x2-png-q90-min1000-square-max500000b/a/b.png"
-    ensembled = BulkOptions(input="s3://b/in", output="s3://b/out", self_ensemble=True)
+    ensembled = BulkConfig(input="s3://b/in", output="s3://b/out", self_ensemble=True)
     assert output_key("a/b.jpg", "m", ensembled) == "m/x2-png-q90-ens8/a/b.png"  # other bytes, other key
-    with pytest.raises(ValueError):
-        BulkOptions(input="s3://b/in", output="s3://b/out", min_longest_side=0).check()
+    with pytest.raises(ValueError, match="min_longest_side"):
+        BulkConfig(input="s3://b/in", output="s3://b/out", min_longest_side=0)
 
 
 # ---------------------------------------------------------------- end to end
@@ -101,8 +103,8 @@ def catalog_kinds() -> dict:
 def test_catalog_image_kinds_and_constraints_end_to_end(bucket, s3_env):
     ray = pytest.importorskip("ray")
     from prodray.cluster.bulk import run_bulk
-    from prodray.io.artifacts import export_model
     from prodray.enhancer.model import build_model
+    from prodray.io.artifacts import export_model
 
     # An untrained rpsnet is exactly bilinear upscaling (its residual branch starts at zero),
     # so colours and layout can be checked on the output.
@@ -117,26 +119,20 @@ def test_catalog_image_kinds_and_constraints_end_to_end(bucket, s3_env):
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
         output = f"s3://{bucket}/enhanced"
-        options = BulkOptions(input=source, output=output, model=model_uri, scale=2, actor_cpus=0.5,
-                              progress_every_s=1e9)
+        options = BulkConfig(input=source, output=output, model=model_uri, scale=2, actor_cpus=0.5,
+                             progress_every_s=1e9)
         assert run_bulk(options)["counts"] == {"ok": 4}
         constrained_out = f"s3://{bucket}/marketplace"
-        constrained = BulkOptions(input=source, output=constrained_out, model=model_uri, scale=2, format="jpeg",
-                                  quality=90, actor_cpus=0.5, progress_every_s=1e9, min_longest_side=60,
-                                  pad_square=True, max_output_bytes=200_000)
+        constrained = BulkConfig(input=source, output=constrained_out, model=model_uri, scale=2, format="jpeg",
+                                 quality=90, actor_cpus=0.5, progress_every_s=1e9, min_longest_side=60,
+                                 pad_square=True, max_output_bytes=200_000)
         assert run_bulk(constrained)["counts"] == {"ok": 3, "rejected": 1}
     finally:
         ray.shutdown()
 
-    from prodray.cluster.bulk import MANIFEST_DIR
-    import pyarrow.parquet as pq
-
     def rows(prefix):
         storage._s3fs().invalidate_cache()
-        found = {}
-        for shard in storage.list_files(storage.join(prefix, MANIFEST_DIR), suffixes=(".parquet",)):
-            found.update({r["input_key"]: r for r in pq.read_table(io.BytesIO(storage.get_bytes(shard["uri"]))).to_pylist()})
-        return found
+        return {r["input_key"]: r for r in read_manifest(prefix)}
 
     def opened(prefix, row):
         return Image.open(io.BytesIO(storage.get_bytes(f"{prefix}/{row['output_key']}")))

@@ -12,17 +12,18 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import image_bytes
-from prodray.io import storage
-from prodray.cluster.bulk import BulkOptions, run_bulk
-from prodray.io.artifacts import export_model
-from prodray.enhancer.model import build_model
 from s3_fault_proxy import FaultProxy
+
+from prodray.cluster.bulk import run_bulk
+from prodray.config import BulkConfig
+from prodray.enhancer.model import build_model
+from prodray.io import storage
+from prodray.io.artifacts import export_model
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny_model(bucket: str) -> tuple[str, str]:
@@ -93,8 +94,8 @@ def test_s3_faults_are_retried_nothing_lost_nothing_doubled(bucket, s3_env, monk
         storage._FS_CACHE.clear()
         ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
         try:
-            summary = run_bulk(BulkOptions(input=source, output=output, model=model_uri, scale=2, batch_size=4,
-                                           actor_cpus=0.5, progress_every_s=1e9))
+            summary = run_bulk(BulkConfig(input=source, output=output, model=model_uri, scale=2, batch_size=4,
+                                          actor_cpus=0.5, progress_every_s=1e9))
         finally:
             ray.shutdown()
         faults = dict(proxy.faults)
@@ -178,8 +179,8 @@ def test_worker_node_killed_mid_job_every_input_one_result(bucket, s3_env, boto_
 
         killer = threading.Thread(target=kill_actor_node_after_first_outputs, daemon=True)
         killer.start()
-        summary = run_bulk(BulkOptions(input=source, output=output, model=model_uri, scale=2, batch_size=2,
-                                       actor_cpus=1.5, progress_every_s=1e9))
+        summary = run_bulk(BulkConfig(input=source, output=output, model=model_uri, scale=2, batch_size=2,
+                                      actor_cpus=1.5, progress_every_s=1e9))
         killer.join(timeout=10)
     finally:
         ray.shutdown()

@@ -1,0 +1,185 @@
+"""HTTP plumbing of the Serve ingress: refusals as JSON, capped body reads, multipart, request
+parsing, upload decoding, and encoding the answers (the zip of generated images among them).
+
+Owns what a request may be and how a refusal looks (status, `error` reason, message); not the
+routes (serve.py) nor decoding rules (io/codec.py). Imports no model code.
+"""
+
+import io
+import json
+import zipfile
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from starlette.requests import Request as StarletteRequest
+
+from prodray.gan.limits import MAX_SEED, MAX_TRUNCATION
+from prodray.io.codec import DecodedImage, ImageRejected, decode_image, encode_image
+
+MAX_GENERATE_N = 16  # images per /v1/generate request
+MAX_GENERATE_BYTES = 64 * 1024  # a /v1/generate JSON body
+MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file
+
+# codec.ImageRejected.reason -> HTTP status. Anything not listed is a 422 (bad content).
+REJECT_STATUS = {"unsupported_format": 415, "too_many_pixels": 413, "too_many_bytes": 413}
+# The largest side each output format can store (WebP: 14-bit sizes; JPEG: 16-bit).
+MAX_SIDE = {"png": 2**31 - 1, "jpeg": 65535, "webp": 16383}
+# A full queue (Serve's max_queued_requests) answers this at once, from the proxy or a handle.
+BACKPRESSURE = {"status_code": 503, "retry_after_s": 1}
+# Handle failures that mean "no capacity right now", not "this request is wrong": a full queue,
+# a deployment that is (re)starting, a replica that died or is unreachable mid-request.
+UNAVAILABLE = (BackPressureError, DeploymentUnavailableError, RayActorError)
+
+
+class Refused(Exception):
+    """A request answered with a JSON refusal {"error": reason, "message": ..., **extra}. Raised
+    anywhere under a route; `refused_response`, registered on the app, turns it into the answer."""
+
+    def __init__(self, status: int, reason: str, message: str | None = None, headers: dict | None = None,
+                 **extra):
+        super().__init__(reason)
+        self.status, self.headers = status, headers
+        self.body = {"error": reason, **({"message": message} if message else {}), **extra}
+
+
+def overloaded() -> Refused:
+    return Refused(503, "overloaded", "try again shortly", headers={"retry-after": str(BACKPRESSURE["retry_after_s"])})
+
+
+async def refused_response(request, exc: Refused) -> JSONResponse:
+    return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
+
+
+async def invalid_parameter_response(request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's query-parameter errors, in the refusal shape."""
+    detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+    return JSONResponse({"error": "invalid_parameter", "detail": detail}, status_code=422)
+
+
+async def read_capped(request: Request, limit: int, message: str) -> bytes:
+    """The request body; 413 `message` as soon as it passes `limit` bytes (declared or read so far)."""
+    too_many = Refused(413, "too_many_bytes", message)
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise too_many
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_many
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def multipart_file(request: Request, body: bytes) -> bytes | None:
+    """The "file" field of a multipart body already read into memory (None when absent)."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    form = await StarletteRequest(request.scope, receive=replay).form(max_files=1, max_fields=10)
+    try:
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            return None
+        return await upload.read()
+    finally:
+        await form.close()
+
+
+async def read_upload(request: Request, max_bytes: int) -> bytes:
+    """The image bytes of POST /v1/enhance: the raw body, or the multipart field "file"."""
+    multipart = request.headers.get("content-type", "").startswith("multipart/form-data")
+    message = f"uploads are limited to {max_bytes} bytes"
+    body = await read_capped(request, max_bytes + (MULTIPART_SLACK if multipart else 0), message)
+    if not multipart:
+        return body
+    try:
+        data = await multipart_file(request, body)
+    except Exception:  # noqa: BLE001 - malformed multipart is the client's error
+        raise Refused(422, "bad_multipart") from None
+    if data is None:
+        raise Refused(422, "missing_file", 'send the image in the multipart field "file"')
+    if len(data) > max_bytes:
+        raise Refused(413, "too_many_bytes", message)
+    return data
+
+
+def decode_upload(data: bytes, max_bytes: int, max_pixels: int) -> DecodedImage:
+    """codec.decode_image, its rejections as refusals (415 format, 413 size, else 422)."""
+    try:
+        return decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    except ImageRejected as exc:
+        raise Refused(REJECT_STATUS.get(exc.reason, 422), exc.reason, str(exc)) from None
+
+
+def check_fits_format(height: int, width: int, fmt: str) -> None:
+    if max(height, width) > MAX_SIDE[fmt]:
+        raise Refused(422, "too_large_for_format", f"a {width}x{height} result does not fit {fmt} "
+                      f"(max side {MAX_SIDE[fmt]})")
+
+
+class GenerateRequest(BaseModel):
+    """The JSON body of POST /v1/generate. Strict: 1.0, "1" and true are not integers."""
+    model_config = ConfigDict(extra="forbid")
+    attributes: dict[StrictStr, StrictStr]
+    n: StrictInt = Field(1, ge=1, le=MAX_GENERATE_N)
+    seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED)  # None: a random seed, sent back in x-seed
+    truncation: StrictFloat | None = Field(None, gt=0, le=MAX_TRUNCATION, allow_inf_nan=False)  # None: no cut
+
+
+def parse_generate(body: bytes) -> GenerateRequest:
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, absurd nesting or digits
+        doc = None
+    if not isinstance(doc, dict):
+        raise Refused(422, "invalid_json", "the body must be a JSON object")
+    try:
+        return GenerateRequest.model_validate(doc)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        first = errors[0]
+        field = str(first["loc"][0]) if first.get("loc") else None
+        detail = [{"loc": [str(part) for part in e.get("loc", ())], "msg": e.get("msg", "")} for e in errors]
+        raise Refused(422, "invalid_parameter", f"{field}: {first['msg']}", field=field, detail=detail) from None
+
+
+def zip_files(files: list[tuple[str, bytes]]) -> bytes:
+    """Uncompressed (PNGs are compressed already) and with fixed timestamps, so the same seed
+    gives the same bytes; sizes sit in each local header (the page reads them without a library)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in files:
+            archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
+    return buf.getvalue()
+
+
+def encode_enhanced(result: dict, image: DecodedImage, fmt: str, quality: int) -> bytes:
+    """The enhancer's answer as `fmt`, with the upload's alpha, ICC profile and DPI carried over."""
+    # Same physical print size at the higher resolution: DPI scales with the pixels.
+    dpi = tuple(v * result["scale"] for v in image.dpi) if image.dpi else None
+    return encode_image(result["rgb"], alpha=result["alpha"], fmt=fmt, quality=quality,
+                        icc_profile=image.icc_profile, dpi=dpi)
+
+
+def encode_generated(images, seed: int) -> bytes:
+    """One PNG, or a zip of PNGs named by seed and index."""
+    pngs = [encode_image(image, fmt="png") for image in images]
+    if len(pngs) == 1:
+        return pngs[0]
+    return zip_files([(f"seed{seed}-{i:02d}.png", png) for i, png in enumerate(pngs)])
+
+
+def timing_headers(**spans: tuple[float, float]) -> dict:
+    """x-<name>-ms for each (start, end) of time.perf_counter()."""
+    return {f"x-{name}-ms": f"{(end - start) * 1000:.1f}" for name, (start, end) in spans.items()}

@@ -1,0 +1,180 @@
+"""The model deployments of the Serve app: a batched enhancer and a batched product generator,
+each holding one model that `user_config` swaps without downtime.
+
+Owns loading (in a thread, beside the old model), batching and the swap; not HTTP (serve.py,
+http.py) nor inference itself (enhancer/inference.py, gan/inference.py). Importing it loads no
+weights and no torch.
+"""
+
+import asyncio
+import logging
+
+import numpy as np
+from ray import serve
+
+from prodray.cluster.http import BACKPRESSURE
+from prodray.config import ServeConfig
+
+logger = logging.getLogger("ray.serve")  # Serve routes it into each replica's log file
+
+
+class SwappableModel:
+    """What the model deployments share: one loaded model (`_model`), replaced whole, never
+    mutated. `reconfigure({"model": URI})` loads the new model in a thread beside the old one,
+    then swaps, so requests keep being served meanwhile (no downtime on `serve deploy`); a failed
+    load raises and the old model stays. Optional `max_batch_size` / `batch_wait_timeout_s`
+    retune the deployment's batching in place (1 turns it off; the benchmark compares both).
+
+    `model` is what the replica serves when no user_config names one (default: `default_model`);
+    `device` is "cpu", "cuda" or "auto" (cuda when the replica has a GPU)."""
+
+    default_model: str
+
+    def __init__(self, model: str | None = None, device: str = "auto"):
+        self._configured, self._device = model or self.default_model, device
+        self._model = None
+        self._reference: str | None = None
+        self._load_lock = asyncio.Lock()
+
+    def _batched(self):
+        """The deployment's @serve.batch method."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _load(reference: str, device: str):
+        raise NotImplementedError
+
+    async def reconfigure(self, user_config: dict | None) -> None:
+        config = user_config or {}
+        await self._ensure_loaded(config.get("model"))
+        if config.get("max_batch_size") is not None:
+            self._batched().set_max_batch_size(int(config["max_batch_size"]))
+        if config.get("batch_wait_timeout_s") is not None:
+            self._batched().set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
+
+    async def _ensure_loaded(self, reference: str | None = None) -> None:
+        reference = reference or self._configured
+        async with self._load_lock:
+            if reference == self._reference and self._model is not None:
+                return
+            device = _default_device() if self._device == "auto" else self._device
+            model = await asyncio.to_thread(self._load, reference, device)
+            self._model, self._reference = model, reference
+            logger.info("serving %s from %s on %s", model.model_id, reference, device)
+
+
+def _default_device() -> str:
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+
+
+# Resources, replicas, queues and batching come from config.ServeConfig: serve.build_app sets
+# them. Let in-flight batches of large images finish when a replica is scaled down or replaced.
+@serve.deployment(graceful_shutdown_timeout_s=60, backpressure_config=BACKPRESSURE)
+class EnhancerDeployment(SwappableModel):
+    """Holds one loaded Enhancer; `enhance` calls from many requests are batched together."""
+
+    default_model = ServeConfig.model_fields["model"].default
+
+    def _batched(self):
+        return self._enhance_batch
+
+    @staticmethod
+    def _load(reference: str, device: str):
+        from prodray.enhancer.inference import Enhancer  # torch is imported by model replicas only
+        return Enhancer.load(reference, device)
+
+    async def info(self) -> dict:
+        await self._ensure_loaded(self._reference)
+        return {"id": self._model.model_id, "scale": self._model.scale}
+
+    async def enhance(self, rgb: np.ndarray, alpha: np.ndarray | None = None,
+                      scale: int | None = None) -> dict:
+        """(H, W, 3) uint8 (+ (H, W) alpha) -> {"rgb": (sH, sW, 3), "alpha", "model_id", "scale"}.
+
+        `scale` (optional) must be the loaded model's; otherwise the answer is
+        {"rejected": "unsupported_scale", "scale": s} and nothing runs."""
+        if self._model is None:  # only when deployed without any user_config
+            await self._ensure_loaded()
+        if scale is not None and scale != self._model.scale:
+            return {"rejected": "unsupported_scale", "scale": self._model.scale}
+        out, enhancer = await self._enhance_batch(rgb)
+        if alpha is not None:
+            from prodray.enhancer.inference import upscale_alpha
+            alpha = await asyncio.to_thread(upscale_alpha, alpha, enhancer.scale)
+        return {"rgb": out, "alpha": alpha, "model_id": enhancer.model_id, "scale": enhancer.scale}
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _enhance_batch(self, images: list[np.ndarray]) -> list[tuple]:
+        # One model for the whole batch, even if a swap lands mid-batch. enhance_many runs
+        # same-shape images (and tiles) through the network together; the thread keeps this
+        # replica's event loop free to queue the next batch and answer health checks.
+        enhancer = self._model
+        outputs = await asyncio.to_thread(enhancer.enhance_many, images)
+        return [(out, enhancer) for out in outputs]
+
+
+@serve.deployment(graceful_shutdown_timeout_s=30, backpressure_config=BACKPRESSURE)
+class GeneratorDeployment(SwappableModel):
+    """Holds one loaded ProductGenerator; `generate` calls from many requests run as one forward pass."""
+
+    default_model = ServeConfig.model_fields["generator"].default
+
+    def _batched(self):
+        return self._generate_batch
+
+    @staticmethod
+    def _load(reference: str, device: str):
+        from prodray.gan.inference import ProductGenerator  # torch is imported by model replicas only
+        return ProductGenerator.load(reference, device)
+
+    async def info(self) -> dict:
+        await self._ensure_loaded(self._reference)
+        generator = self._model
+        return {"id": generator.model_id, "resolution": generator.resolution, "attributes": generator.vocab}
+
+    async def generate(self, attributes: dict, n: int, seed: int, truncation: float | None = None) -> dict:
+        """-> {"images": uint8 (n, R, R, 3), "model_id"}, or {"rejected": reason, "message",
+        "known": vocabularies} for attributes this model does not know (nothing runs then).
+
+        The images are exactly ProductGenerator.generate(attributes, n, seed, truncation): the noise
+        is this request's own draws from `seed`, whatever else shares the batch."""
+        if self._model is None:  # only when deployed without any user_config
+            await self._ensure_loaded()
+        generator = self._model
+        from prodray.gan.inference import UnknownAttribute
+        try:
+            index = generator.indices(attributes)
+            noise = generator.noise(n, seed, truncation)
+        except UnknownAttribute as exc:
+            missing = any(name not in attributes for name in generator.vocab)
+            unknown = any(name not in generator.vocab for name in attributes)
+            reason = "missing_attribute" if missing and not unknown else "unknown_attribute"
+            return {"rejected": reason, "message": str(exc), "known": generator.vocab}
+        images, generator = await self._generate_batch((generator, index, noise))
+        return {"images": images, "model_id": generator.model_id}
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _generate_batch(self, requests: list[tuple]) -> list[tuple]:
+        # Rows of all requests concatenated into one forward pass (eval mode: no row depends on
+        # another). Requests validated against a model that was swapped out meanwhile are run by
+        # the model they were validated against, so indices always match their vocabulary.
+        import torch
+        results = [None] * len(requests)
+        groups: dict[int, list[int]] = {}
+        for i, (generator, _, _) in enumerate(requests):
+            groups.setdefault(id(generator), []).append(i)
+        for members in groups.values():
+            generator = requests[members[0]][0]
+            noise = torch.cat([requests[i][2] for i in members])
+            index = {name: np.concatenate([np.full(len(requests[i][2]), requests[i][1][name]) for i in members])
+                     for name in generator.vocab}
+            images = await asyncio.to_thread(generator.generate_noise, index, noise)
+            start = 0
+            for i in members:
+                count = len(requests[i][2])
+                results[i] = (images[start:start + count], generator)
+                start += count
+        return results

@@ -1,0 +1,7 @@
+"""Every training kind's `Training` class, by the config's `kind` (config.TRAIN_CONFIGS has the
+config classes). A new model family adds one line here and one there."""
+
+from prodray.enhancer.training import AdversarialTraining, PsnrTraining
+from prodray.gan.training import GanTraining
+
+TRAININGS = {"enhancer": PsnrTraining, "enhancer-adversarial": AdversarialTraining, "gan": GanTraining}
