@@ -29,7 +29,7 @@ RAY_IMAGE = f"rayproject/ray:{RAY_VERSION}-py311-gpu"
 DEPLOY_FILES = {
     "rayjob-train.yaml": (
         "RayJob",
-        "python jobs/train.py --config prodray/configs/enhancer_small.yaml",
+        "python jobs/train.py --config prodray/configs/enhancer_demo.yaml",
     ),
     "rayjob-enhance.yaml": (
         "RayJob",
@@ -233,6 +233,9 @@ def test_kuberay_manifest(filename):
     spec = doc["spec"]
     if kind == "RayJob":
         assert spec["entrypoint"] == entrypoint
+        for word in entrypoint.split():  # the job's script and config are files of this repository
+            if word.endswith((".py", ".yaml")):
+                assert (REPO / word).is_file(), word
         assert spec["shutdownAfterJobFinishes"] is True
         if "runtimeEnvYAML" in spec:
             assert isinstance(yaml.safe_load(spec["runtimeEnvYAML"]), dict)

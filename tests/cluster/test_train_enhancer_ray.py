@@ -73,7 +73,8 @@ def test_ddp_run_checkpoints_exports_and_resumes(local_ray, images, tmp_path):
     assert [s["images_seen"] for s in history] == [16, 32, 48, 64]
     steps = [s["step"] for s in history]
     assert steps[:2] == first_steps and steps[2] == steps[1] + 2 and steps[3] == steps[2] + 2  # 2 x 4 per step
-    saved = ckpt_io.load_state_bytes((run_checkpoints(run)[-1] / "state.pt").read_bytes())["optimizer"]["param_groups"]
+    state = ckpt_io.load_state_bytes((run_checkpoints(run)[-1] / "state.pt").read_bytes())
+    saved = state["optimizer_enhancer"]["param_groups"]
     assert {group["weight_decay"] for group in saved} == {0.05}
 
     enhancer = Enhancer.load(str(run / "export"))
