@@ -1,5 +1,5 @@
-"""GAN training-step throughput, side by side: the step as shipped (NHWC weights and batches)
-against the same step with plain NCHW tensors, and on a GPU also with mixed precision.
+"""GAN training-step throughput, side by side: the step with plain NCHW fp32 tensors (the baseline)
+against NHWC fp32 and NHWC in reduced precision (bf16 on a CPU, bf16 and fp16 on a GPU).
 
 Pure torch (prodray.gan.training.GanTraining, no Ray), random uint8 images at the resolution and
 with the attribute vocabularies of the shipped generator of that dataset, the config's networks and
@@ -21,10 +21,11 @@ import torch
 from prodray.config import GanTrainConfig, load_config
 from prodray.gan.training import GanTraining, model_config, sample_batch
 from prodray.io.artifacts import SHIPPED_DIR
+from prodray.precision import resolve
 
 
-def build_arm(cfg: GanTrainConfig, mconfig: dict, device: torch.device, layout: str, amp: bool) -> GanTraining:
-    arm_cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"amp": amp})})
+def build_arm(cfg: GanTrainConfig, mconfig: dict, device: torch.device, layout: str, precision: str) -> GanTraining:
+    arm_cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"precision": precision})})
     training = GanTraining(arm_cfg, mconfig, device)
     if layout == "nchw":  # undo the shipped NHWC weights (parameters stay the optimizers' own)
         for network in training.networks.values():
@@ -67,9 +68,10 @@ def main() -> None:
     pool = (rng.integers(0, 256, (4096, resolution, resolution, 3), dtype=np.uint8),
             {name: rng.integers(0, len(values), 4096) for name, values in vocab.items()})
 
-    arms = [("nchw", False), ("nhwc", False)] + ([("nhwc", True)] if device.type == "cuda" else [])
-    name = {("nchw", False): "NCHW fp32 (baseline)", ("nhwc", False): "NHWC fp32 (shipped)",
-            ("nhwc", True): "NHWC + AMP fp16 (shipped on GPU)"}
+    reduced = ["bf16", "fp16"] if device.type == "cuda" else ["bf16"]
+    arms = [("nchw", "fp32"), ("nhwc", "fp32")] + [("nhwc", precision) for precision in reduced]
+    name = {arm: f"{arm[0].upper()} {arm[1]}" + (" (baseline)" if arm == arms[0] else "") for arm in arms}
+    print(f"run.precision=auto resolves to {resolve('auto', device)} here")
     trainings = {arm: build_arm(cfg, mconfig, device, arm[0], arm[1]) for arm in arms}
     for arm, training in trainings.items():  # warm-up: allocator, oneDNN / cuDNN kernel choice
         images_per_s(training, pool, args.batch, 3, arm[0])

@@ -70,10 +70,11 @@ def cmd_catalog_sample(args) -> None:
     catalog.sample_catalog(args.dest, fashion_count=args.fashion_mnist)
 
 
-def _upscalers(model_ref: str, scale: int, device: str, self_ensemble: bool = False):
+def _upscalers(model_ref: str, scale: int, device: str, self_ensemble: bool = False, precision: str = "auto"):
     from prodray.enhancer.evaluation import bicubic_upscale, unsharp_mask
     from prodray.enhancer.inference import Enhancer
-    enhancer = Enhancer.load(model_ref or f"enhancer-x{scale}", device=device, self_ensemble=self_ensemble)
+    enhancer = Enhancer.load(model_ref or f"enhancer-x{scale}", device=device, self_ensemble=self_ensemble,
+                             precision=precision)
     if enhancer.scale != scale:
         raise ValueError(f"model {enhancer.model_id} is x{enhancer.scale}, but --scale is {scale}")
     return enhancer, {"model": lambda lr, s: enhancer.enhance(lr).rgb, "bicubic": bicubic_upscale,
@@ -82,7 +83,7 @@ def _upscalers(model_ref: str, scale: int, device: str, self_ensemble: bool = Fa
 
 def cmd_eval_sr(args) -> None:
     from prodray.enhancer.evaluation import evaluate_sr
-    enhancer, upscalers = _upscalers(args.model, args.scale, args.device, args.self_ensemble)
+    enhancer, upscalers = _upscalers(args.model, args.scale, args.device, args.self_ensemble, args.precision)
     del upscalers["bicubic+unsharp"]
     result = evaluate_sr(args.data, args.scale, upscalers)
     result["model_id"] = enhancer.model_id
@@ -99,7 +100,7 @@ def cmd_eval_sr(args) -> None:
 
 def cmd_eval_catalog(args) -> None:
     from prodray.enhancer.evaluation import evaluate_catalog
-    enhancer, upscalers = _upscalers(args.model, args.scale, args.device, args.self_ensemble)
+    enhancer, upscalers = _upscalers(args.model, args.scale, args.device, args.self_ensemble, args.precision)
     result = evaluate_catalog(args.data, args.scale, upscalers, seed=args.seed, limit=args.limit)
     result["model_id"] = enhancer.model_id
     _print_json(result) if args.json else print(json.dumps(result, indent=1))
@@ -112,7 +113,7 @@ def cmd_eval_gan(args) -> None:
     from prodray.gan.inference import ProductGenerator
     meta = read_vocab(args.data)
     vocab, resolution = meta["attributes"], int(meta["resolution"])
-    generator = ProductGenerator.load(args.model, device=args.device)
+    generator = ProductGenerator.load(args.model, device=args.device, precision=args.precision)
     if int(generator.resolution) != resolution:
         raise ValueError(f"generator {generator.model_id} makes {generator.resolution} px images, "
                          f"{args.data} is {resolution} px")
@@ -183,7 +184,7 @@ def cmd_gan_generate(args) -> None:
     from prodray.gan.inference import ProductGenerator
     from prodray.io import storage
     from prodray.io.codec import encode_image
-    generator = ProductGenerator.load(args.model)
+    generator = ProductGenerator.load(args.model, precision=args.precision)
     attributes = dict(item.split("=", 1) for item in args.attribute)
     images = generator.generate(attributes, n=args.n, seed=args.seed, truncation=args.truncation)
     if args.out.endswith(".zip"):
@@ -204,11 +205,15 @@ def cmd_gan_export(args) -> None:
     print(f"exported {model_id} from {args.checkpoint} to {args.out}")
 
 
+PRECISION_HELP = ("inference precision: auto = bf16 on CPUs with AMX/AVX512-BF16 and on GPUs with bf16, "
+                  "fp16 on other GPUs, fp32 otherwise")
 TRUNCATION_HELP = ("draw the noise from a normal cut to [-T, T], 0 < T <= 4: smaller T, more typical images "
                    "(attributes recognised more often), less variety; default: no cut")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from prodray.config import PRECISIONS
+
     parser = argparse.ArgumentParser(prog="prodray", description="Product images at catalog scale on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -244,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--data", required=True)
         command.add_argument("--scale", type=int, default=2, choices=[2, 4])
         command.add_argument("--device", default="cpu")
+        command.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
         command.add_argument("--json", action="store_true")
         command.add_argument("--self-ensemble", action="store_true",
                              help="average the model over the 8 flips/turns of each input (8x the compute)")
@@ -262,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "for FID/KID features instead of the classifier's; nothing is downloaded")
     gan_eval.add_argument("--threads", type=int, default=1, help="torch threads")
     gan_eval.add_argument("--device", default="cpu", help="generator device")
+    gan_eval.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     gan_eval.add_argument("--truncation", type=float, help=TRUNCATION_HELP)
     gan_eval.add_argument("--json", action="store_true")
     gan_eval.set_defaults(func=cmd_eval_gan)
@@ -295,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--n", type=int, default=8)
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--truncation", type=float, help=TRUNCATION_HELP)
+    generate.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     generate.add_argument("--out", required=True, help="PNG (a row of images) or .zip of PNGs; local or s3://")
     generate.set_defaults(func=cmd_gan_generate)
 

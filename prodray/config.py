@@ -4,6 +4,7 @@ Configs are plain data (pickled into Ray workers). A bad config fails here, befo
 starts, with the offending field named.
 """
 
+import typing
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
@@ -11,6 +12,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from prodray.io.codec import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+
+# Inference and training precision; prodray/precision.py resolves "auto" for the device.
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+PRECISIONS = typing.get_args(Precision)
 
 
 class Strict(BaseModel):
@@ -73,7 +78,10 @@ class RunConfig(Strict):
     num_workers: int = Field(1, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0)  # leave CPUs free for Ray Data on small machines
     use_gpu: bool = False
-    amp: bool = True  # mixed precision; only used on GPU
+    # Training precision: auto = bf16 on CPUs with AMX/AVX512-BF16 and on GPUs with bf16, fp16 on
+    # other GPUs, fp32 otherwise (prodray/precision.py). amp: false forces fp32.
+    precision: Precision = "auto"
+    amp: bool = True
     tick_images: int = Field(5_000, ge=1)  # log / validate / sample every this many images
     checkpoint_ticks: int = Field(1, ge=1)
     max_failures: int = Field(2, ge=0)
@@ -357,6 +365,9 @@ class BulkConfig(Strict):
                                             "steps until outputs fit (PNG: reject)")
     self_ensemble: bool = Field(False, description="average the model over the 8 flips/turns of each image: "
                                 "8x the compute, slightly sharper (results get their own keys)")
+    precision: Precision = Field(
+        "auto", description="inference precision (auto: bf16 on CPUs with AMX/AVX512-BF16 and on GPUs "
+        "with bf16, fp16 on other GPUs, fp32 otherwise)")
 
     @field_validator("input", "output")
     @classmethod
@@ -426,6 +437,9 @@ class ServeConfig(Strict):
                            f"shipped name; '{NO_GENERATOR}' serves the enhancer only")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the models run "
                                                    "(auto: cuda when the replica has a GPU)")
+    precision: Precision = Field(
+        "auto", description="inference precision (auto: bf16 on CPUs with AMX/AVX512-BF16 and on GPUs "
+        "with bf16, fp16 on other GPUs, fp32 otherwise)")
     max_bytes: int = Field(SERVE_MAX_BYTES, ge=1, description="upload size limit, enforced while reading")
     max_pixels: int = Field(SERVE_MAX_PIXELS, ge=1, description="pixel limit of an upload, checked on its header")
     ingress_replicas: IngressReplicaConfig = IngressReplicaConfig()

@@ -9,12 +9,11 @@ precision and the rest (skips, losses, the output) in float32.
 import contextlib
 import functools
 from pathlib import Path
-from typing import Literal
 
 import torch
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from prodray.config import PRECISIONS
+
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 

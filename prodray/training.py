@@ -16,6 +16,8 @@ import numpy as np
 import torch
 
 from prodray.io import artifacts
+from prodray.precision import autocast
+from prodray.precision import resolve as resolve_precision
 
 # ---------------------------------------------------------------- the contract
 
@@ -42,12 +44,21 @@ class Training:
 
     def __init__(self, cfg, context: dict, device: torch.device, rank: int = 0):
         self.cfg, self.context, self.device, self.rank = cfg, context, torch.device(device), rank
+        self.precision = resolve_precision(cfg.run.precision if cfg.run.amp else "fp32", self.device)
         self.torch_rng = torch.Generator(device=self.device).manual_seed(cfg.run.seed + rank)
         self.rng = np.random.default_rng(cfg.run.seed + rank)
         self.step, self.images_seen = 0, 0
         self.networks: dict[str, torch.nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.scalers: dict[str, torch.amp.GradScaler] = {}
+
+    def autocast(self):
+        """The step's forward passes run under this (bf16 / fp16 convolutions, float32 weights)."""
+        return autocast(self.precision, self.device)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """Loss scaling is needed for fp16 only (bf16 has float32's range)."""
+        return torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
 
     # ---- driver side
     @classmethod

@@ -7,7 +7,8 @@
 #   scripts/device_gan.sh pack fashion-mnist|fashion-products
 # Then one device call (the `run` tool, carry [".device"]), e.g.:
 #   bash scripts/device_gan.sh train fashion-mnist 6 data.batch_size=256 run.tick_images=200000
-# It prepares the data there, measures the step (benchmarks/gan_step.py at batch 64 and 256),
+# It prepares the data there, measures the enhancer's inference paths and train step
+# (benchmarks/inference.py, benchmarks/train_step.py) and the GAN step (benchmarks/gan_step.py at batch 64 and 256),
 # trains with prodray.local.runner for MINUTES (the schedule fitted to the time after the first
 # tick, the lr falling over its last DECAY_LAST, default 0.4), then runs `prodray eval gan`
 # (FID/KID/CAS/attribute accuracy, the shipped judge) and leaves in $OUT: bench.txt, train.log,
@@ -52,6 +53,10 @@ work=${WORK:-/tmp/prodray-device}
 prepared=$work/$dataset run=$work/runs/device
 [ -f "$prepared/vocab.json" ] || "$PYTHON" -m prodray.cli gan prepare "$dataset" --source "$carried" --out "$prepared"
 config=prodray/configs/gan_${dataset//-/_}.yaml
+# The precision paths on this card first: enhancer inference (fp32 NCHW / channels-last / bf16 / fp16)
+# and the enhancer's train step, then the GAN's step.
+"$PYTHON" benchmarks/inference.py --device cuda --images 16 --size 512 2>&1 | tee -a "$OUT/bench.txt"
+"$PYTHON" benchmarks/train_step.py --device cuda --batch 64 --steps "${BENCH_STEPS:-20}" 2>&1 | tee -a "$OUT/bench.txt"
 for batch in 64 256; do
   "$PYTHON" benchmarks/gan_step.py --config "$config" --batch $batch --steps "${BENCH_STEPS:-100}" 2>&1 \
     | tee -a "$OUT/bench.txt"

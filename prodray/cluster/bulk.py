@@ -72,7 +72,7 @@ class EnhanceWriter:
         # Ray sets CUDA_VISIBLE_DEVICES to the actor's GPU, so "cuda" is that one.
         device = "cuda" if config.actor_gpus and torch.cuda.is_available() else "cpu"
         self.enhancer = Enhancer.load(model_ref, device=device, max_batch=config.batch_size,
-                                      self_ensemble=config.self_ensemble)
+                                      self_ensemble=config.self_ensemble, precision=config.precision)
         self.config = config
 
     def __call__(self, batch: dict) -> dict:

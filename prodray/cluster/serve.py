@@ -164,19 +164,20 @@ def deployment_options(replicas: ReplicaConfig) -> dict:
             "max_queued_requests": replicas.max_queued_requests}
 
 
-def _model_deployment(deployment, reference: str, replicas: ModelReplicaConfig, device: str):
+def _model_deployment(deployment, reference: str, replicas: ModelReplicaConfig, config: ServeConfig):
     # The model and batching are the deployment's user_config, so `serve deploy` can change them in place.
     user_config = {"model": reference, "max_batch_size": replicas.max_batch_size,
                    "batch_wait_timeout_s": replicas.batch_wait_timeout_s}
-    return deployment.options(user_config=user_config, **deployment_options(replicas)).bind(reference, device)
+    return deployment.options(user_config=user_config, **deployment_options(replicas)).bind(
+        reference, config.device, config.precision)
 
 
 def build_app(config: ServeConfig | None = None) -> Application:
     """The bound Serve application (nothing is loaded until Serve starts the replicas). With
     generator "none" there is no generator replica, and /v1/generate answers 404."""
     config = config or ServeConfig()
-    enhancer = _model_deployment(EnhancerDeployment, config.model, config.enhancer_replicas, config.device)
-    generator = (_model_deployment(GeneratorDeployment, config.generator, config.generator_replicas, config.device)
+    enhancer = _model_deployment(EnhancerDeployment, config.model, config.enhancer_replicas, config)
+    generator = (_model_deployment(GeneratorDeployment, config.generator, config.generator_replicas, config)
                  if config.serves_generator else None)
     ingress = Ingress.options(**deployment_options(config.ingress_replicas))
     return ingress.bind(enhancer, generator, max_bytes=config.max_bytes, max_pixels=config.max_pixels)

@@ -26,12 +26,13 @@ class SwappableModel:
     retune the deployment's batching in place (1 turns it off; the benchmark compares both).
 
     `model` is what the replica serves when no user_config names one (default: `default_model`);
-    `device` is "cpu", "cuda" or "auto" (cuda when the replica has a GPU)."""
+    `device` is "cpu", "cuda" or "auto" (cuda when the replica has a GPU); `precision` is the
+    inference precision setting (prodray/precision.py), resolved for that device."""
 
     default_model: str
 
-    def __init__(self, model: str | None = None, device: str = "auto"):
-        self._configured, self._device = model or self.default_model, device
+    def __init__(self, model: str | None = None, device: str = "auto", precision: str = "auto"):
+        self._configured, self._device, self._precision = model or self.default_model, device, precision
         self._model = None
         self._reference: str | None = None
         self._load_lock = asyncio.Lock()
@@ -41,7 +42,7 @@ class SwappableModel:
         raise NotImplementedError
 
     @staticmethod
-    def _load(reference: str, device: str):
+    def _load(reference: str, device: str, precision: str):
         raise NotImplementedError
 
     async def reconfigure(self, user_config: dict | None) -> None:
@@ -58,9 +59,9 @@ class SwappableModel:
             if reference == self._reference and self._model is not None:
                 return
             device = _default_device() if self._device == "auto" else self._device
-            model = await asyncio.to_thread(self._load, reference, device)
+            model = await asyncio.to_thread(self._load, reference, device, self._precision)
             self._model, self._reference = model, reference
-            logger.info("serving %s from %s on %s", model.model_id, reference, device)
+            logger.info("serving %s from %s on %s in %s", model.model_id, reference, device, model.precision)
 
 
 def _default_device() -> str:
@@ -82,9 +83,9 @@ class EnhancerDeployment(SwappableModel):
         return self._enhance_batch
 
     @staticmethod
-    def _load(reference: str, device: str):
+    def _load(reference: str, device: str, precision: str):
         from prodray.enhancer.inference import Enhancer  # torch is imported by model replicas only
-        return Enhancer.load(reference, device)
+        return Enhancer.load(reference, device, precision=precision)
 
     async def info(self) -> dict:
         await self._ensure_loaded(self._reference)
@@ -126,9 +127,9 @@ class GeneratorDeployment(SwappableModel):
         return self._generate_batch
 
     @staticmethod
-    def _load(reference: str, device: str):
+    def _load(reference: str, device: str, precision: str):
         from prodray.gan.inference import ProductGenerator  # torch is imported by model replicas only
-        return ProductGenerator.load(reference, device)
+        return ProductGenerator.load(reference, device, precision=precision)
 
     async def info(self) -> dict:
         await self._ensure_loaded(self._reference)

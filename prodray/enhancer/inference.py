@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from prodray.enhancer.model import build_enhancer
 from prodray.io.artifacts import load_export
 from prodray.io.images import from_uint8_hwc, imresize_uint8
+from prodray.precision import autocast
+from prodray.precision import resolve as resolve_precision
 
 
 @dataclass
@@ -36,9 +38,12 @@ class Enhancer:
     """An enhancer network ready for inference on uint8 images."""
 
     def __init__(self, model: torch.nn.Module, config: dict, device: str = "cpu", tile: int = 256, pad: int = 24,
-                 max_batch: int = 16, self_ensemble: bool = False):
+                 max_batch: int = 16, self_ensemble: bool = False, precision: str = "auto", channels_last: bool = True):
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        self.precision = resolve_precision(precision, self.device)
+        # channels-last activations: oneDNN / cuDNN convolutions then run without layout reorders.
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=self.memory_format).eval()
         self.config = config
         self.scale = int(config["scale"])
         self.model_id = config.get("model_id", "unknown")
@@ -53,9 +58,14 @@ class Enhancer:
     @torch.inference_mode()
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """(B, 3, h, w) float in [0, 1] -> (B, 3, h*s, w*s) float in [0, 1]."""
-        batch = batch.to(self.device)
+        batch = batch.to(self.device, memory_format=self.memory_format)
+        with autocast(self.precision, self.device):
+            return self._forward(batch)
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        # The model's skip and sum stay float32 under autocast; only its convolutions run in bf16/fp16.
         if not self.self_ensemble:
-            return self.model(batch).clamp_(0, 1)
+            return self.model(batch).float().clamp_(0, 1)
         # Geometric self-ensemble (EDSR's "+"): the mean over the 8 flips/turns of the input,
         # each mapped back. 8x the compute for a steadier estimate of the same network.
         total = torch.zeros(())
@@ -63,7 +73,7 @@ class Enhancer:
             for flip in (False, True):
                 x = batch.rot90(turns, (2, 3))
                 x = x.flip(3) if flip else x
-                y = self.model(x)
+                y = self.model(x).float()
                 y = y.flip(3) if flip else y
                 total = total + y.rot90(-turns, (2, 3))
         return total.div_(8).clamp_(0, 1)

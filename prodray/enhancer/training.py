@@ -91,8 +91,9 @@ class EnhancerStage(Training):
         self.pool = data.load_pool(batches, self.cfg.data.patch_size, log, tuple(self.cfg.data.hr_scales))
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return data.make_batch(self.pool, self.cfg.data, self.cfg.model.scale, self.ranges, self.rng,
-                               self.torch_rng, self.device)
+        lr, hr = data.make_batch(self.pool, self.cfg.data, self.cfg.model.scale, self.ranges, self.rng,
+                                 self.torch_rng, self.device)
+        return lr.contiguous(memory_format=torch.channels_last), hr.contiguous(memory_format=torch.channels_last)
 
     def scheduled_lr(self) -> float:
         optim = self.cfg.optim
@@ -100,12 +101,6 @@ class EnhancerStage(Training):
 
     def learning_rates(self) -> dict[str, float]:
         return {"lr": self.scheduled_lr()}
-
-    def use_amp(self) -> bool:
-        return self.cfg.run.amp and self.device.type == "cuda"
-
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp())
 
     def count(self, world: int) -> None:
         """ema: after a step of `world` ranks' batches."""
@@ -143,13 +138,13 @@ class PsnrTraining(EnhancerStage):
             self.model = artifacts.load_export(cfg.init_from, build_enhancer)[0].train()
         else:
             self.model = build_enhancer(cfg.model.model_dump())
-        self.model = self.model.to(self.device)
+        self.model = self.model.to(self.device, memory_format=torch.channels_last)
         self.ema = make_ema(self.model)
         self.train_model = self.model
         self.networks = {"model": self.model, "ema": self.ema}
         self.optimizers = {"enhancer": torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr,
                                                          weight_decay=cfg.optim.weight_decay)}
-        self.scalers = {"enhancer": torch.amp.GradScaler("cuda", enabled=self.use_amp())}
+        self.scalers = {"enhancer": self.grad_scaler()}
 
     def wrap(self, prepare) -> None:
         self.train_model = prepare(self.model)
@@ -169,7 +164,7 @@ class PsnrTraining(EnhancerStage):
         optimizer, scaler = self.optimizers["enhancer"], self.scalers["enhancer"]
         set_lr(optimizer, self.scheduled_lr())
         with self.autocast():
-            loss = charbonnier(self.train_model(lr_batch), hr_batch)
+            loss = charbonnier(self.train_model(lr_batch).float(), hr_batch)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -205,8 +200,10 @@ class AdversarialTraining(EnhancerStage):
     def __init__(self, cfg, context: dict, device, rank: int = 0):
         super().__init__(cfg, context, device, rank)
         adv = cfg.adversarial
-        self.model = artifacts.load_export(adv.init_from, build_enhancer)[0].train().to(self.device)
-        self.discriminator = build_discriminator(adv.discriminator, adv.d_channels).to(self.device)
+        self.model = artifacts.load_export(adv.init_from, build_enhancer)[0].train().to(
+            self.device, memory_format=torch.channels_last)
+        self.discriminator = build_discriminator(adv.discriminator, adv.d_channels).to(
+            self.device, memory_format=torch.channels_last)
         self.ema = make_ema(self.model)  # the average starts at the PSNR model, not at random weights
         self.g_train, self.d_train = self.model, self.discriminator
         perceptual, self.perceptual_name = build_perceptual(
@@ -218,7 +215,7 @@ class AdversarialTraining(EnhancerStage):
             "g": torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                                    betas=(0.9, 0.99)),
             "d": torch.optim.AdamW(self.discriminator.parameters(), lr=self.d_lr, betas=(0.9, 0.99))}
-        self.scalers = {name: torch.amp.GradScaler("cuda", enabled=self.use_amp()) for name in ("g", "d")}
+        self.scalers = {name: self.grad_scaler() for name in ("g", "d")}
 
     def wrap(self, prepare) -> None:
         self.g_train, self.d_train = prepare(self.model), prepare(self.discriminator)
@@ -243,10 +240,10 @@ class AdversarialTraining(EnhancerStage):
         # g_step: enhancer against the frozen discriminator
         self.discriminator.requires_grad_(False).eval()
         with self.autocast():
-            sr = self.g_train(lr_batch)
+            sr = self.g_train(lr_batch).float()
             loss_pixel = F.l1_loss(sr, hr_batch)
             loss_perceptual = self.perceptual(sr, hr_batch) if adv.perceptual_weight else sr.new_zeros(())
-            loss_adversarial = g_loss(self.discriminator(sr), adv.gan_loss)
+            loss_adversarial = g_loss(self.discriminator(sr).float(), adv.gan_loss)
             loss_g = (adv.pixel_weight * loss_pixel + adv.perceptual_weight * loss_perceptual
                       + adv.adversarial_weight * loss_adversarial)
         optimizers["g"].zero_grad(set_to_none=True)
@@ -259,7 +256,7 @@ class AdversarialTraining(EnhancerStage):
         # d_step: real HR against the enhancer's output, one DDP forward for both halves
         self.discriminator.requires_grad_(True).train()
         with self.autocast():
-            real_logits, fake_logits = self.d_train(torch.cat([hr_batch, sr.detach()])).chunk(2)
+            real_logits, fake_logits = self.d_train(torch.cat([hr_batch, sr.detach()])).float().chunk(2)
             loss_d = d_loss(real_logits, fake_logits, adv.gan_loss)
         optimizers["d"].zero_grad(set_to_none=True)
         scalers["d"].scale(loss_d).backward()

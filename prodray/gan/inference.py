@@ -12,6 +12,8 @@ import torch
 from prodray.gan.limits import MAX_SEED, MAX_TRUNCATION
 from prodray.gan.model import build_generator
 from prodray.io.artifacts import load_export
+from prodray.precision import autocast
+from prodray.precision import resolve as resolve_precision
 
 
 class UnknownAttribute(ValueError):
@@ -19,24 +21,25 @@ class UnknownAttribute(ValueError):
 
 
 class ProductGenerator:
-    def __init__(self, model: torch.nn.Module, config: dict, device: str = "cpu"):
-        self.model = model.to(device).eval()
-        self.config = config
+    def __init__(self, model: torch.nn.Module, config: dict, device: str = "cpu", precision: str = "auto"):
         self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
+        self.config = config
         self.model_id: str = config["model_id"]
         self.vocab: dict[str, list[str]] = config["vocab"]
         self.resolution: int = int(config["resolution"])
         self.z_dim: int = int(config["z_dim"])
 
     @classmethod
-    def load(cls, reference: str, device: str = "cpu") -> "ProductGenerator":
+    def load(cls, reference: str, device: str = "cpu", precision: str = "auto") -> "ProductGenerator":
         def build(config: dict) -> torch.nn.Module:
             if config.get("kind") != "generator":
                 raise ValueError(f"{reference} is a {config.get('kind')!r} model, not a generator")
             return build_generator(config)
 
         model, config = load_export(reference, build)
-        return cls(model, config, device)
+        return cls(model, config, device, precision)
 
     def indices(self, attributes: dict[str, str]) -> dict[str, int]:
         """Attribute values -> vocabulary indices; every conditioning attribute must be given."""
@@ -74,7 +77,8 @@ class ProductGenerator:
         for start in range(0, len(noise), chunk):
             part = {name: torch.as_tensor(np.asarray(values[start:start + chunk]), dtype=torch.long, device=self.device)
                     for name, values in attributes.items()}
-            images = self.model(noise[start:start + chunk].to(self.device), part)
+            with autocast(self.precision, self.device):
+                images = self.model(noise[start:start + chunk].to(self.device), part).float()
             out.append(images.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
         return np.concatenate(out)
 

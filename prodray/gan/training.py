@@ -132,8 +132,7 @@ class GanTraining(Training):
         betas = tuple(cfg.optim.betas)
         self.optimizers = {"g": torch.optim.Adam(self.generator.parameters(), lr=cfg.optim.lr_g, betas=betas),
                            "d": torch.optim.Adam(self.discriminator.parameters(), lr=cfg.optim.lr_d, betas=betas)}
-        self.use_amp = cfg.run.amp and self.device.type == "cuda"
-        self.scalers = {name: torch.amp.GradScaler("cuda", enabled=self.use_amp) for name in ("g", "d")}
+        self.scalers = {name: self.grad_scaler() for name in ("g", "d")}
         self.networks = {"generator": self.generator, "discriminator": self.discriminator,
                          "generator_ema": self.generator_ema}
         self.policy = parse_policy(cfg.optim.augment)
@@ -154,7 +153,7 @@ class GanTraining(Training):
     def describe(self) -> str:
         return (f"generator {count_parameters(self.generator):,} parameters, discriminator "
                 f"{count_parameters(self.discriminator):,}; {self.mconfig['resolution']}px on {self.device}"
-                + (" with mixed precision" if self.use_amp else "") + "; attributes "
+                + f" in {self.precision}; attributes "
                 + ", ".join(f"{k} ({len(v)})" for k, v in self.mconfig["vocab"].items()))
 
     def grid(self) -> np.ndarray:
@@ -183,9 +182,6 @@ class GanTraining(Training):
 
     def augment(self, images: torch.Tensor) -> torch.Tensor:
         return diff_augment(images, self.policy, self.torch_rng) if self.policy else images
-
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp)
 
     def set_learning_rates(self) -> None:
         """Constant, then (from optim.lr_decay_from_images) linear to lr_final_fraction."""
