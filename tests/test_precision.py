@@ -45,7 +45,8 @@ def catalog_photo(side=160, seed=0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     image = np.full((side, side, 3), 255, np.uint8)
     yy, xx = np.mgrid[0:side // 2, 0:side // 2]
-    block = np.stack([80 + xx, 60 + yy, 120 + (xx + yy) // 2], axis=2) + rng.integers(-12, 12, (side // 2, side // 2, 3))
+    texture = rng.integers(-12, 12, (side // 2, side // 2, 3))
+    block = np.stack([80 + xx, 60 + yy, 120 + (xx + yy) // 2], axis=2) + texture
     image[side // 4:side // 4 + side // 2, side // 4:side // 4 + side // 2] = np.clip(block, 0, 255)
     return image
 

@@ -19,8 +19,27 @@ DONE_STATUSES = ("ok", "skipped", "rejected")
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}  # one per config.OutputFormat
 
 
+class UnsafeKey(ValueError):
+    """An input key that could name a place outside the output root; that input is refused."""
+
+
+def check_key(key: str) -> str:
+    """`key` when it is safe to place under the output root: relative, no `..` component, no NUL,
+    valid UTF-8 (a key read with surrogate escapes is not)."""
+    if not key or key.startswith("/") or "\x00" in key or ".." in key.replace("\\", "/").split("/"):
+        raise UnsafeKey(f"input key {key!r} is empty, absolute or has a '..' component")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UnsafeKey(f"input key {key!r} is not valid UTF-8") from None
+    return key
+
+
 def output_key(input_key: str, model_id: str, config: BulkConfig) -> str:
-    """The result's key under the output prefix: a pure function of input key, model and parameters."""
+    """The result's key under the output prefix: a pure function of input key, model and parameters.
+    It is also what a rerun checks its done set against, so another model or other parameters
+    (another key) process the input again."""
+    check_key(input_key)
     params = f"x{config.scale}-{config.format}-q{config.quality}"
     # Constraints change the bytes, so they are part of the key (only when set: old keys stay valid).
     if config.min_longest_side:
@@ -41,9 +60,25 @@ def write_manifest_shard(output: str, rows: list[dict], run_id: str, index: int)
     storage.put_bytes(storage.join(output, MANIFEST_DIR, f"{run_id}-{index:05d}.parquet"), buffer.getvalue())
 
 
+def done_key(row: dict) -> str:
+    """What a manifest row answers for: (input, output key). Rows written before `result_key`
+    existed fall back to their output key (empty for refusals, which are then retried once)."""
+    return row.get("result_key") or row.get("output_key") or ""
+
+
+def final_rows(rows: list[dict]) -> list[dict]:
+    """One final answer per (input, output key): the last row written for it (shards are named
+    by run id, which starts with the run's start time, so listing order is run order)."""
+    last: dict = {}
+    for row in rows:
+        last[(row["input_key"], done_key(row))] = row
+    return list(last.values())
+
+
 def read_manifest(output: str) -> list[dict]:
-    """Every manifest row under `output`, of every run so far."""
+    """The final manifest row of every (input, output key) under `output`, over every run so far."""
     rows = []
-    for shard in storage.list_files(storage.join(output, MANIFEST_DIR), suffixes=(".parquet",)):
+    shards = storage.list_files(storage.join(output, MANIFEST_DIR), suffixes=(".parquet",))
+    for shard in sorted(shards, key=lambda entry: entry["uri"]):
         rows.extend(pq.read_table(io.BytesIO(storage.get_bytes(shard["uri"]))).to_pylist())
-    return rows
+    return final_rows(rows)

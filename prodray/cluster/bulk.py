@@ -8,6 +8,7 @@ Output keys are a pure function of (input key, model id, parameters), so reruns 
 output layout is catalog/manifest.py's, the marketplace rules catalog/marketplace.py's.
 """
 
+import functools
 import json
 import logging
 import time
@@ -15,7 +16,15 @@ import uuid
 
 import numpy as np
 
-from prodray.catalog.manifest import DONE_STATUSES, MANIFEST_DIR, SUCCESS_FILE, output_key, write_manifest_shard
+from prodray.catalog.manifest import (
+    DONE_STATUSES,
+    MANIFEST_DIR,
+    SUCCESS_FILE,
+    UnsafeKey,
+    check_key,
+    output_key,
+    write_manifest_shard,
+)
 from prodray.catalog.marketplace import ConstraintFailed, encode_for_marketplace
 from prodray.cluster.listing import LISTING_DIR, done_hashes, list_pending
 from prodray.config import BulkConfig
@@ -36,11 +45,14 @@ def fetch_and_decode(batch: dict, max_bytes: int, max_pixels: int) -> dict:
         started = time.perf_counter()
         status, reason, decoded = "pending", "", None
         try:
+            check_key(str(key))  # before any read: a `..` key must not reach outside the input root
             if int(size) > max_bytes:
                 raise ImageRejected("too_many_bytes", f"{size} bytes > limit {max_bytes}")
             decoded = decode_image(storage.get_bytes(str(uri)), max_bytes=max_bytes, max_pixels=max_pixels)
         except ImageRejected as exc:
             status, reason = "rejected", f"{exc.reason}: {exc}"[:300]
+        except UnsafeKey as exc:
+            status, reason = "rejected", f"unsafe_key: {exc}"[:300]
         except Exception as exc:  # noqa: BLE001 - recorded in the manifest, the job goes on
             status, reason = "error", storage.redact(f"{type(exc).__name__}: {exc}")[:300]
         rows["input_uri"].append(str(uri))
@@ -78,14 +90,19 @@ class EnhanceWriter:
     def __call__(self, batch: dict) -> dict:
         config, enhancer = self.config, self.enhancer
         count = len(batch["input_key"])
-        out = {"output_key": [""] * count, "width_out": [0] * count, "height_out": [0] * count,
-               "enhance_ms": [0.0] * count, "encode_ms": [0.0] * count, "model_id": [enhancer.model_id] * count}
+        out = {"output_key": [""] * count, "result_key": [""] * count, "width_out": [0] * count,
+               "height_out": [0] * count, "enhance_ms": [0.0] * count, "encode_ms": [0.0] * count,
+               "model_id": [enhancer.model_id] * count}
         status, reason = list(batch["status"]), list(batch["reason"])
         todo = []
         for i in range(count):
+            try:  # every row answers for (input, output key), refusals too (see manifest.done_key)
+                out["result_key"][i] = output_key(batch["input_key"][i], enhancer.model_id, config)
+            except UnsafeKey:
+                continue  # already refused by fetch_and_decode
             if status[i] != "pending":
                 continue
-            key = output_key(batch["input_key"][i], enhancer.model_id, config)
+            key = out["result_key"][i]
             out["output_key"][i] = key
             if storage.exists(storage.join(config.output, key)):
                 status[i], reason[i] = "skipped", "output exists"  # resumed after a crash
@@ -199,7 +216,8 @@ def _run_listed(config: BulkConfig, model_ref: str, model_id: str, run_id: str, 
     config = with_cluster_defaults(config, cluster)
     check_reservations(config, cluster)
     done = done_hashes(storage.join(config.output, MANIFEST_DIR), DONE_STATUSES)
-    listing = list_pending(config.input, IMAGE_SUFFIXES, done, listing_uri, echo)
+    listing = list_pending(config.input, IMAGE_SUFFIXES, done, listing_uri, echo,
+                           result_key=functools.partial(output_key, model_id=model_id, config=config))
     if not listing.listed:
         raise FileNotFoundError(f"no images found under {config.input}")
     echo(f"{listing.listed} inputs, {listing.listed - listing.pending} already done, "

@@ -5,8 +5,10 @@ that level's pending image rows to parquet shards under `<output>/_listing/<run 
 return only the subdirectories to visit next and counts, so the driver holds a frontier of
 directory names, never keys. Inputs that are already done are dropped inside those tasks, by
 looking their key up in a sorted array of 64-bit key hashes built (also by tasks) from the result
-manifest: 8 bytes per done key in the object store. Two different keys sharing a hash would skip
-an unprocessed image; at a million done keys the chance of any such pair is about 3e-8.
+manifest: 8 bytes per done key in the object store. A done key is the output key an input gets
+from (input key, model id, parameters), so a rerun with another model or scale is not "done".
+Two different keys sharing a hash would skip an unprocessed image; at a million done keys the
+chance of any such pair is about 3e-8.
 """
 
 import hashlib
@@ -17,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from prodray.catalog.manifest import done_key
 from prodray.io import storage
 
 LISTING_DIR = "_listing"
@@ -39,11 +42,16 @@ def key_hashes(keys) -> np.ndarray:
                      for key in keys], dtype=np.uint64)
 
 
-def is_done(keys, done: np.ndarray) -> np.ndarray:
-    """Boolean mask: which keys are in the sorted hash array `done`."""
+def is_done(keys, done: np.ndarray, result_key=None) -> np.ndarray:
+    """Boolean mask: which keys are in the sorted hash array `done`, each looked up as
+    `result_key(key)` (the output key it would get: the done set is keyed by what the output
+    depends on) or as itself. A key `result_key` refuses is never done (the job refuses it)."""
     if len(done) == 0 or len(keys) == 0:
         return np.zeros(len(keys), dtype=bool)
+    if result_key is not None:
+        keys = [_result_key_or_none(result_key, key) for key in keys]
     hashes = key_hashes(keys)
+    hashes[[key is None for key in keys]] = 0  # no done row hashes to 0 by chance (2**-64)
     where = np.minimum(np.searchsorted(done, hashes), len(done) - 1)
     return done[where] == hashes
 
@@ -75,30 +83,38 @@ class ShardWriter:
         self.written += 1
 
 
-def pending_rows(files: list[dict], root: str, suffixes: tuple[str, ...], done: np.ndarray) -> tuple[int, list[dict]]:
+def _result_key_or_none(result_key, key: str) -> str | None:
+    try:
+        return result_key(key)
+    except ValueError:
+        return None
+
+
+def pending_rows(files: list[dict], root: str, suffixes: tuple[str, ...], done: np.ndarray,
+                 result_key=None) -> tuple[int, list[dict]]:
     """-> (images among `files`, rows of those not done)."""
     images = [f for f in files if f["uri"].rsplit("/", 1)[-1].lower().endswith(suffixes)]
     rows = [{"uri": f["uri"], "key": storage.relative_key(f["uri"], root), "etag": f["etag"], "size": int(f["size"])}
             for f in images]
-    keep = ~is_done([row["key"] for row in rows], done)
+    keep = ~is_done([row["key"] for row in rows], done, result_key)
     return len(images), [row for row, kept in zip(rows, keep) if kept]
 
 
 def list_directory(directory: str, root: str, suffixes: tuple[str, ...], done: np.ndarray, folder: str,
-                   name: str) -> dict:
+                   name: str, result_key=None) -> dict:
     """Task body: one directory level -> listing shards; returns subdirectories and counts."""
     writer = ShardWriter(folder, name)
     listed = pending = 0
     subdirectories: list[str] = []
     for files, subdirs in storage.list_level(directory):
-        images, rows = pending_rows(files, root, suffixes, done)
+        images, rows = pending_rows(files, root, suffixes, done, result_key)
         listed, pending = listed + images, pending + len(rows)
         writer.add(rows)
         subdirectories.extend(subdirs)
     return {"subdirectories": subdirectories, "listed": listed, "pending": pending, "shards": writer.close()}
 
 
-def list_manifest(manifest: str, done: np.ndarray, folder: str) -> dict:
+def list_manifest(manifest: str, done: np.ndarray, folder: str, result_key=None) -> dict:
     """Task body: a parquet manifest of keys (columns `key`, `bytes`; keys relative to the
     manifest's folder) -> listing shards, read a record batch at a time."""
     base = manifest.rsplit("/", 1)[0]
@@ -113,7 +129,7 @@ def list_manifest(manifest: str, done: np.ndarray, folder: str) -> dict:
             raise ValueError(f"input manifest {manifest} lacks column(s) {sorted(missing)} (needs key, bytes)")
         for batch in parquet.iter_batches(columns=["key", "bytes"], batch_size=SHARD_ROWS):
             keys, sizes = batch.column("key").to_pylist(), batch.column("bytes").to_pylist()
-            keep = ~is_done(keys, done)
+            keep = ~is_done(keys, done, result_key)
             rows = [{"uri": storage.join(base, key), "key": key, "etag": "", "size": int(size)}
                     for key, size, kept in zip(keys, sizes, keep) if kept]
             listed, pending = listed + len(keys), pending + len(rows)
@@ -122,17 +138,18 @@ def list_manifest(manifest: str, done: np.ndarray, folder: str) -> dict:
 
 
 def done_hashes_of(shard_uris: list[str], statuses: tuple[str, ...]) -> np.ndarray:
-    """Task body: hashes of the input keys with a final status in some result-manifest shards."""
+    """Task body: hashes of the result keys (input, model, parameters: manifest.done_key) with a
+    final status in some result-manifest shards."""
     keys = []
     for uri in shard_uris:
-        table = pq.read_table(io.BytesIO(storage.get_bytes(uri)), columns=["input_key", "status"])
-        keys += [key for key, status in zip(table["input_key"].to_pylist(), table["status"].to_pylist())
-                 if status in statuses]
+        for row in pq.read_table(io.BytesIO(storage.get_bytes(uri))).to_pylist():
+            if row["status"] in statuses and done_key(row):
+                keys.append(done_key(row))
     return key_hashes(keys)
 
 
 def done_hashes(manifest_dir: str, statuses: tuple[str, ...]) -> np.ndarray:
-    """Sorted unique hashes of every input key already done, read by parallel tasks."""
+    """Sorted unique hashes of every result key already done, read by parallel tasks."""
     import ray
 
     try:
@@ -145,17 +162,19 @@ def done_hashes(manifest_dir: str, statuses: tuple[str, ...]) -> np.ndarray:
     return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.uint64)
 
 
-def list_pending(source: str, suffixes: tuple[str, ...], done: np.ndarray, folder: str, echo=print) -> Listing:
+def list_pending(source: str, suffixes: tuple[str, ...], done: np.ndarray, folder: str, echo=print,
+                 result_key=None) -> Listing:
     """Walk `source` (a prefix/folder, or a .parquet manifest of keys) with Ray tasks, one per
-    directory level, several in flight; pending rows land in shards under `folder`."""
+    directory level, several in flight; pending rows land in shards under `folder`. An input is
+    done when `result_key(key)` (default: the key itself) is in `done`."""
     import ray
 
     done_ref = ray.put(done)
     if source.endswith(".parquet"):
-        result = ray.get(ray.remote(num_cpus=0.25)(list_manifest).remote(source, done_ref, folder))
+        result = ray.get(ray.remote(num_cpus=0.25)(list_manifest).remote(source, done_ref, folder, result_key))
         return Listing(folder, result["listed"], result["pending"], result["shards"])
     task = ray.remote(num_cpus=0.25, max_retries=3)(list_directory)
-    in_flight = {task.remote(source, source, suffixes, done_ref, folder, "d00000"): source}
+    in_flight = {task.remote(source, source, suffixes, done_ref, folder, "d00000", result_key): source}
     launched, visited, listed, pending, shards = 1, 0, 0, 0, 0
     while in_flight:
         ready, _ = ray.wait(list(in_flight), num_returns=1)
@@ -164,7 +183,8 @@ def list_pending(source: str, suffixes: tuple[str, ...], done: np.ndarray, folde
         visited += 1
         listed, pending, shards = listed + result["listed"], pending + result["pending"], shards + result["shards"]
         for subdirectory in result["subdirectories"]:
-            in_flight[task.remote(subdirectory, source, suffixes, done_ref, folder, f"d{launched:05d}")] = subdirectory
+            in_flight[task.remote(subdirectory, source, suffixes, done_ref, folder, f"d{launched:05d}",
+                                  result_key)] = subdirectory
             launched += 1
         if visited % 100 == 0:
             echo(f"listing: {visited} folders, {listed} images so far, {len(in_flight)} folders in flight")

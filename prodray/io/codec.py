@@ -17,6 +17,7 @@ from PIL import Image, ImageFile, ImageOps
 
 DEFAULT_MAX_BYTES = 50 * 2**20
 DEFAULT_MAX_PIXELS = 40_000_000
+MIN_DPI, MAX_DPI = 1.0, 65535.0  # what JPEG's JFIF density (uint16) can hold; PNG's pHYs holds more
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF"})
 
 # EXIF orientations 5..8 involve a 90-degree turn, i.e. width/height swap.
@@ -178,9 +179,7 @@ def decode_image(
     # (ICC header bytes 16..20 hold the data colour space signature.)
     if icc is not None and icc[16:20] != b"RGB ":
         icc = None
-    if dpi is not None:
-        dpi = tuple(float(v) for v in dpi)
-    return DecodedImage(rgb=rgb, alpha=alpha, format=fmt, mode=mode, icc_profile=icc, dpi=dpi)
+    return DecodedImage(rgb=rgb, alpha=alpha, format=fmt, mode=mode, icc_profile=icc, dpi=plausible_dpi(dpi))
 
 
 def read_image_size(
@@ -201,6 +200,18 @@ def read_image_size(
         if _exif_orientation(im) in _ORIENTATION_SWAPS_AXES:
             width, height = height, width
     return int(width), int(height)
+
+
+def plausible_dpi(dpi) -> tuple[float, float] | None:
+    """A (x, y) resolution every writer can store (JPEG's JFIF field is 16-bit), or None: metadata
+    outside it (a PNG may claim 2**32 pixels per metre) is dropped, never passed to a writer."""
+    try:
+        values = tuple(float(v) for v in dpi)
+    except (TypeError, ValueError):
+        return None
+    if len(values) != 2 or not all(MIN_DPI <= v <= MAX_DPI for v in values):
+        return None
+    return values
 
 
 def _pil_format(fmt: str) -> str:
@@ -249,8 +260,9 @@ def encode_image(
     params: dict = {}
     if icc_profile:
         params["icc_profile"] = icc_profile
+    dpi = plausible_dpi(dpi)
     if dpi is not None:
-        params["dpi"] = tuple(dpi)  # written by PNG/JPEG; WebP has no DPI field
+        params["dpi"] = dpi  # written by PNG/JPEG; WebP has no DPI field
     if pil_fmt == "JPEG":
         params.update(quality=int(quality), optimize=False, subsampling="4:2:0")
     elif pil_fmt == "WEBP":

@@ -163,3 +163,28 @@ def test_fashion_mnist_reader_and_rows(tmp_path, monkeypatch):
     from PIL import Image
     decoded = np.asarray(Image.open(io.BytesIO((dest / rows[2]["key"]).read_bytes())).convert("L"))
     assert np.array_equal(decoded, images[2])
+
+
+@pytest.mark.parametrize("key", ["../x.png", "a/../../x.png", "/x.png", "a\\..\\x.png", "", "nul\x00.png",
+                                 "bad-\udcff.png"])
+def test_unsafe_input_keys_are_refused(key):
+    from prodray.catalog.manifest import UnsafeKey, check_key, output_key
+    from prodray.config import BulkConfig
+    with pytest.raises(UnsafeKey):
+        check_key(key)
+    with pytest.raises(UnsafeKey):
+        output_key(key, "m", BulkConfig(input="s3://b/in", output="s3://b/out"))
+
+
+def test_safe_keys_pass_and_the_manifest_gives_one_final_answer_per_result():
+    from prodray.catalog.manifest import check_key, final_rows
+    assert check_key("shoes/red..blue/0.jpg") == "shoes/red..blue/0.jpg"  # dots inside a name are fine
+    rows = [{"input_key": "a.png", "result_key": "m/x2/a.png", "status": "error"},
+            {"input_key": "a.png", "result_key": "m/x4/a.png", "status": "ok"},
+            {"input_key": "b.png", "result_key": "m/x2/b.png", "status": "ok"},
+            {"input_key": "a.png", "result_key": "m/x2/a.png", "status": "ok"},  # the rerun's answer
+            {"input_key": "c.png", "output_key": "m/x2/c.png", "status": "ok"}]  # a row from before result_key
+    final = final_rows(rows)
+    assert [(r["input_key"], r["status"]) for r in final] == [("a.png", "ok"), ("a.png", "ok"), ("b.png", "ok"),
+                                                             ("c.png", "ok")]
+    assert len(final) == 4 and rows[0] not in final

@@ -121,3 +121,46 @@ def test_bulk_job_end_to_end_with_bad_files_and_resume(bucket, local_ray, tmp_pa
     resumed = run_bulk(options)
     assert resumed["counts"] == {"ok": 1, "skipped": 6, "rejected": 3}
     assert len([f for f in storage.list_files(output) if "/_" not in f["uri"]]) == 7
+
+
+def tiny_export(uri: str, scale: int) -> str:
+    config = {"arch": "rpsnet", "scale": scale, "channels": 8, "blocks": 1, "kind": "enhancer"}
+    return export_model(uri, "enhancer", build_model("rpsnet", scale=scale, channels=8, blocks=1), config)
+
+
+def test_a_rerun_with_another_scale_processes_every_input_again(bucket, local_ray):
+    source, output = f"s3://{bucket}/catalog", f"s3://{bucket}/enhanced"
+    for i in range(3):
+        storage.put_bytes(f"{source}/{i}.png", image_bytes("PNG", 16, 20, seed=i))
+    storage.put_bytes(f"{source}/junk.png", b"not an image")
+    models = {scale: tiny_export(f"s3://{bucket}/model-x{scale}", scale) for scale in (2, 4)}
+    x2 = BulkConfig(input=source, output=output, model=f"s3://{bucket}/model-x2", scale=2, actor_cpus=0.5)
+    assert run_bulk(x2)["counts"] == {"ok": 3, "rejected": 1}
+    x4 = x2.model_copy(update={"model": f"s3://{bucket}/model-x4", "scale": 4})
+    summary = run_bulk(x4)  # the x2 results are not x4 results: nothing is "already done"
+    assert summary["counts"] == {"ok": 3, "rejected": 1} and summary["model_id"] == models[4]
+    for i in range(3):
+        image = Image.open(io.BytesIO(storage.get_bytes(f"{output}/{output_key(f'{i}.png', models[4], x4)}")))
+        assert image.size == (80, 64)
+    assert run_bulk(x4)["nothing_to_do"] is True and run_bulk(x2)["nothing_to_do"] is True
+
+
+def test_keys_that_would_leave_the_output_root_are_refused_per_input(bucket, local_ray):
+    import pyarrow as pa
+
+    base, output = f"s3://{bucket}/catalog", f"s3://{bucket}/enhanced"
+    storage.put_bytes(f"{base}/ok.png", image_bytes("PNG", 16, 20))
+    storage.put_bytes(f"s3://{bucket}/outside.png", image_bytes("PNG", 16, 20, seed=1))  # what `../` reaches
+    keys = ["ok.png", "../outside.png", "a/../../outside.png", "/outside.png"]
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"key": keys, "bytes": [100] * len(keys)}), buffer)
+    storage.put_bytes(f"{base}/keys.parquet", buffer.getvalue())
+    tiny_export(f"s3://{bucket}/model", 2)
+    config = BulkConfig(input=f"{base}/keys.parquet", output=output, model=f"s3://{bucket}/model", actor_cpus=0.5)
+    assert run_bulk(config)["counts"] == {"ok": 1, "rejected": 3}
+    rows = {row["input_key"]: row for row in manifest_rows(output)}
+    assert all(rows[key]["reason"].startswith("unsafe_key") for key in keys[1:])
+    written = [f["uri"] for f in storage.list_files(f"s3://{bucket}") if not f["uri"].startswith(output + "/_")]
+    assert sorted(written) == sorted([f"{base}/ok.png", f"{base}/keys.parquet", f"s3://{bucket}/outside.png",
+                                      *[f"s3://{bucket}/model/{n}" for n in ("config.json", "enhancer.safetensors")],
+                                      f"{output}/{rows['ok.png']['output_key']}"])

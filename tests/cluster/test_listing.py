@@ -125,3 +125,17 @@ def test_ray_walk_finds_every_image_once(root, local_ray, tmp_path):
     assert sorted(row["key"] for row in shard_rows(folder)) == sorted(IMAGES - {"shoes/red/s2.webp", "a.jpg"})
     storage.delete_tree(folder)
     assert not storage.exists(folder) or not storage.list_files(folder)
+
+
+def test_the_done_set_is_keyed_by_the_output_key_not_the_input_key():
+    from functools import partial
+
+    from prodray.catalog.manifest import output_key
+    from prodray.config import BulkConfig
+    x2 = BulkConfig(input="s3://b/in", output="s3://b/out", scale=2)
+    x4 = x2.model_copy(update={"scale": 4})
+    done = np.unique(listing.key_hashes([output_key("a.png", "m", x2), output_key("b.png", "m", x2)]))
+    keys = ["a.png", "b.png", "c.png", "../evil.png"]
+    assert list(listing.is_done(keys, done, partial(output_key, model_id="m", config=x2))) == [True, True, False, False]
+    assert not listing.is_done(keys, done, partial(output_key, model_id="m", config=x4)).any()
+    assert not listing.is_done(keys, done, partial(output_key, model_id="other", config=x2)).any()

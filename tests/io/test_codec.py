@@ -261,3 +261,29 @@ def test_read_image_size_header_only():
     with pytest.raises(ImageRejected) as ei:
         read_image_size(b"")
     assert ei.value.reason == "empty"
+
+
+def _png_with_phys(pixels_per_metre: int) -> bytes:
+    """A valid 8x8 RGB PNG whose pHYs chunk claims `pixels_per_metre` on both axes."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    rows = b"".join(b"\x00" + b"\x80" * 24 for _ in range(8))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 2, 0, 0, 0))
+            + chunk(b"pHYs", struct.pack(">IIB", pixels_per_metre, pixels_per_metre, 1))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+def test_out_of_range_dpi_is_dropped_not_passed_to_the_writer(fmt):
+    decoded = decode_image(_png_with_phys(0xFFFFFFFF))  # ~1.1e8 dpi: no JPEG can hold it, x2 overflows PNG
+    assert decoded.dpi is None
+    scaled = (2.2e8, 2.2e8)  # what the endpoint would write for a x2 result of such an input
+    assert decode_image(encode_image(decoded.rgb, fmt=fmt, dpi=scaled)).rgb.shape == (8, 8, 3)
+    kept = decode_image(_png_with_phys(11811))  # 300 dpi survives the round trip
+    assert kept.dpi == pytest.approx((300, 300), abs=0.01)
+    if fmt != "webp":  # WebP has no resolution field
+        written = encode_image(kept.rgb, fmt=fmt, dpi=(600.0, 600.0))
+        assert decode_image(written).dpi == pytest.approx((600, 600), abs=0.1)
