@@ -7,29 +7,16 @@ The flags are prodray.config.BulkConfig's fields, the same as `prodray enhance`'
 prints the resolved config and starts nothing.
 """
 
-import argparse
-import json
-
-from prodray.cli_flags import add_config_flags, config_from_args
-from prodray.cluster.jobs import connect_ray, run_main
-from prodray.config import BulkConfig, dump_config
+from prodray.cluster.jobs import config_job_parser, enhance_job, run_main
+from prodray.config import BulkConfig
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_flags(parser, BulkConfig)
-    return parser
+def build_parser():
+    return config_job_parser(__doc__, BulkConfig)
 
 
 def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
-    config = config_from_args(BulkConfig, args)
-    if args.dry_run:
-        print(dump_config(config))
-        return
-    connect_ray()
-    from prodray.cluster.bulk import run_bulk
-    print(json.dumps(run_bulk(config), indent=2))
+    enhance_job(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -10,17 +10,13 @@ this job; stop it with `serve shutdown` (or `serve delete prodray`). Serve binds
 unless --host says otherwise.
 """
 
-import argparse
-
-from prodray.cli_flags import add_config_flags, config_from_args
-from prodray.cluster.jobs import connect_ray, run_main
+from prodray.cli_flags import config_from_args
+from prodray.cluster.jobs import config_job_parser, connect_ray, run_main
 from prodray.config import ServeJobConfig, dump_config
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_flags(parser, ServeJobConfig)
-    return parser
+def build_parser():
+    return config_job_parser(__doc__, ServeJobConfig)
 
 
 def main(argv=None) -> None:

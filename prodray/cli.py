@@ -137,16 +137,8 @@ def cmd_eval_gan(args) -> None:
 
 
 def cmd_enhance(args) -> None:
-    from prodray.cli_flags import config_from_args
-    from prodray.config import BulkConfig, dump_config
-    config = config_from_args(BulkConfig, args)
-    if args.dry_run:
-        print(dump_config(config))
-        return
-    from prodray.cluster.bulk import run_bulk
-    from prodray.cluster.jobs import connect_ray
-    connect_ray()
-    print(json.dumps(run_bulk(config), indent=2))
+    from prodray.cluster.jobs import enhance_job
+    enhance_job(args)
 
 
 def cmd_report(args) -> None:

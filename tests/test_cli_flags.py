@@ -53,16 +53,14 @@ def no_work(monkeypatch, tmp_path):
     monkeypatch.setattr(prodray.cluster.jobs, "connect_ray", refuse)
     monkeypatch.setattr(prodray.cluster.bulk, "run_bulk", refuse)
     monkeypatch.setenv("PRODRAY_HOME", str(tmp_path / "no-stack"))  # `prodray` reads no local stack
-    job = load_job("enhance_catalog")
-    monkeypatch.setattr(job, "connect_ray", refuse)
-    return job
+    return load_job("enhance_catalog")
 
 
 def test_job_and_cli_accept_the_same_bulk_flags():
     job = flags(load_job("enhance_catalog").build_parser())
     command = flags(subcommand(cli.build_parser(), "enhance"))
     assert job == command
-    assert BULK_FLAGS | {"--dry-run", "--max-bytes", "--max-pixels", "--progress-every-s"} == job
+    assert BULK_FLAGS | {"--dry-run", "--max-bytes", "--max-pixels", "--progress-every-s", "--precision"} == job
 
 
 @pytest.mark.parametrize("cls", [BulkConfig, ServeJobConfig])

@@ -108,7 +108,7 @@ def test_bulk_defaults_are_the_jobs():
         **BULK, "model": None, "scale": 2, "format": "png", "quality": 90, "max_bytes": DEFAULT_MAX_BYTES,
         "max_pixels": DEFAULT_MAX_PIXELS, "batch_size": 8, "actors": 1, "actor_cpus": 1.0, "actor_gpus": None,
         "actor_memory_gib": 2.0, "max_error_fraction": None, "progress_every_s": 10.0, "min_longest_side": None,
-        "pad_square": False, "max_output_bytes": None, "self_ensemble": False}
+        "pad_square": False, "max_output_bytes": None, "self_ensemble": False, "precision": "auto"}
 
 
 @pytest.mark.parametrize("update,field", [

@@ -58,3 +58,30 @@ def train_job(description: str, default_kind: str | None = None) -> None:
         raise SystemExit(f"error: training failed: {result.error}")
     print(f"training finished: {result.metrics}")
     print(f"export: {run_uri(cfg)}/export")
+
+
+def config_job_parser(description: str, config_class) -> argparse.ArgumentParser:
+    """A job's parser: one flag per field of `config_class` (prodray/cli_flags.py) plus --dry-run."""
+    from prodray.cli_flags import add_config_flags
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_flags(parser, config_class)
+    return parser
+
+
+def enhance_job(args: argparse.Namespace) -> None:
+    """jobs/enhance_catalog.py and `prodray enhance`: the bulk config from the flags, printed with
+    --dry-run, otherwise run on the cluster; prints the _SUCCESS summary."""
+    import json
+
+    from prodray.cli_flags import config_from_args
+    from prodray.config import BulkConfig, dump_config
+
+    config = config_from_args(BulkConfig, args)
+    if args.dry_run:
+        print(dump_config(config))
+        return
+    connect_ray()
+    from prodray.cluster.bulk import run_bulk
+
+    print(json.dumps(run_bulk(config), indent=2))

@@ -236,7 +236,7 @@ def test_cli_eval_gan_with_a_stand_in_generator(prepared, classifier, tmp_path, 
         vocab = {"shape": SHAPES, "colour": COLOURS}
 
         @classmethod
-        def load(cls, reference, device="cpu"):
+        def load(cls, reference, device="cpu", precision="auto"):
             assert reference == "my-gan"
             return cls()
 
