@@ -299,13 +299,21 @@ TRAIN_CONFIGS = {"enhancer": EnhancerTrainConfig, "enhancer-adversarial": Advers
 
 
 def load_train_config(path=None, overrides=None, default_kind: str | None = None):
-    """A training config of the class its `kind` names (jobs/train.py dispatches on it). A config
-    written before the adversarial stage had its own kind (kind enhancer plus an `adversarial:`
-    section) still loads, as that stage."""
-    tree = read_tree(path, overrides)
+    """A training config of the class its `kind` names (jobs/train.py dispatches on it)."""
+    return train_config_from_tree(read_tree(path, overrides), default_kind)
+
+
+def train_config_from_tree(tree: dict, default_kind: str | None = None):
+    """`tree` validated as the training config its `kind` names. A config written before the
+    adversarial stage had its own kind still loads: kind enhancer with an `adversarial:` section is
+    that stage, and the `adversarial: null` that run folders' config.json then carried is dropped."""
+    tree = dict(tree)
     kind = tree.get("kind", default_kind)
     if kind == "enhancer" and "adversarial" in tree:
-        kind = tree["kind"] = "enhancer-adversarial"
+        if tree["adversarial"] is None:
+            del tree["adversarial"]
+        else:
+            kind = tree["kind"] = "enhancer-adversarial"
     if kind not in TRAIN_CONFIGS:
         raise ConfigError(f"config field kind: {kind!r} is not one of {sorted(TRAIN_CONFIGS)}")
     return validate(TRAIN_CONFIGS[kind], tree)

@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from prodray.config import AdversarialTrainConfig, ConfigError, EnhancerTrainConfig, load_config, load_train_config
+from prodray.config import (
+    AdversarialTrainConfig,
+    ConfigError,
+    EnhancerTrainConfig,
+    load_config,
+    load_train_config,
+    train_config_from_tree,
+)
 from prodray.enhancer.model import build_enhancer
 from prodray.enhancer.training import AdversarialTraining, PsnrTraining
 from prodray.io import artifacts
@@ -83,6 +90,9 @@ def test_the_adversarial_stage_has_its_own_kind_and_old_configs_still_load(tmp_p
     assert type(load_train_config(None, ["kind=enhancer", base[0]])) is EnhancerTrainConfig
     with pytest.raises(ConfigError, match="config field kind"):
         load_train_config(None, base)
+    # a run folder's config.json from before the split names the section even when it is empty
+    assert type(train_config_from_tree({"kind": "enhancer", "data": {"sources": ["x"]}, "adversarial": None})) \
+        is EnhancerTrainConfig
     with pytest.raises(ConfigError, match="init_from"):  # the stage starts from adversarial.init_from only
         load_train_config(None, ["kind=enhancer-adversarial", *base, "init_from=enhancer-x2"])
     cfg = load_train_config(None, ["kind=enhancer-adversarial", *base, "model.channels=48", "model.blocks=8",

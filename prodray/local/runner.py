@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from prodray.config import TRAIN_CONFIGS, ConfigError, load_train_config
+from prodray.config import ConfigError, load_train_config, train_config_from_tree
 from prodray.families import TRAININGS
 from prodray.io import storage
 from prodray.run_files import RunFiles
@@ -144,8 +144,7 @@ def train(cfg, device: torch.device, minutes: float | None = None, decay_last: f
 def export_checkpoint(run: str, checkpoint: str, export_uri: str) -> str:
     """Export a checkpoint (local folder or s3:// prefix, e.g. of a run stopped early) like the end
     of training does; returns the model id. The kind and sizes come from the run's config.json."""
-    tree = json.loads(storage.get_bytes(storage.join(run, "config.json")))
-    cfg = TRAIN_CONFIGS[tree["kind"]].model_validate(tree)
+    cfg = train_config_from_tree(json.loads(storage.get_bytes(storage.join(run, "config.json"))))
     training_class = TRAININGS[cfg.kind]
     training = training_class(cfg, training_class.prepare(cfg), torch.device("cpu"))
     with tempfile.TemporaryDirectory(prefix="prodray-export-") as folder:
