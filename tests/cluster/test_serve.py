@@ -828,13 +828,14 @@ def test_app_builder_builds_from_args():
     from prodray.cluster.serve import app_builder
 
     deployments = _deployments(app_builder({"model": "enhancer-x4", "generator": "none", "device": "cpu",
-                                            "max_bytes": 1234, "enhancer_replicas": {"num_gpus": 1,
+                                            "precision": "fp32", "max_bytes": 1234,
+                                            "enhancer_replicas": {"num_gpus": 1,
                                                                                       "max_replicas": 2}}))
     assert set(deployments) == {"Ingress", "EnhancerDeployment"}  # generator none: no generator replica
     enhancer = deployments["EnhancerDeployment"]
     assert enhancer.ray_actor_options == {"num_cpus": 1.0, "num_gpus": 1.0}  # the unnamed ones keep defaults
     assert enhancer.user_config == {"model": "enhancer-x4", "max_batch_size": 8, "batch_wait_timeout_s": 0.01}
-    assert enhancer.init_args == ("enhancer-x4", "cpu")
+    assert enhancer.init_args == ("enhancer-x4", "cpu", "fp32")  # model, device, precision
     scaling = enhancer._deployment_config.autoscaling_config
     assert (scaling.min_replicas, scaling.max_replicas) == (1, 2)
     assert deployments["Ingress"].init_kwargs == {"max_bytes": 1234, "max_pixels": 4096 * 4096}
