@@ -169,3 +169,18 @@ def image_bytes(fmt: str = "PNG", height: int = 48, width: int = 64, seed: int =
 @pytest.fixture
 def make_image():
     return image_bytes
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """A folder of eight 64x64 HR training images (gradients plus noise), for the training runs."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("hr")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:64, 0:64]
+    for i in range(8):
+        base = np.stack([xx * (i + 1), yy * 3, (xx + yy) * 2], axis=2) % 256
+        noise = rng.integers(0, 20, (64, 64, 3))
+        Image.fromarray((base + noise).clip(0, 255).astype(np.uint8)).save(folder / f"img{i}.png")
+    return folder

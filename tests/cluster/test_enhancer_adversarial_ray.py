@@ -7,7 +7,6 @@ import os
 
 import numpy as np
 import pytest
-from PIL import Image
 
 ray = pytest.importorskip("ray")
 
@@ -27,18 +26,6 @@ def local_ray():
     ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR")
     yield
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("hr")
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:64, 0:64]
-    for i in range(8):
-        base = np.stack([xx * (i + 1), yy * 3, (xx + yy) * 2], axis=2) % 256
-        noise = rng.integers(0, 20, (64, 64, 3))
-        Image.fromarray((base + noise).clip(0, 255).astype(np.uint8)).save(folder / f"img{i}.png")
-    return folder
 
 
 @pytest.fixture(scope="module")
