@@ -99,9 +99,20 @@ def cmd_eval_sr(args) -> None:
 
 
 def cmd_eval_catalog(args) -> None:
-    from prodray.enhancer.evaluation import evaluate_catalog
+    from prodray.enhancer.evaluation import evaluate_catalog, evaluate_suite
     enhancer, upscalers = _upscalers(args.model, args.scale, args.device, args.self_ensemble, args.precision)
-    result = evaluate_catalog(args.data, args.scale, upscalers, seed=args.seed, limit=args.limit)
+    if args.suite:
+        upscalers["unsharp"] = upscalers.pop("bicubic+unsharp")
+        if args.compare:
+            compared, compare_upscalers = _upscalers(args.compare, args.scale, args.device, args.self_ensemble,
+                                                     args.precision)
+            upscalers["compare"] = compare_upscalers["model"]
+        result = evaluate_suite(args.data, args.scale, upscalers, args.suite, seed=args.seed, limit=args.limit,
+                                log=lambda msg: print(msg, file=sys.stderr, flush=True))
+        if args.compare:
+            result["compare_id"] = compared.model_id
+    else:
+        result = evaluate_catalog(args.data, args.scale, upscalers, seed=args.seed, limit=args.limit)
     result["model_id"] = enhancer.model_id
     _print_json(result) if args.json else print(json.dumps(result, indent=1))
 
@@ -247,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
                              help="average the model over the 8 flips/turns of each input (8x the compute)")
     catalog_eval.add_argument("--seed", type=int, default=0)
     catalog_eval.add_argument("--limit", type=int, default=50)
+    catalog_eval.add_argument("--suite", choices=["standard"],
+                              help="score every damage of the suite (clean, jpeg30/50/75, noise5/10, blur1.0/1.5, "
+                                   "chain) instead of the single noise + JPEG q75 damage")
+    catalog_eval.add_argument("--compare", metavar="NAME", help="with --suite: a second model scored as `compare`")
     sr.set_defaults(func=cmd_eval_sr)
     catalog_eval.set_defaults(func=cmd_eval_catalog)
     gan_eval = evaluate.add_parser("gan", help="GAN: FID/KID against a real-data floor, CAS, attribute accuracy")

@@ -48,6 +48,10 @@ class DegradationConfig(Strict):
     jpeg_prob: float = Field(0.0, ge=0, le=1)
     jpeg_quality: tuple[int, int] = (40, 95)
     second_stage_prob: float = Field(0.0, ge=0, le=1)
+    kernel_beta: tuple[float, float] = (2.0, 2.0)  # blur kernel exponent range; 2 = Gaussian
+    resize_prob: float = Field(0.0, ge=0, le=1)
+    resize_range: tuple[float, float] = (0.5, 1.5)  # random intermediate size, as a factor of the target
+    first_jpeg_prob: float = Field(0.0, ge=0, le=1)  # a JPEG before the second stage (double JPEG)
 
 
 class EnhancerDataConfig(Strict):
@@ -57,6 +61,8 @@ class EnhancerDataConfig(Strict):
     batch_size: int = Field(16, ge=1)  # per worker
     val_folder: Optional[str] = None  # HR images scored with the SR protocol each tick
     val_max_images: int = Field(5, ge=1)
+    # Also score the validation images with their LR saved as JPEG at this quality (restoration models).
+    val_jpeg_quality: Optional[int] = Field(None, ge=1, le=100)
     # Each training image also enters the pool downscaled by these factors (MATLAB bicubic):
     # sharper HR patches with less JPEG blocking, and objects at more scales. 1.0 = as stored.
     hr_scales: list[Annotated[float, Field(gt=0, le=1)]] = Field(default_factory=lambda: [1.0], min_length=1)

@@ -4,13 +4,14 @@ Pure functions over uint8 images and an `upscale(rgb_uint8, scale) -> rgb_uint8`
 they run the same for the shipped model, an exported one, or a baseline.
 """
 
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from prodray.enhancer.degradations import DegradationRanges, degrade
-from prodray.io.codec import decode_image
+from prodray.io.codec import decode_image, encode_image
 from prodray.io.images import IMAGE_SUFFIXES, from_uint8_hwc, imresize_uint8, to_uint8_hwc
 from prodray.metrics import mean_ciede2000, psnr_ssim_y
 
@@ -109,3 +110,107 @@ def evaluate_catalog(folder, scale: int, upscalers: dict, seed: int = 0, limit: 
         result[name] = {"psnr_y": round(p / len(paths), 4), "ssim_y": round(s / len(paths), 5),
                         "ciede2000": round(de / len(paths), 4)}
     return result
+
+
+# ---------------------------------------------------------------- the catalog damage suite
+
+def _jpeg(quality: int):
+    def damage(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return decode_image(encode_image(image, fmt="jpeg", quality=quality)).rgb
+    return damage
+
+
+def _noise(sigma: float):
+    def damage(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        noisy = image.astype(np.float64) + rng.normal(0.0, sigma, image.shape)
+        return noisy.round().clip(0, 255).astype(np.uint8)
+    return damage
+
+
+def _blur(sigma: float):
+    def damage(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return gaussian_blur(image, sigma)
+    return damage
+
+
+def _chain(*damages):
+    def damage(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        for step in damages:
+            image = step(image, rng)
+        return image
+    return damage
+
+
+# Damages applied to the image as the catalog receives it (after the bicubic downscale by the
+# scale): sigma of noise in grey levels, of blur in input pixels. `chain` is a supplier's worst
+# day: slight blur, sensor noise, saved as JPEG twice.
+STANDARD_SUITE = {
+    "clean": _chain(),
+    "jpeg30": _jpeg(30),
+    "jpeg50": _jpeg(50),
+    "jpeg75": _jpeg(75),
+    "noise5": _noise(5.0),
+    "noise10": _noise(10.0),
+    "blur1.0": _blur(1.0),
+    "blur1.5": _blur(1.5),
+    "chain": _chain(_blur(0.8), _noise(4.0), _jpeg(60), _jpeg(85)),
+}
+SUITES = {"standard": STANDARD_SUITE}
+
+
+def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """uint8 HWC -> the same blurred with an isotropic Gaussian (reflect padding), rounded."""
+    from prodray.enhancer.degradations import gaussian_kernels
+    radius = max(1, int(math.ceil(3 * sigma)))
+    s = torch.tensor([sigma])
+    kernel = gaussian_kernels(s, s, torch.zeros(1), size=2 * radius + 1)[0].double()
+    x = from_uint8_hwc(image)[None].double()
+    padded = torch.nn.functional.pad(x, [radius] * 4, mode="reflect")
+    return to_uint8_hwc(torch.nn.functional.conv2d(padded, kernel[None, None].repeat(3, 1, 1, 1), groups=3)[0])
+
+
+class _Tally:
+    """Running sums of one (damage, method) cell: per-image means, pooled white-pixel counts."""
+
+    def __init__(self):
+        self.sums = np.zeros(3)
+        self.images = 0
+        self.white = self.white_kept = self.other = self.false_white = 0
+
+    def add(self, out: np.ndarray, hr: np.ndarray, shave: int) -> None:
+        p, s = psnr_ssim_y(out, hr, shave=shave)
+        self.sums += (p, s, mean_ciede2000(out, hr))
+        self.images += 1
+        was_white, is_white = np.all(hr == 255, axis=2), np.all(out == 255, axis=2)
+        self.white += int(was_white.sum())
+        self.white_kept += int((was_white & is_white).sum())
+        self.other += int((~was_white).sum())
+        self.false_white += int((~was_white & is_white).sum())
+
+    def result(self) -> dict:
+        p, s, de = self.sums / max(1, self.images)
+        return {"psnr_y": round(p, 4), "ssim_y": round(s, 5), "de00": round(de, 4),
+                "white_kept": round(self.white_kept / self.white, 5) if self.white else None,
+                "false_white": round(self.false_white / self.other, 6) if self.other else None}
+
+
+def evaluate_suite(folder, scale: int, upscalers: dict, suite: str = "standard", seed: int = 0,
+                   limit: int = 50, log=None) -> dict:
+    """Every image of `folder`, downscaled by `scale` (MATLAB bicubic), then damaged each way of the
+    suite (seeded per image and damage), restored by each upscaler and scored against the original:
+    PSNR-Y / SSIM-Y (`scale` pixels shaved), mean CIEDE2000, and the pure-white pixels kept / made."""
+    damages = SUITES[suite]
+    paths = list_images(folder)[:limit]
+    tallies = {damage: {name: _Tally() for name in upscalers} for damage in damages}
+    for index, path in enumerate(paths):
+        hr = decode_image(path.read_bytes()).rgb
+        hr = hr[:hr.shape[0] - hr.shape[0] % scale, :hr.shape[1] - hr.shape[1] % scale]
+        clean = imresize_uint8(hr, 1.0 / scale) if scale > 1 else hr
+        for number, (damage, apply) in enumerate(damages.items()):
+            lr = apply(clean, np.random.default_rng([seed, index, number]))
+            for name, upscale in upscalers.items():
+                tallies[damage][name].add(upscale(lr, scale), hr, shave=scale)
+        if log:
+            log(f"{index + 1}/{len(paths)} images scored")
+    return {"images": len(paths), "scale": scale, "suite_name": suite, "seed": seed,
+            "suite": {damage: {name: t.result() for name, t in row.items()} for damage, row in tallies.items()}}

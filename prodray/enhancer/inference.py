@@ -3,16 +3,16 @@
 Tiles carry `pad` pixels of real context on every side that has neighbours (more than the
 network's receptive field), and only their centres are kept, so a tiled result equals the
 whole-image result up to float rounding: no blending, no seams. Alpha is upscaled separately
-(bicubic); pure-white backgrounds stay exactly 255.
+(bicubic); pure-white regions stay exactly 255 (enhancer/white.py).
 """
 
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from prodray.enhancer.model import build_enhancer
+from prodray.enhancer.white import keep_white
 from prodray.io.artifacts import load_export
 from prodray.io.images import from_uint8_hwc, imresize_uint8
 from prodray.precision import autocast
@@ -118,20 +118,3 @@ def upscale_alpha(alpha: np.ndarray | None, scale: int) -> np.ndarray | None:
     if alpha is None or scale == 1:
         return alpha
     return imresize_uint8(alpha, scale)
-
-
-def keep_white(lr: np.ndarray, out: np.ndarray, scale: int) -> np.ndarray:
-    """Force 255 where the input is pure white in a whole 3x3 neighbourhood.
-
-    Catalog backgrounds must stay pure white; a network's tiny ripples (254) would show as
-    grey boxes on a white product page. Edges next to the product are left to the model."""
-    white = torch.from_numpy(np.all(lr == 255, axis=2)).float()[None, None]
-    if not bool(white.any()):
-        return out
-    solid = -F.max_pool2d(-white, 3, stride=1, padding=1)  # erosion: white with white neighbours
-    if scale > 1:
-        solid = F.interpolate(solid, scale_factor=scale, mode="nearest")
-    mask = solid[0, 0].bool().numpy()
-    out = out.copy()
-    out[mask] = 255
-    return out

@@ -20,6 +20,7 @@ from prodray.enhancer.losses import build_perceptual, charbonnier
 from prodray.enhancer.model import build_enhancer
 from prodray.gan.losses import d_loss, g_loss
 from prodray.io import artifacts, storage
+from prodray.io.codec import decode_image, encode_image
 from prodray.io.images import from_uint8_hwc, image_grid, imresize_uint8, to_uint8_hwc
 from prodray.training import Training, count_parameters, lr_at, make_ema, set_lr, update_ema
 
@@ -47,6 +48,12 @@ def upscale_with(model: torch.nn.Module, device) -> callable:
     def upscale(lr: np.ndarray, scale: int) -> np.ndarray:
         return to_uint8_hwc(model(from_uint8_hwc(lr)[None].to(device))[0])
     return upscale
+
+
+def jpeg_damaged(image: np.ndarray, quality: int) -> np.ndarray:
+    """uint8 HWC (or HW) -> the same image after one JPEG round-trip at `quality`."""
+    rgb = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
+    return decode_image(encode_image(rgb, fmt="jpeg", quality=quality)).rgb
 
 
 def sample_grid(model, val_images, scale, device, crop: int = 96) -> np.ndarray:
@@ -112,9 +119,16 @@ class EnhancerStage(Training):
     def validate(self) -> dict[str, float]:
         if not self.val_images:
             return {}
-        result = score_sr(enumerate(self.val_images), self.cfg.model.scale,
-                          {"ema": upscale_with(self.ema, self.device)})
-        return {"val_psnr_y": result["ema"]["psnr_y"], "val_ssim_y": result["ema"]["ssim_y"]}
+        upscale = upscale_with(self.ema, self.device)
+        upscalers = {"ema": upscale}
+        quality = self.cfg.data.val_jpeg_quality
+        if quality:
+            upscalers["jpeg"] = lambda lr, scale: upscale(jpeg_damaged(lr, quality), scale)
+        result = score_sr(enumerate(self.val_images), self.cfg.model.scale, upscalers)
+        metrics = {"val_psnr_y": result["ema"]["psnr_y"], "val_ssim_y": result["ema"]["ssim_y"]}
+        if quality:
+            metrics[f"val_jpeg{quality}_psnr_y"] = result["jpeg"]["psnr_y"]
+        return metrics
 
     def grid(self) -> np.ndarray | None:
         return sample_grid(self.ema, self.val_images, self.cfg.model.scale, self.device) if self.val_images else None

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from prodray.enhancer.degradations import DegradationRanges, degrade
-from prodray.enhancer.inference import Enhancer, keep_white
+from prodray.enhancer.inference import Enhancer
 from prodray.enhancer.model import build_model
+from prodray.enhancer.white import keep_white
 from prodray.io.artifacts import export_model
 from prodray.io.images import imresize, imresize_uint8
 from prodray.metrics import psnr, psnr_ssim_y, rgb_to_y, ssim
@@ -104,6 +105,21 @@ def test_degradations_are_deterministic_under_a_seed():
     assert a.shape == (3, 3, 16, 16)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
+
+
+def test_blind_chain_keeps_the_target_size_and_its_seed():
+    """Generalised-Gaussian kernels, a random intermediate size, a JPEG before the second stage."""
+    hr = torch.rand(4, 3, 48, 48)
+    ranges = DegradationRanges(blur_prob=1.0, kernel_beta=(0.5, 4.0), resize_prob=1.0, resize_range=(0.5, 1.5),
+                               noise_prob=1.0, first_jpeg_prob=1.0, second_stage_prob=1.0, jpeg_prob=1.0,
+                               jpeg_quality=(30, 60))
+    for scale in (1, 2, 4):
+        a = degrade(hr, scale, ranges, torch.Generator().manual_seed(1))
+        assert a.shape == (4, 3, 48 // scale, 48 // scale)
+        assert torch.equal(a, degrade(hr, scale, ranges, torch.Generator().manual_seed(1)))
+    plain = DegradationRanges(blur_prob=1.0, noise_prob=1.0, jpeg_prob=1.0, jpeg_quality=(30, 60))
+    assert not torch.equal(degrade(hr, 2, ranges, torch.Generator().manual_seed(1)),
+                           degrade(hr, 2, plain, torch.Generator().manual_seed(1)))
 
 
 def test_bicubic_only_degradation_is_the_benchmark_one():

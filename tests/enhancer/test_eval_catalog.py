@@ -74,3 +74,43 @@ def test_pure_white_background_stays_255(scale):
     # The product itself is not whitened.
     centre = out[24 * scale - 4:24 * scale + 4, 24 * scale - 4:24 * scale + 4]
     assert centre.max() < 255
+
+
+SUITE_DAMAGES = ("clean", "jpeg30", "jpeg50", "jpeg75", "noise5", "noise10", "blur1.0", "blur1.5", "chain")
+SUITE_METRICS = {"psnr_y", "ssim_y", "de00", "white_kept", "false_white"}
+
+
+def test_eval_catalog_suite_json_has_every_damage_method_and_metric(photos, tmp_path):
+    completed = subprocess.run([sys.executable, "-m", "prodray.cli", "eval", "catalog", "--data", str(photos),
+                                "--scale", "2", "--suite", "standard", "--compare", "enhancer-x2", "--json",
+                                "--limit", "1"],
+                               cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    result = json.loads(completed.stdout)
+    assert result["images"] == 1 and result["scale"] == 2
+    assert tuple(result["suite"]) == SUITE_DAMAGES
+    for damage, methods in result["suite"].items():
+        assert set(methods) == {"model", "bicubic", "unsharp", "compare"}, damage
+        for method, scores in methods.items():
+            assert set(scores) == SUITE_METRICS, (damage, method)
+            assert 0 <= scores["white_kept"] <= 1 and 0 <= scores["false_white"] <= 1, (damage, method)
+        # The white guard holds through every damage; bicubic has none.
+        assert methods["model"]["white_kept"] >= 0.85 and methods["model"]["false_white"] <= 0.01, damage
+    assert result["suite"]["jpeg50"]["bicubic"]["white_kept"] < 0.5
+    # `compare` is the same shipped model here: the same figures as `model`.
+    assert all(m["compare"] == m["model"] for m in result["suite"].values())
+    # The damages differ: JPEG q30 hurts bicubic more than q75, noise 10 more than noise 5.
+    suite = result["suite"]
+    bicubic = {damage: suite[damage]["bicubic"]["psnr_y"] for damage in suite}
+    assert bicubic["jpeg30"] < bicubic["jpeg75"] < bicubic["clean"]
+    assert bicubic["noise10"] < bicubic["noise5"]
+
+
+def test_eval_suite_is_seeded(photos):
+    from prodray.enhancer.evaluation import bicubic_upscale, evaluate_suite
+    upscalers = {"bicubic": bicubic_upscale}
+    first = evaluate_suite(photos, 2, upscalers, limit=2, seed=3)
+    assert evaluate_suite(photos, 2, upscalers, limit=2, seed=3) == first
+    other = evaluate_suite(photos, 2, upscalers, limit=2, seed=4)
+    assert other["suite"]["noise5"] != first["suite"]["noise5"]
+    assert other["suite"]["jpeg50"] == first["suite"]["jpeg50"]  # no randomness in a JPEG round-trip
