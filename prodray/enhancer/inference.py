@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from prodray.enhancer.model import build_enhancer
+from prodray.enhancer.strength import StrengthModels, auto_strength, parse_strength, snap
 from prodray.enhancer.white import keep_white
-from prodray.io.artifacts import load_export
+from prodray.io.artifacts import load_export, shipped_name_of
 from prodray.io.images import from_uint8_hwc, imresize_uint8
 from prodray.precision import autocast
 from prodray.precision import resolve as resolve_precision
@@ -35,10 +36,15 @@ def _axis_tiles(length: int, tile: int, pad: int):
 
 
 class Enhancer:
-    """An enhancer network ready for inference on uint8 images."""
+    """An enhancer network ready for inference on uint8 images.
+
+    A restoration model with its clean partner (`clean_model`: the model it was trained from)
+    also runs at a `strength` in [0, 1] or `auto` (enhancer/strength.py); without a partner the
+    model runs as it is and a strength is refused."""
 
     def __init__(self, model: torch.nn.Module, config: dict, device: str = "cpu", tile: int = 256, pad: int = 24,
-                 max_batch: int = 16, self_ensemble: bool = False, precision: str = "auto", channels_last: bool = True):
+                 max_batch: int = 16, self_ensemble: bool = False, precision: str = "auto", channels_last: bool = True,
+                 clean_model: torch.nn.Module | None = None, strength=None):
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device)
         # channels-last activations: oneDNN / cuDNN convolutions then run without layout reorders.
@@ -49,23 +55,46 @@ class Enhancer:
         self.model_id = config.get("model_id", "unknown")
         self.tile, self.pad, self.max_batch = tile, pad, max_batch
         self.self_ensemble = self_ensemble
+        self.strengths = None
+        if clean_model is not None:
+            self.strengths = StrengthModels(self.model, clean_model.to(self.device, memory_format=self.memory_format))
+        self.strength = parse_strength(strength)
+        if self.strength is not None and self.strengths is None:
+            raise ValueError(f"model {self.model_id} is not a restoration model with a clean partner: "
+                             "a strength does not apply to it")
 
     @classmethod
-    def load(cls, reference: str, device: str = "cpu", **kwargs) -> "Enhancer":
+    def load(cls, reference: str, device: str = "cpu", clean: str | None = None, **kwargs) -> "Enhancer":
+        """`clean`: the partner for strength; by default the shipped model this one was trained from."""
         model, config = load_export(reference, build_enhancer)
-        return cls(model, config, device=device, **kwargs)
+        clean = clean or shipped_name_of(config.get("init_model_id"))
+        clean_model = load_export(clean, build_enhancer)[0] if clean else None
+        return cls(model, config, device=device, clean_model=clean_model, **kwargs)
+
+    @property
+    def restores(self) -> bool:
+        return self.strengths is not None
+
+    def strength_for(self, rgb: np.ndarray, jpeg_quality: int | None = None) -> float | None:
+        """The strength one image runs at (None: the model as it is)."""
+        if self.strengths is None:
+            return None
+        if self.strength == "auto":
+            return auto_strength(rgb, jpeg_quality)
+        return 1.0 if self.strength is None else snap(self.strength)
 
     @torch.inference_mode()
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+    def forward(self, batch: torch.Tensor, strength: float | None = None) -> torch.Tensor:
         """(B, 3, h, w) float in [0, 1] -> (B, 3, h*s, w*s) float in [0, 1]."""
         batch = batch.to(self.device, memory_format=self.memory_format)
+        model = self.model if strength is None or self.strengths is None else self.strengths.at(strength)
         with autocast(self.precision, self.device):
-            return self._forward(batch)
+            return self._forward(model, batch)
 
-    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+    def _forward(self, model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
         # The model's skip and sum stay float32 under autocast; only its convolutions run in bf16/fp16.
         if not self.self_ensemble:
-            return self.model(batch).float().clamp_(0, 1)
+            return model(batch).float().clamp_(0, 1)
         # Geometric self-ensemble (EDSR's "+"): the mean over the 8 flips/turns of the input,
         # each mapped back. 8x the compute for a steadier estimate of the same network.
         total = torch.zeros(())
@@ -73,7 +102,7 @@ class Enhancer:
             for flip in (False, True):
                 x = batch.rot90(turns, (2, 3))
                 x = x.flip(3) if flip else x
-                y = self.model(x).float()
+                y = model(x).float()
                 y = y.flip(3) if flip else y
                 total = total + y.rot90(-turns, (2, 3))
         return total.div_(8).clamp_(0, 1)
@@ -91,26 +120,29 @@ class Enhancer:
                 pieces.append((tuple(crop.shape[1:]), crop, (y0, y1, x0, x1, y0 - cy0, x0 - cx0)))
         return pieces
 
-    def enhance_many(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """uint8 RGB images (any sizes) -> enhanced uint8 RGB, batching same-shape pieces across images."""
+    def enhance_many(self, images: list[np.ndarray], strengths: list | None = None) -> list[np.ndarray]:
+        """uint8 RGB images (any sizes) -> enhanced uint8 RGB, batching same-shape pieces across images
+        (and same strengths: `strengths[i]` from `strength_for`, None for the model as it is)."""
         scale = self.scale
+        strengths = strengths or [None] * len(images)
         outputs = [np.empty((im.shape[0] * scale, im.shape[1] * scale, 3), np.uint8) for im in images]
         groups: dict = {}
         for index, image in enumerate(images):
             for key, tensor, placement in self._pieces(image):
-                groups.setdefault(key, []).append((index, tensor, placement))
-        for members in groups.values():
+                groups.setdefault((key, strengths[index]), []).append((index, tensor, placement))
+        for (_, strength), members in groups.items():
             for start in range(0, len(members), self.max_batch):
                 chunk = members[start:start + self.max_batch]
-                result = self.forward(torch.stack([m[1] for m in chunk]))
+                result = self.forward(torch.stack([m[1] for m in chunk]), strength)
                 result = (result * 255).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
                 for (index, _, (y0, y1, x0, x1, oy, ox)), out in zip(chunk, result):
                     core = out[oy * scale:(oy + y1 - y0) * scale, ox * scale:(ox + x1 - x0) * scale]
                     outputs[index][y0 * scale:y1 * scale, x0 * scale:x1 * scale] = core
         return [keep_white(image, out, scale) for image, out in zip(images, outputs)]
 
-    def enhance(self, rgb: np.ndarray, alpha: np.ndarray | None = None) -> EnhanceResult:
-        out = self.enhance_many([rgb])[0]
+    def enhance(self, rgb: np.ndarray, alpha: np.ndarray | None = None,
+                jpeg_quality: int | None = None) -> EnhanceResult:
+        out = self.enhance_many([rgb], [self.strength_for(rgb, jpeg_quality)])[0]
         return EnhanceResult(out, upscale_alpha(alpha, self.scale))
 
 

@@ -84,3 +84,14 @@ def load_export(reference: str, build) -> tuple[torch.nn.Module, dict]:
     model = build(config)
     load_weights_bytes(model, storage.get_bytes(weights_uri))
     return model.eval(), config
+
+
+def shipped_name_of(model_id: str) -> str | None:
+    """The shipped model folder whose config has `model_id`, or None."""
+    if not model_id or not SHIPPED_DIR.is_dir():
+        return None
+    for folder in sorted(SHIPPED_DIR.iterdir()):
+        config = folder / "config.json"
+        if config.is_file() and json.loads(config.read_text()).get("model_id") == model_id:
+            return folder.name
+    return None

@@ -54,6 +54,7 @@ class DecodedImage:
     mode: str  # original PIL mode, e.g. "CMYK", "I;16"
     icc_profile: bytes | None  # only kept when it describes RGB data
     dpi: tuple | None
+    jpeg_quality: int | None = None  # estimated IJG quality (1-100) of a JPEG source, else None
 
     @property
     def width(self) -> int:
@@ -168,6 +169,7 @@ def decode_image(
         mode = im.mode
         icc = im.info.get("icc_profile") or None
         dpi = im.info.get("dpi")
+        quality = estimate_jpeg_quality(getattr(im, "quantization", None)) if fmt == "JPEG" else None
         im.load()  # the actual (bounded) decode; truncation surfaces here
         try:
             im = ImageOps.exif_transpose(im)
@@ -179,7 +181,31 @@ def decode_image(
     # (ICC header bytes 16..20 hold the data colour space signature.)
     if icc is not None and icc[16:20] != b"RGB ":
         icc = None
-    return DecodedImage(rgb=rgb, alpha=alpha, format=fmt, mode=mode, icc_profile=icc, dpi=plausible_dpi(dpi))
+    return DecodedImage(rgb=rgb, alpha=alpha, format=fmt, mode=mode, icc_profile=icc, dpi=plausible_dpi(dpi),
+                        jpeg_quality=quality)
+
+
+# The IJG (libjpeg) base luminance table, row-major (the order Pillow reports tables in).
+_IJG_LUMINANCE = np.array([
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], np.float64)
+
+
+def estimate_jpeg_quality(tables) -> int | None:
+    """IJG quality whose scaled base luminance table is nearest the image's table 0 (log error),
+    or None without a table. Encoders with their own tables get the nearest IJG equivalent."""
+    if not tables or 0 not in tables or len(tables[0]) != 64:
+        return None
+    table = np.asarray(tables[0], np.float64)
+    best, best_error = None, float("inf")
+    for quality in range(1, 101):
+        scale = 5000 / quality if quality < 50 else 200 - 2 * quality
+        candidate = np.clip(np.floor((_IJG_LUMINANCE * scale + 50) / 100), 1, 255)
+        error = float(np.abs(np.log(candidate) - np.log(np.maximum(table, 1))).sum())
+        if error < best_error:
+            best, best_error = quality, error
+    return best
 
 
 def read_image_size(

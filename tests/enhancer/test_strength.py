@@ -1,0 +1,96 @@
+"""Restoration strength: weight interpolation towards the clean partner, and `auto` from the JPEG
+quality and the noise in the pixels."""
+
+import numpy as np
+import pytest
+import torch
+
+from prodray.enhancer.inference import Enhancer
+from prodray.enhancer.model import build_enhancer
+from prodray.enhancer.strength import auto_strength, estimate_noise, parse_strength
+from prodray.io.artifacts import export_model
+from prodray.io.codec import decode_image, encode_image
+
+CONFIG = {"arch": "rpsnet", "scale": 2, "channels": 8, "blocks": 1, "kind": "enhancer"}
+
+
+def random_network(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = build_enhancer(CONFIG)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return model.eval()
+
+
+def smooth_image(size: int = 64) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size]
+    return np.stack([60 + 2 * yy, 100 + xx, 180 - yy], axis=2).clip(0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("value, expected", [("auto", "auto"), (None, None), ("0", 0.0), (0.5, 0.5), ("1", 1.0)])
+def test_strength_values(value, expected):
+    assert parse_strength(value) == expected
+
+
+@pytest.mark.parametrize("value", ["-0.1", "1.5", "nan", "strong", ""])
+def test_bad_strength_is_refused_with_the_reason(value):
+    with pytest.raises(ValueError, match="strength"):
+        parse_strength(value)
+
+
+def test_strength_interpolates_between_the_clean_and_the_restoration_model():
+    clean, restore = random_network(0), random_network(1)
+    image = smooth_image(24)
+    enhancer = Enhancer(restore, {**CONFIG, "model_id": "restore-test"}, clean_model=clean, precision="fp32")
+    plain_clean = Enhancer(random_network(0), CONFIG, precision="fp32").enhance_many([image])[0]
+    plain_restore = Enhancer(random_network(1), CONFIG, precision="fp32").enhance_many([image])[0]
+    at = {s: enhancer.enhance_many([image], [s])[0] for s in (0.0, 0.5, 1.0)}
+    assert np.array_equal(at[0.0], plain_clean)
+    assert np.array_equal(at[1.0], plain_restore)
+    assert not np.array_equal(at[0.5], at[0.0]) and not np.array_equal(at[0.5], at[1.0])
+    # The half-way weights are the mean of the two sets.
+    half = enhancer.strengths.at(0.5).state_dict()
+    for name, value in clean.state_dict().items():
+        assert torch.allclose(half[name], (value + restore.state_dict()[name]) / 2, atol=1e-6), name
+    # Mixed strengths in one call give what each image gets on its own.
+    mixed = enhancer.enhance_many([image, image, image], [0.0, 1.0, 0.5])
+    assert [np.array_equal(m, at[s]) for m, s in zip(mixed, (0.0, 1.0, 0.5))] == [True, True, True]
+
+
+def test_strength_on_a_model_without_a_clean_partner_is_refused():
+    with pytest.raises(ValueError, match="restoration"):
+        Enhancer(random_network(0), CONFIG, strength=0.5)
+    assert Enhancer(random_network(0), CONFIG).strength_for(smooth_image()) is None
+
+
+def test_a_restoration_export_finds_its_shipped_clean_partner(tmp_path):
+    """An export trained from enhancer-x2 (init_model_id) runs at strength 0 as enhancer-x2 does."""
+    shipped = Enhancer.load("enhancer-x2", precision="fp32")
+    export = str(tmp_path / "restore")
+    export_model(export, "enhancer", shipped.model, {**shipped.config, "model_id": "restore-copy",
+                                                     "init_model_id": shipped.model_id})
+    restore = Enhancer.load(export, precision="fp32", strength=0.0)
+    assert restore.restores and restore.strength_for(smooth_image()) == 0.0
+    image = smooth_image(32)
+    assert np.array_equal(restore.enhance(image).rgb, shipped.enhance(image).rgb)
+
+
+@pytest.mark.parametrize("sigma", [3.0, 6.0, 12.0])
+def test_noise_estimate_reads_the_added_noise(sigma):
+    rng = np.random.default_rng(int(sigma))
+    noisy = (smooth_image(128) + rng.normal(0, sigma, (128, 128, 3))).round().clip(0, 255).astype(np.uint8)
+    assert estimate_noise(smooth_image(128)) < 1.0
+    assert 0.6 * sigma <= estimate_noise(noisy) <= 1.4 * sigma
+
+
+def test_auto_strength_follows_the_jpeg_quality_and_the_noise():
+    image = smooth_image(128)
+    quality_of = {q: decode_image(encode_image(image, fmt="jpeg", quality=q)).jpeg_quality for q in (30, 60, 80, 95)}
+    assert quality_of == {30: 30, 60: 60, 80: 80, 95: 95}
+    assert auto_strength(image, None) == 0.0
+    assert auto_strength(image, 95) == 0.0
+    assert auto_strength(image, 30) == auto_strength(image, 60) == 1.0
+    assert 0.0 < auto_strength(image, 80) < 1.0
+    noisy = (image + np.random.default_rng(0).normal(0, 10, image.shape)).round().clip(0, 255).astype(np.uint8)
+    assert auto_strength(noisy, None) == 1.0
