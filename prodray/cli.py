@@ -70,15 +70,31 @@ def cmd_catalog_sample(args) -> None:
     catalog.sample_catalog(args.dest, fashion_count=args.fashion_mnist)
 
 
-def _upscalers(model_ref: str, scale: int, device: str, self_ensemble: bool = False, precision: str = "auto"):
+def _upscalers(model_ref: str, scale: int, device: str, self_ensemble: bool = False, precision: str = "auto",
+               strength=None):
     from prodray.enhancer.evaluation import bicubic_upscale, unsharp_mask
     from prodray.enhancer.inference import Enhancer
     enhancer = Enhancer.load(model_ref or f"enhancer-x{scale}", device=device, self_ensemble=self_ensemble,
-                             precision=precision)
+                             precision=precision, strength=strength)
     if enhancer.scale != scale:
         raise ValueError(f"model {enhancer.model_id} is x{enhancer.scale}, but --scale is {scale}")
-    return enhancer, {"model": lambda lr, s: enhancer.enhance(lr).rgb, "bicubic": bicubic_upscale,
+
+    def model(lr, s, jpeg_quality=None):
+        return enhancer.enhance(lr, jpeg_quality=jpeg_quality).rgb
+    return enhancer, {"model": model, "bicubic": bicubic_upscale,
                       "bicubic+unsharp": lambda lr, s: unsharp_mask(bicubic_upscale(lr, s))}
+
+
+STRENGTH_HELP = ("restoration models: 0 (the clean model) to 1 (full restoration), or auto (per image, from its "
+                 "JPEG quality and noise); default: 1")
+
+
+def _strength(value: str):
+    from prodray.enhancer.strength import parse_strength
+    try:
+        return parse_strength(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_eval_sr(args) -> None:
@@ -100,17 +116,19 @@ def cmd_eval_sr(args) -> None:
 
 def cmd_eval_catalog(args) -> None:
     from prodray.enhancer.evaluation import evaluate_catalog, evaluate_suite
-    enhancer, upscalers = _upscalers(args.model, args.scale, args.device, args.self_ensemble, args.precision)
+    enhancer, upscalers = _upscalers(args.model, args.scale, args.device, args.self_ensemble, args.precision,
+                                     args.strength)
     if args.suite:
         upscalers["unsharp"] = upscalers.pop("bicubic+unsharp")
         if args.compare:
             compared, compare_upscalers = _upscalers(args.compare, args.scale, args.device, args.self_ensemble,
-                                                     args.precision)
+                                                     args.precision, args.compare_strength)
             upscalers["compare"] = compare_upscalers["model"]
         result = evaluate_suite(args.data, args.scale, upscalers, args.suite, seed=args.seed, limit=args.limit,
                                 log=lambda msg: print(msg, file=sys.stderr, flush=True))
         if args.compare:
             result["compare_id"] = compared.model_id
+        result["strength"] = enhancer.strength if enhancer.restores else None
     else:
         result = evaluate_catalog(args.data, args.scale, upscalers, seed=args.seed, limit=args.limit)
     result["model_id"] = enhancer.model_id
@@ -262,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
                               help="score every damage of the suite (clean, jpeg30/50/75, noise5/10, blur1.0/1.5, "
                                    "chain) instead of the single noise + JPEG q75 damage")
     catalog_eval.add_argument("--compare", metavar="NAME", help="with --suite: a second model scored as `compare`")
+    catalog_eval.add_argument("--strength", type=_strength, help=STRENGTH_HELP)
+    catalog_eval.add_argument("--compare-strength", type=_strength, help="--strength for the --compare model")
     sr.set_defaults(func=cmd_eval_sr)
     catalog_eval.set_defaults(func=cmd_eval_catalog)
     gan_eval = evaluate.add_parser("gan", help="GAN: FID/KID against a real-data floor, CAS, attribute accuracy")

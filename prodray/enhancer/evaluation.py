@@ -4,6 +4,7 @@ Pure functions over uint8 images and an `upscale(rgb_uint8, scale) -> rgb_uint8`
 they run the same for the shipped model, an exported one, or a baseline.
 """
 
+import inspect
 import math
 from pathlib import Path
 
@@ -114,30 +115,34 @@ def evaluate_catalog(folder, scale: int, upscalers: dict, seed: int = 0, limit: 
 
 # ---------------------------------------------------------------- the catalog damage suite
 
+# A damage: (uint8 image, rng) -> (damaged image, JPEG quality its file would carry, or None).
+
 def _jpeg(quality: int):
-    def damage(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return decode_image(encode_image(image, fmt="jpeg", quality=quality)).rgb
+    def damage(image: np.ndarray, rng: np.random.Generator):
+        decoded = decode_image(encode_image(image, fmt="jpeg", quality=quality))
+        return decoded.rgb, decoded.jpeg_quality
     return damage
 
 
 def _noise(sigma: float):
-    def damage(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def damage(image: np.ndarray, rng: np.random.Generator):
         noisy = image.astype(np.float64) + rng.normal(0.0, sigma, image.shape)
-        return noisy.round().clip(0, 255).astype(np.uint8)
+        return noisy.round().clip(0, 255).astype(np.uint8), None
     return damage
 
 
 def _blur(sigma: float):
-    def damage(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return gaussian_blur(image, sigma)
+    def damage(image: np.ndarray, rng: np.random.Generator):
+        return gaussian_blur(image, sigma), None
     return damage
 
 
 def _chain(*damages):
-    def damage(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def damage(image: np.ndarray, rng: np.random.Generator):
+        quality = None
         for step in damages:
-            image = step(image, rng)
-        return image
+            image, quality = step(image, rng)
+        return image, quality
     return damage
 
 
@@ -194,22 +199,33 @@ class _Tally:
                 "false_white": round(self.false_white / self.other, 6) if self.other else None}
 
 
+def _accepts_quality(upscale) -> bool:
+    try:
+        return "jpeg_quality" in inspect.signature(upscale).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def evaluate_suite(folder, scale: int, upscalers: dict, suite: str = "standard", seed: int = 0,
-                   limit: int = 50, log=None) -> dict:
+                   limit: int = 50, log=None, only: list[str] | None = None) -> dict:
     """Every image of `folder`, downscaled by `scale` (MATLAB bicubic), then damaged each way of the
-    suite (seeded per image and damage), restored by each upscaler and scored against the original:
-    PSNR-Y / SSIM-Y (`scale` pixels shaved), mean CIEDE2000, and the pure-white pixels kept / made."""
-    damages = SUITES[suite]
+    suite (seeded per image and damage; `only` some of them), restored by each upscaler and scored
+    against the original: PSNR-Y / SSIM-Y (`scale` pixels shaved), mean CIEDE2000, and the pure-white
+    pixels kept / made. An upscaler with a `jpeg_quality` parameter is told the damaged file's quality."""
+    damages = {name: SUITES[suite][name] for name in (only or SUITES[suite])}
+    informed = {name for name, upscale in upscalers.items() if _accepts_quality(upscale)}
     paths = list_images(folder)[:limit]
     tallies = {damage: {name: _Tally() for name in upscalers} for damage in damages}
     for index, path in enumerate(paths):
         hr = decode_image(path.read_bytes()).rgb
         hr = hr[:hr.shape[0] - hr.shape[0] % scale, :hr.shape[1] - hr.shape[1] % scale]
         clean = imresize_uint8(hr, 1.0 / scale) if scale > 1 else hr
-        for number, (damage, apply) in enumerate(damages.items()):
-            lr = apply(clean, np.random.default_rng([seed, index, number]))
+        for damage, apply in damages.items():
+            number = list(SUITES[suite]).index(damage)
+            lr, quality = apply(clean, np.random.default_rng([seed, index, number]))
             for name, upscale in upscalers.items():
-                tallies[damage][name].add(upscale(lr, scale), hr, shave=scale)
+                out = upscale(lr, scale, jpeg_quality=quality) if name in informed else upscale(lr, scale)
+                tallies[damage][name].add(out, hr, shave=scale)
         if log:
             log(f"{index + 1}/{len(paths)} images scored")
     return {"images": len(paths), "scale": scale, "suite_name": suite, "seed": seed,

@@ -114,3 +114,16 @@ def test_eval_suite_is_seeded(photos):
     other = evaluate_suite(photos, 2, upscalers, limit=2, seed=4)
     assert other["suite"]["noise5"] != first["suite"]["noise5"]
     assert other["suite"]["jpeg50"] == first["suite"]["jpeg50"]  # no randomness in a JPEG round-trip
+
+
+def test_eval_suite_tells_quality_aware_upscalers_the_file_quality(photos):
+    """What `--strength auto` reads: the JPEG quality of the damaged file (the last save), else None."""
+    from prodray.enhancer.evaluation import bicubic_upscale, evaluate_suite
+    seen = {}
+
+    def informed(lr, scale, jpeg_quality=None):
+        seen.setdefault(jpeg_quality, 0)
+        seen[jpeg_quality] += 1
+        return bicubic_upscale(lr, scale)
+    evaluate_suite(photos, 2, {"informed": informed}, limit=1)
+    assert seen == {None: 5, 30: 1, 50: 1, 75: 1, 85: 1}
