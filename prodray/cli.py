@@ -90,7 +90,7 @@ STRENGTH_HELP = ("restoration models: 0 (the clean model) to 1 (full restoration
 
 
 def _strength(value: str):
-    from prodray.enhancer.strength import parse_strength
+    from prodray.config import parse_strength
     try:
         return parse_strength(value)
     except ValueError as exc:

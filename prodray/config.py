@@ -4,6 +4,7 @@ Configs are plain data (pickled into Ray workers). A bad config fails here, befo
 starts, with the offending field named.
 """
 
+import math
 import typing
 from pathlib import Path
 from typing import Annotated, Literal, Optional
@@ -16,6 +17,19 @@ from prodray.io.codec import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 # Inference and training precision; prodray/precision.py resolves "auto" for the device.
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PRECISIONS = typing.get_args(Precision)
+
+
+def parse_strength(value) -> float | str | None:
+    """'auto', a number in [0, 1] (as text or float), or None; anything else is a ValueError."""
+    if value is None or value == "auto":
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"strength must be a number in [0, 1] or 'auto', got {value!r}") from None
+    if not 0.0 <= number <= 1.0 or math.isnan(number):
+        raise ValueError(f"strength must be in [0, 1] or 'auto', got {value!r}")
+    return number
 
 
 class Strict(BaseModel):
@@ -345,6 +359,11 @@ def _checked_uri(uri: str) -> str:
     return uri
 
 
+# A result's RGB and its float copies in the model dominate an actor's memory: 160 MP is ~0.5 GB
+# of uint8 RGB (a 40 MP input at x2, 10 MP at x4).
+BULK_MAX_OUTPUT_PIXELS = 160_000_000
+
+
 class BulkConfig(Strict):
     """One bulk enhancement run (jobs/enhance_catalog.py, `prodray enhance`): input, output, model,
     encoding, marketplace constraints and the enhancer actor pool."""
@@ -359,6 +378,8 @@ class BulkConfig(Strict):
     max_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1, description="inputs larger than this are rejected unread")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1,
                             description="inputs with more pixels (read from the header) are rejected undecoded")
+    max_output_pixels: int = Field(BULK_MAX_OUTPUT_PIXELS, ge=1, description="inputs whose result would have more "
+                                   "pixels (input x scale^2) are rejected undecoded")
     batch_size: int = Field(8, ge=1, description="images per enhancer call")
     actors: int = Field(1, ge=1, description="enhancer actors (model replicas)")
     actor_cpus: float = Field(1.0, ge=0, description="CPUs reserved per enhancer actor; "
@@ -377,6 +398,8 @@ class BulkConfig(Strict):
     pad_square: bool = Field(False, description="marketplace: centre outputs on a pure-white square")
     max_output_bytes: Optional[int] = Field(None, ge=1, description="marketplace: lower JPEG/WebP quality in "
                                             "steps until outputs fit (PNG: reject)")
+    strength: Optional[str] = Field(None, description="restoration models: 0 (the clean model) to 1 (full "
+                                    "restoration), or auto (per image, from its JPEG quality and noise); default 1")
     self_ensemble: bool = Field(False, description="average the model over the 8 flips/turns of each image: "
                                 "8x the compute, slightly sharper (results get their own keys)")
     precision: Precision = Field(
@@ -395,8 +418,15 @@ class BulkConfig(Strict):
             raise ValueError("output must differ from input")
         return output
 
+    @field_validator("strength")
+    @classmethod
+    def _strength(cls, strength: Optional[str]) -> Optional[str]:
+        parsed = parse_strength(strength)
+        return None if parsed is None else str(parsed)  # "auto" or "0.5": the form the output key carries
+
 
 SERVE_MAX_BYTES = 20 * 2**20
+SERVE_MAX_OUTPUT_PIXELS = 64_000_000
 # A 2x result of 16 MP is 64 MP (192 MB of RGB): the biggest we accept per request.
 SERVE_MAX_PIXELS = 4096 * 4096
 NO_GENERATOR = "none"
@@ -456,6 +486,8 @@ class ServeConfig(Strict):
         "with bf16, fp16 on other GPUs, fp32 otherwise)")
     max_bytes: int = Field(SERVE_MAX_BYTES, ge=1, description="upload size limit, enforced while reading")
     max_pixels: int = Field(SERVE_MAX_PIXELS, ge=1, description="pixel limit of an upload, checked on its header")
+    max_output_pixels: int = Field(SERVE_MAX_OUTPUT_PIXELS, ge=1, description="pixel limit of a result "
+                                   "(upload x scale^2), checked before the model runs")
     ingress_replicas: IngressReplicaConfig = IngressReplicaConfig()
     enhancer_replicas: ModelReplicaConfig = ModelReplicaConfig()
     generator_replicas: GeneratorReplicaConfig = GeneratorReplicaConfig()

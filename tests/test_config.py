@@ -37,16 +37,19 @@ def test_shipped_configs_load():
     folder = Path(prodray.__file__).parent / "configs"
     from prodray.config import load_train_config
 
-    for path in sorted(folder.glob("enhancer*.yaml")):
+    enhancer_configs = sorted([*folder.glob("enhancer*.yaml"), *folder.glob("restore*.yaml")])
+    for path in enhancer_configs:
         cfg = load_train_config(path)  # every shipped config names its kind
         assert cfg.kind == ("enhancer-adversarial" if "adversarial" in path.name else "enhancer"), path.name
         assert cfg.data.patch_size % cfg.model.scale == 0, path.name
+        if path.name.startswith("restore"):  # a restoration model: from a clean one, on damaged inputs
+            assert cfg.init_from and cfg.degradation.jpeg_prob > 0, path.name
     gan_configs = sorted(folder.glob("gan_*.yaml"))
     assert gan_configs
     for path in gan_configs:
         cfg = load_train_config(path)
         assert cfg.kind == "gan" and cfg.data.batch_size >= 2, path.name
-    assert {p.name for p in folder.glob("*.yaml")} == {p.name for p in [*folder.glob("enhancer*.yaml"), *gan_configs]}
+    assert {p.name for p in folder.glob("*.yaml")} == {p.name for p in [*enhancer_configs, *gan_configs]}
 
 
 def test_unknown_field_is_named():
@@ -108,7 +111,8 @@ def test_bulk_defaults_are_the_jobs():
         **BULK, "model": None, "scale": 2, "format": "png", "quality": 90, "max_bytes": DEFAULT_MAX_BYTES,
         "max_pixels": DEFAULT_MAX_PIXELS, "batch_size": 8, "actors": 1, "actor_cpus": 1.0, "actor_gpus": None,
         "actor_memory_gib": 2.0, "max_error_fraction": None, "progress_every_s": 10.0, "min_longest_side": None,
-        "pad_square": False, "max_output_bytes": None, "self_ensemble": False, "precision": "auto"}
+        "pad_square": False, "max_output_bytes": None, "self_ensemble": False, "precision": "auto",
+        "max_output_pixels": 160_000_000, "strength": None}
 
 
 @pytest.mark.parametrize("update,field", [

@@ -50,6 +50,8 @@ def output_key(input_key: str, model_id: str, config: BulkConfig) -> str:
         params += f"-max{config.max_output_bytes}b"
     if config.self_ensemble:
         params += "-ens8"
+    if config.strength is not None:
+        params += f"-s{config.strength}"
     stem = str(PurePosixPath(input_key).with_suffix(""))
     return f"{model_id}/{params}/{stem}.{EXTENSIONS[config.format]}"
 

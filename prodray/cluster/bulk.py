@@ -37,10 +37,15 @@ log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- stage 1: fetch + decode (tasks)
 
-def fetch_and_decode(batch: dict, max_bytes: int, max_pixels: int) -> dict:
-    """Per row: get bytes, decode with limits. Failures become rows with a status, not exceptions."""
+def fetch_and_decode(batch: dict, max_bytes: int, max_pixels: int, max_output_pixels: int | None = None,
+                     scale: int = 1) -> dict:
+    """Per row: get bytes, decode with limits (inputs whose x`scale` result would pass
+    `max_output_pixels` are refused on their header, like too many input pixels). Failures become
+    rows with a status, not exceptions."""
+    output_bound = max_output_pixels // scale**2 if max_output_pixels else max_pixels
+    pixel_cap = min(max_pixels, output_bound)
     rows = {k: [] for k in ("input_uri", "input_key", "input_etag", "input_size", "status", "reason",
-                            "pixels", "alpha", "height", "width", "icc", "dpi", "decode_ms")}
+                            "pixels", "alpha", "height", "width", "icc", "dpi", "jpeg_quality", "decode_ms")}
     for uri, key, etag, size in zip(batch["uri"], batch["key"], batch["etag"], batch["size"]):
         started = time.perf_counter()
         status, reason, decoded = "pending", "", None
@@ -48,9 +53,12 @@ def fetch_and_decode(batch: dict, max_bytes: int, max_pixels: int) -> dict:
             check_key(str(key))  # before any read: a `..` key must not reach outside the input root
             if int(size) > max_bytes:
                 raise ImageRejected("too_many_bytes", f"{size} bytes > limit {max_bytes}")
-            decoded = decode_image(storage.get_bytes(str(uri)), max_bytes=max_bytes, max_pixels=max_pixels)
+            decoded = decode_image(storage.get_bytes(str(uri)), max_bytes=max_bytes, max_pixels=pixel_cap)
         except ImageRejected as exc:
             status, reason = "rejected", f"{exc.reason}: {exc}"[:300]
+            if exc.reason == "too_many_pixels" and pixel_cap < max_pixels:
+                reason = (f"too_many_output_pixels: the x{scale} result would pass the {max_output_pixels} pixel "
+                          f"limit ({exc})")[:300]
         except UnsafeKey as exc:
             status, reason = "rejected", f"unsafe_key: {exc}"[:300]
         except Exception as exc:  # noqa: BLE001 - recorded in the manifest, the job goes on
@@ -67,6 +75,7 @@ def fetch_and_decode(batch: dict, max_bytes: int, max_pixels: int) -> dict:
         rows["width"].append(decoded.width if decoded else 0)
         rows["icc"].append((decoded.icc_profile or b"") if decoded is not None else b"")
         rows["dpi"].append(json.dumps(list(decoded.dpi)) if decoded is not None and decoded.dpi else "")
+        rows["jpeg_quality"].append(decoded.jpeg_quality or 0 if decoded is not None else 0)  # 0: not a JPEG
         rows["decode_ms"].append((time.perf_counter() - started) * 1000)
     return rows
 
@@ -75,7 +84,8 @@ def fetch_and_decode(batch: dict, max_bytes: int, max_pixels: int) -> dict:
 
 class EnhanceWriter:
     """Actor: loads the model once; enhances a batch (same-shape pieces batched), encodes, writes
-    create-only, and returns manifest rows."""
+    create-only, and returns manifest rows. Every per-image stage runs in that image's guard: a
+    batch whose forward pass fails is retried image by image, so only the failing image fails."""
 
     def __init__(self, model_ref: str, config: BulkConfig):
         import torch
@@ -84,7 +94,8 @@ class EnhanceWriter:
         # Ray sets CUDA_VISIBLE_DEVICES to the actor's GPU, so "cuda" is that one.
         device = "cuda" if config.actor_gpus and torch.cuda.is_available() else "cpu"
         self.enhancer = Enhancer.load(model_ref, device=device, max_batch=config.batch_size,
-                                      self_ensemble=config.self_ensemble, precision=config.precision)
+                                      self_ensemble=config.self_ensemble, precision=config.precision,
+                                      strength=config.strength)
         self.config = config
 
     def __call__(self, batch: dict) -> dict:
@@ -92,7 +103,7 @@ class EnhanceWriter:
         count = len(batch["input_key"])
         out = {"output_key": [""] * count, "result_key": [""] * count, "width_out": [0] * count,
                "height_out": [0] * count, "enhance_ms": [0.0] * count, "encode_ms": [0.0] * count,
-               "model_id": [enhancer.model_id] * count}
+               "model_id": [enhancer.model_id] * count, "strength": [float("nan")] * count}
         status, reason = list(batch["status"]), list(batch["reason"])
         todo = []
         for i in range(count):
@@ -108,54 +119,82 @@ class EnhanceWriter:
                 status[i], reason[i] = "skipped", "output exists"  # resumed after a crash
                 continue
             todo.append(i)
-        shapes = [(int(batch["height"][i]), int(batch["width"][i]), 3) for i in todo]
-        images = [np.frombuffer(batch["pixels"][i], np.uint8).reshape(shape) for i, shape in zip(todo, shapes)]
+        images = [np.frombuffer(batch["pixels"][i], np.uint8).reshape(int(batch["height"][i]),
+                                                                      int(batch["width"][i]), 3) for i in todo]
+        strengths = [enhancer.strength_for(image, int(batch["jpeg_quality"][i]) or None)
+                     for i, image in zip(todo, images)]
         started = time.perf_counter()
-        try:
-            results = enhancer.enhance_many(images) if images else []
-        except Exception as exc:  # noqa: BLE001 - e.g. out of memory on one huge batch: record, go on
-            results = [None] * len(images)
-            for i in todo:
-                status[i], reason[i] = "error", f"enhance failed: {type(exc).__name__}: {exc}"[:300]
+        results = self._enhance(images, strengths)
         per_image_ms = (time.perf_counter() - started) * 1000 / max(len(images), 1)
-        for i, result in zip(todo, results):
-            if result is None:
-                continue
+        for i, (result, failure), strength in zip(todo, results, strengths):
             out["enhance_ms"][i] = per_image_ms
-            height, width = int(batch["height"][i]), int(batch["width"][i])
-            alpha = None
-            if len(batch["alpha"][i]):
-                from prodray.enhancer.inference import upscale_alpha
-                alpha = upscale_alpha(np.frombuffer(batch["alpha"][i], np.uint8).reshape(height, width), enhancer.scale)
+            if strength is not None:
+                out["strength"][i] = strength
+            if result is None:
+                status[i], reason[i] = "error", failure
+                out["output_key"][i] = ""
+                continue
             started = time.perf_counter()
             try:
-                dpi = tuple(json.loads(batch["dpi"][i])) if batch["dpi"][i] else None
-                data, note, shape = encode_for_marketplace(result, alpha, config, dpi=dpi,
-                                                           icc_profile=bytes(batch["icc"][i]) or None)
-                written = storage.put_if_absent(storage.join(config.output, out["output_key"][i]), data)
-                status[i], reason[i] = ("ok", note) if written else ("skipped", "output exists")
+                status[i], reason[i], shape = self._encode_and_write(batch, i, result, out["output_key"][i])
                 out["height_out"][i], out["width_out"][i] = shape
             except ConstraintFailed as exc:
                 status[i], reason[i] = "rejected", str(exc)[:300]
                 out["output_key"][i] = ""  # nothing written
-            except Exception as exc:  # noqa: BLE001
-                status[i], reason[i] = "error", storage.redact(f"write failed: {type(exc).__name__}: {exc}")[:300]
+            except Exception as exc:  # noqa: BLE001 - recorded in the manifest, the job goes on
+                status[i], reason[i] = "error", storage.redact(f"{type(exc).__name__}: {exc}")[:300]
+                out["output_key"][i] = ""
             out["encode_ms"][i] = (time.perf_counter() - started) * 1000
         return {"input_key": list(batch["input_key"]), "input_etag": list(batch["input_etag"]),
                 "input_size": list(batch["input_size"]), "status": status, "reason": reason,
                 "width_in": list(batch["width"]), "height_in": list(batch["height"]),
                 "decode_ms": list(batch["decode_ms"]), **out}
 
+    def _enhance(self, images: list, strengths: list) -> list[tuple]:
+        """-> [(result or None, failure reason)]: the batch in one call; if that fails (out of
+        memory, one image the model cannot take), each image alone."""
+        if not images:
+            return []
+        try:
+            return [(result, "") for result in self.enhancer.enhance_many(images, strengths)]
+        except Exception:  # noqa: BLE001 - retried one by one below, where the failure is recorded
+            log.warning("batch of %d failed in the model; retrying each image alone", len(images))
+        results = []
+        for image, strength in zip(images, strengths):
+            try:
+                results.append((self.enhancer.enhance_many([image], [strength])[0], ""))
+            except Exception as exc:  # noqa: BLE001
+                results.append((None, f"enhance failed: {type(exc).__name__}: {exc}"[:300]))
+        return results
+
+    def _encode_and_write(self, batch: dict, i: int, result: np.ndarray, key: str) -> tuple[str, str, tuple]:
+        """Alpha, marketplace encoding and the create-only write of row i -> (status, reason, shape)."""
+        from prodray.enhancer.inference import upscale_alpha
+        config = self.config
+        alpha = None
+        if len(batch["alpha"][i]):
+            height, width = int(batch["height"][i]), int(batch["width"][i])
+            alpha = upscale_alpha(np.frombuffer(batch["alpha"][i], np.uint8).reshape(height, width),
+                                  self.enhancer.scale)
+        dpi = tuple(json.loads(batch["dpi"][i])) if batch["dpi"][i] else None
+        data, note, shape = encode_for_marketplace(result, alpha, config, dpi=dpi,
+                                                   icc_profile=bytes(batch["icc"][i]) or None)
+        written = storage.put_if_absent(storage.join(config.output, key), data)
+        return ("ok", note, shape) if written else ("skipped", "output exists", shape)
+
 
 # ---------------------------------------------------------------- driver
 
 def resolve_model(config: BulkConfig) -> tuple[str, dict]:
-    from prodray.io.artifacts import resolve_export
+    from prodray.io.artifacts import resolve_export, shipped_name_of
     reference = config.model or f"enhancer-x{config.scale}"
     _, config_uri = resolve_export(reference)
     exported = json.loads(storage.get_bytes(config_uri))
     if int(exported["scale"]) != config.scale:
         raise ValueError(f"model {exported.get('model_id')} is x{exported['scale']}, but --scale is {config.scale}")
+    if config.strength is not None and not shipped_name_of(exported.get("init_model_id")):
+        raise ValueError(f"--strength {config.strength}: model {exported.get('model_id')} is not a restoration "
+                         "model with a shipped clean partner")
     return reference, exported
 
 
@@ -229,7 +268,8 @@ def _run_listed(config: BulkConfig, model_ref: str, model_id: str, run_id: str, 
     # Small blocks, so decode tasks spread over the cluster instead of one per listing shard.
     dataset = ray.data.read_parquet(path, filesystem=filesystem).repartition(target_num_rows_per_block=16)
     dataset = dataset.map_batches(fetch_and_decode, batch_size=16, num_cpus=0.25,
-                                  fn_kwargs={"max_bytes": config.max_bytes, "max_pixels": config.max_pixels})
+                                  fn_kwargs={"max_bytes": config.max_bytes, "max_pixels": config.max_pixels,
+                                             "max_output_pixels": config.max_output_pixels, "scale": config.scale})
     dataset = dataset.map_batches(EnhanceWriter, fn_constructor_args=(model_ref, config),
                                   batch_size=config.batch_size, num_cpus=config.actor_cpus,
                                   num_gpus=config.actor_gpus or None,

@@ -183,3 +183,12 @@ def encode_generated(images, seed: int) -> bytes:
 def timing_headers(**spans: tuple[float, float]) -> dict:
     """x-<name>-ms for each (start, end) of time.perf_counter()."""
     return {f"x-{name}-ms": f"{(end - start) * 1000:.1f}" for name, (start, end) in spans.items()}
+
+
+def parse_strength_parameter(value: str | None):
+    """The `strength` query parameter, parsed, or a 422 naming it."""
+    from prodray.config import parse_strength
+    try:
+        return parse_strength(value)
+    except ValueError as exc:
+        raise Refused(422, "invalid_parameter", str(exc), field="strength") from None

@@ -26,6 +26,7 @@ from prodray.cluster import http
 from prodray.cluster.serve_models import EnhancerDeployment, GeneratorDeployment
 from prodray.config import (
     SERVE_MAX_BYTES,
+    SERVE_MAX_OUTPUT_PIXELS,
     SERVE_MAX_PIXELS,
     ModelReplicaConfig,
     OutputFormat,
@@ -75,9 +76,11 @@ class Ingress:
     raised as http.Refused and answered as JSON by the app's handler."""
 
     def __init__(self, enhancer: DeploymentHandle, generator: DeploymentHandle | None = None,
-                 max_bytes: int = SERVE_MAX_BYTES, max_pixels: int = SERVE_MAX_PIXELS):
+                 max_bytes: int = SERVE_MAX_BYTES, max_pixels: int = SERVE_MAX_PIXELS,
+                 max_output_pixels: int = SERVE_MAX_OUTPUT_PIXELS):
         self.enhancer, self.generator = enhancer, generator  # generator None: enhancer-only app
         self.max_bytes, self.max_pixels = int(max_bytes), int(max_pixels)
+        self.max_output_pixels = int(max_output_pixels)
         self.page = (resources.files("prodray") / "web" / "index.html").read_text(encoding="utf-8")
 
     @api.get("/", response_class=HTMLResponse)
@@ -137,20 +140,32 @@ class Ingress:
         fmt: OutputFormat = Query("png", alias="format"),
         quality: int = Query(90, ge=1, le=100),
         scale: int | None = Query(None, ge=1, le=16),
+        strength: str | None = Query(None, max_length=16),
     ):
+        strength = http.parse_strength_parameter(strength)
         data = await http.read_upload(request, self.max_bytes)
         start = time.perf_counter()
         image = await asyncio.to_thread(http.decode_upload, data, self.max_bytes, self.max_pixels)
         decoded = time.perf_counter()
         # x-enhance-ms: batching wait + model + transfer, not decode/encode
-        result = await call(self.enhancer.enhance, image.rgb, image.alpha, scale)
+        result = await call(self.enhancer.enhance, image.rgb, image.alpha, scale, strength, image.jpeg_quality,
+                            self.max_output_pixels)
         enhanced = time.perf_counter()
+        if result.get("rejected") == "too_many_output_pixels":
+            raise http.Refused(413, "too_many_output_pixels", f"the x{result['scale']} result of a {image.width}x"
+                               f"{image.height} upload would pass the {self.max_output_pixels} pixel limit")
+        if result.get("rejected") == "strength_unsupported":
+            raise http.Refused(422, "strength_unsupported", f"model {result['model_id']} is not a restoration "
+                               "model: strength does not apply to it")
         if result.get("rejected"):
             raise http.Refused(422, result["rejected"], f"this endpoint serves scale {result['scale']}")
+        if result.get("failed"):
+            raise http.Refused(500, "enhance_failed", result["failed"])
         http.check_fits_format(*result["rgb"].shape[:2], fmt)
         payload = await asyncio.to_thread(http.encode_enhanced, result, image, fmt, quality)
+        strength_header = {} if result["strength"] is None else {"x-strength": f"{result['strength']:g}"}
         return Response(payload, media_type=content_type(fmt), headers={
-            "x-model-id": result["model_id"], "x-scale": str(result["scale"]),
+            "x-model-id": result["model_id"], "x-scale": str(result["scale"]), **strength_header,
             **http.timing_headers(decode=(start, decoded), enhance=(decoded, enhanced),
                              encode=(enhanced, time.perf_counter()))})
 
@@ -180,7 +195,8 @@ def build_app(config: ServeConfig | None = None) -> Application:
     generator = (_model_deployment(GeneratorDeployment, config.generator, config.generator_replicas, config)
                  if config.serves_generator else None)
     ingress = Ingress.options(**deployment_options(config.ingress_replicas))
-    return ingress.bind(enhancer, generator, max_bytes=config.max_bytes, max_pixels=config.max_pixels)
+    return ingress.bind(enhancer, generator, max_bytes=config.max_bytes, max_pixels=config.max_pixels,
+                        max_output_pixels=config.max_output_pixels)
 
 
 def app_builder(args: dict) -> Application:

@@ -91,30 +91,56 @@ class EnhancerDeployment(SwappableModel):
         await self._ensure_loaded(self._reference)
         return {"id": self._model.model_id, "scale": self._model.scale}
 
-    async def enhance(self, rgb: np.ndarray, alpha: np.ndarray | None = None,
-                      scale: int | None = None) -> dict:
-        """(H, W, 3) uint8 (+ (H, W) alpha) -> {"rgb": (sH, sW, 3), "alpha", "model_id", "scale"}.
+    async def enhance(self, rgb: np.ndarray, alpha: np.ndarray | None = None, scale: int | None = None,
+                      strength=None, jpeg_quality: int | None = None, max_output_pixels: int | None = None) -> dict:
+        """(H, W, 3) uint8 (+ (H, W) alpha) -> {"rgb": (sH, sW, 3), "alpha", "model_id", "scale", "strength"}.
 
-        `scale` (optional) must be the loaded model's; otherwise the answer is
-        {"rejected": "unsupported_scale", "scale": s} and nothing runs."""
+        `scale` (optional) must be the loaded model's, and a `strength` (a number in [0, 1] or
+        "auto", already parsed) needs a restoration model, and the result must stay within
+        `max_output_pixels`; otherwise the answer is
+        {"rejected": reason, ...} and nothing runs. A failure of this image alone in the model
+        is {"failed": message}; the other requests of its batch are answered as usual."""
         if self._model is None:  # only when deployed without any user_config
             await self._ensure_loaded()
-        if scale is not None and scale != self._model.scale:
-            return {"rejected": "unsupported_scale", "scale": self._model.scale}
-        out, enhancer = await self._enhance_batch(rgb)
+        enhancer = self._model
+        if scale is not None and scale != enhancer.scale:
+            return {"rejected": "unsupported_scale", "scale": enhancer.scale}
+        if strength is not None and not enhancer.restores:
+            return {"rejected": "strength_unsupported", "model_id": enhancer.model_id}
+        if max_output_pixels and rgb.shape[0] * rgb.shape[1] * enhancer.scale**2 > max_output_pixels:
+            return {"rejected": "too_many_output_pixels", "scale": enhancer.scale}
+        chosen = enhancer.strength_for(rgb, jpeg_quality, requested=strength)
+        out, enhancer = await self._enhance_batch((rgb, chosen))
+        if isinstance(out, Exception):
+            return {"failed": f"{type(out).__name__}: {out}"[:300], "model_id": enhancer.model_id}
         if alpha is not None:
             from prodray.enhancer.inference import upscale_alpha
             alpha = await asyncio.to_thread(upscale_alpha, alpha, enhancer.scale)
-        return {"rgb": out, "alpha": alpha, "model_id": enhancer.model_id, "scale": enhancer.scale}
+        return {"rgb": out, "alpha": alpha, "model_id": enhancer.model_id, "scale": enhancer.scale,
+                "strength": chosen}
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _enhance_batch(self, images: list[np.ndarray]) -> list[tuple]:
+    async def _enhance_batch(self, requests: list[tuple]) -> list[tuple]:
         # One model for the whole batch, even if a swap lands mid-batch. enhance_many runs
         # same-shape images (and tiles) through the network together; the thread keeps this
         # replica's event loop free to queue the next batch and answer health checks.
         enhancer = self._model
-        outputs = await asyncio.to_thread(enhancer.enhance_many, images)
+        images, strengths = [r[0] for r in requests], [r[1] for r in requests]
+        try:
+            outputs = await asyncio.to_thread(enhancer.enhance_many, images, strengths)
+        except Exception:  # noqa: BLE001 - one request's image must not fail the others: each alone
+            logger.warning("a batch of %d failed in the model; answering each request alone", len(images))
+            outputs = [await asyncio.to_thread(_enhance_one, enhancer, image, strength)
+                       for image, strength in zip(images, strengths)]
         return [(out, enhancer) for out in outputs]
+
+
+def _enhance_one(enhancer, image: np.ndarray, strength):
+    """The enhanced image, or the exception this image alone raised."""
+    try:
+        return enhancer.enhance_many([image], [strength])[0]
+    except Exception as exc:  # noqa: BLE001 - handed back to its own request
+        return exc
 
 
 @serve.deployment(graceful_shutdown_timeout_s=30, backpressure_config=BACKPRESSURE)

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from prodray.config import parse_strength
 from prodray.enhancer.model import build_enhancer
-from prodray.enhancer.strength import StrengthModels, auto_strength, parse_strength, snap
+from prodray.enhancer.strength import StrengthModels, auto_strength, snap
 from prodray.enhancer.white import keep_white
 from prodray.io.artifacts import load_export, shipped_name_of
 from prodray.io.images import from_uint8_hwc, imresize_uint8
@@ -75,13 +76,15 @@ class Enhancer:
     def restores(self) -> bool:
         return self.strengths is not None
 
-    def strength_for(self, rgb: np.ndarray, jpeg_quality: int | None = None) -> float | None:
-        """The strength one image runs at (None: the model as it is)."""
+    def strength_for(self, rgb: np.ndarray, jpeg_quality: int | None = None, requested=None) -> float | None:
+        """The strength one image runs at: `requested` (parsed), else the Enhancer's own setting
+        (None: the model as it is)."""
         if self.strengths is None:
             return None
-        if self.strength == "auto":
+        strength = self.strength if requested is None else requested
+        if strength == "auto":
             return auto_strength(rgb, jpeg_quality)
-        return 1.0 if self.strength is None else snap(self.strength)
+        return 1.0 if strength is None else snap(strength)
 
     @torch.inference_mode()
     def forward(self, batch: torch.Tensor, strength: float | None = None) -> torch.Tensor:
@@ -149,4 +152,4 @@ class Enhancer:
 def upscale_alpha(alpha: np.ndarray | None, scale: int) -> np.ndarray | None:
     if alpha is None or scale == 1:
         return alpha
-    return imresize_uint8(alpha, scale)
+    return imresize_uint8(alpha, scale, dtype=torch.float32)

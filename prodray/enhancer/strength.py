@@ -14,23 +14,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from prodray.config import parse_strength  # noqa: F401 - re-exported; it lives where the ingress can import it without torch
+
 STEP = 0.25  # strengths are rounded to this grid, so `auto` batches share a few weight sets
 # JPEG quality at and below which the full strength helps, and from which none is needed.
 FULL_AT_QUALITY, NONE_FROM_QUALITY = 60, 95
 FULL_AT_NOISE, NONE_BELOW_NOISE = 6.0, 1.5  # estimated noise sigma in grey levels
-
-
-def parse_strength(value) -> float | str | None:
-    """'auto', a number in [0, 1] (as text or float), or None; anything else is a ValueError."""
-    if value is None or value == "auto":
-        return value
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"strength must be a number in [0, 1] or 'auto', got {value!r}") from None
-    if not 0.0 <= number <= 1.0 or math.isnan(number):
-        raise ValueError(f"strength must be in [0, 1] or 'auto', got {value!r}")
-    return number
 
 
 def _ramp(value: float, full_at: float, none_at: float) -> float:

@@ -4,6 +4,7 @@ grids, pad-to-square on white, and the image file suffixes. Pure numpy / torch; 
 """
 
 import math
+from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -33,8 +34,9 @@ def _cubic(x: torch.Tensor) -> torch.Tensor:
     return near + far
 
 
-def _resize_matrix(in_len: int, out_len: int, scale: float, dtype=torch.float64) -> torch.Tensor:
-    """(out_len, in_len) weights reproducing MATLAB imresize(..., 'bicubic') along one axis.
+def _resize_taps(in_len: int, out_len: int, scale: float, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices, weights), both (out_len, taps): the input pixels (0-based) and weights that
+    reproduce MATLAB imresize(..., 'bicubic') along one axis.
 
     Downscaling widens the kernel by 1/scale (antialiasing); borders are mirrored (symmetric).
     """
@@ -53,42 +55,81 @@ def _resize_matrix(in_len: int, out_len: int, scale: float, dtype=torch.float64)
     weights = weights / weights.sum(dim=1, keepdim=True)
     # Symmetric padding: index -1 maps to 0, in_len maps to in_len - 1, and so on.
     mirror = torch.cat([torch.arange(in_len), torch.arange(in_len - 1, -1, -1)])
-    zero_based = mirror[torch.remainder(indices.long() - 1, 2 * in_len)]
+    return mirror[torch.remainder(indices.long() - 1, 2 * in_len)], weights
+
+
+def _resize_matrix(in_len: int, out_len: int, scale: float, dtype=torch.float64) -> torch.Tensor:
+    """(out_len, in_len) dense form of _resize_taps: one matmul per axis, fast for small images."""
+    indices, weights = _resize_taps(in_len, out_len, scale, dtype)
     matrix = torch.zeros(out_len, in_len, dtype=dtype)
-    matrix.scatter_add_(1, zero_based, weights)
+    matrix.scatter_add_(1, indices, weights)
     return matrix
 
 
-_MATRIX_CACHE: dict = {}
+# Dense resize matrices up to this many entries per axis; larger axes use the taps (a few per
+# output pixel), so memory grows with the output, not with input x output.
+DENSE_LIMIT = 2**21
+CACHE_BYTES = 64 * 2**20  # resize weights kept per process (long-lived actors and replicas)
+_CACHE: "OrderedDict[tuple, tuple]" = OrderedDict()
+_cache_bytes = 0
 
 
-def _cached_matrix(in_len, out_len, scale, dtype, device):
-    key = (in_len, out_len, scale, dtype, str(device))
-    if key not in _MATRIX_CACHE:
-        if len(_MATRIX_CACHE) > 256:
-            _MATRIX_CACHE.clear()
-        _MATRIX_CACHE[key] = _resize_matrix(in_len, out_len, scale).to(device=device, dtype=dtype)
-    return _MATRIX_CACHE[key]
+def _cached(kind: str, in_len: int, out_len: int, scale: float, dtype, device):
+    """Resize weights for one axis ('dense' matrix or 'taps'), from a byte-bounded LRU cache."""
+    global _cache_bytes
+    key = (kind, in_len, out_len, scale, dtype, str(device))
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    if kind == "dense":
+        value = (_resize_matrix(in_len, out_len, scale).to(device=device, dtype=dtype),)
+    else:
+        indices, weights = _resize_taps(in_len, out_len, scale)
+        value = (indices.to(device), weights.to(device=device, dtype=dtype))
+    size = sum(t.numel() * t.element_size() for t in value)
+    if size <= CACHE_BYTES:
+        _CACHE[key] = value
+        _cache_bytes += size
+        while _cache_bytes > CACHE_BYTES:
+            _, dropped = _CACHE.popitem(last=False)
+            _cache_bytes -= sum(t.numel() * t.element_size() for t in dropped)
+    return value
+
+
+def cache_bytes() -> int:
+    return _cache_bytes
+
+
+def _resize_axis(images: torch.Tensor, dim: int, out_len: int, scale: float) -> torch.Tensor:
+    in_len = images.shape[dim]
+    if in_len * out_len <= DENSE_LIMIT:
+        (matrix,) = _cached("dense", in_len, out_len, scale, images.dtype, images.device)
+        return torch.movedim(torch.tensordot(torch.movedim(images, dim, -1), matrix, dims=([-1], [1])), -1, dim)
+    indices, weights = _cached("taps", in_len, out_len, scale, images.dtype, images.device)
+    shape = [1] * images.dim()
+    shape[dim] = out_len
+    out = None
+    for tap in range(indices.shape[1]):
+        term = images.index_select(dim, indices[:, tap]) * weights[:, tap].reshape(shape)
+        out = term if out is None else out.add_(term)
+    return out
 
 
 def imresize(images: torch.Tensor, scale: float) -> torch.Tensor:
     """MATLAB `imresize(img, scale, 'bicubic')` on (B, C, H, W) float tensors (no clamping/rounding).
 
-    Output size is ceil(H * scale), ceil(W * scale), as in MATLAB.
+    Output size is ceil(H * scale), ceil(W * scale), as in MATLAB. Separable: rows, then columns.
     """
     _, _, height, width = images.shape
     out_h, out_w = int(math.ceil(height * scale)), int(math.ceil(width * scale))
-    rows = _cached_matrix(height, out_h, scale, images.dtype, images.device)
-    cols = _cached_matrix(width, out_w, scale, images.dtype, images.device)
-    # Resize along the axis with the larger reduction first, as MATLAB does; separable, so
-    # either order agrees up to float rounding.
-    return torch.einsum("oh,bchw,pw->bcop", rows, images, cols)
+    return _resize_axis(_resize_axis(images, 2, out_h, scale), 3, out_w, scale)
 
 
-def imresize_uint8(image: np.ndarray, scale: float) -> np.ndarray:
-    """MATLAB imresize on a uint8 HWC (or HW) array, rounded back to uint8 as MATLAB does."""
+def imresize_uint8(image: np.ndarray, scale: float, dtype=torch.float64) -> np.ndarray:
+    """MATLAB imresize on a uint8 HWC (or HW) array, rounded back to uint8 as MATLAB does.
+    float32 (`dtype`) halves the memory and still rounds to the same uint8 but for rare ties."""
     grey = image.ndim == 2
-    tensor = torch.from_numpy(image.astype(np.float64))
+    tensor = torch.from_numpy(image).to(dtype)
     tensor = tensor[None, None] if grey else tensor.permute(2, 0, 1)[None]
     out = imresize(tensor, scale)[0]
     out = out[0] if grey else out.permute(1, 2, 0)

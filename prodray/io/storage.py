@@ -1,8 +1,17 @@
 """Object storage: `s3://bucket/key` URIs and local paths behind one small API.
 
 Owns filesystems (s3fs for byte I/O, pyarrow for Ray Data), listing, get/put, create-only
-put, and retries with backoff on throttling, 5xx and dropped connections. S3 settings come
-only from the standard AWS_* environment variables; secrets never reach logs or errors.
+put, and retries with backoff on throttling, 5xx and dropped connections. Secrets never reach
+logs or errors.
+
+Settings, all from the environment: AWS_ENDPOINT_URL, AWS_REGION / AWS_DEFAULT_REGION and the
+standard AWS credential variables; and for this module's own S3 calls (s3fs: pyarrow filesystems
+keep the AWS SDK's timeouts and retries):
+- PRODRAY_S3_CONNECT_TIMEOUT (seconds, default 5): time to open a connection to the endpoint.
+- PRODRAY_S3_READ_TIMEOUT (seconds, default 15): time to wait for the endpoint's next bytes.
+  A write also ends once it has taken both timeouts plus its size at WRITE_FLOOR_BYTES_PER_S.
+- PRODRAY_S3_RETRY_DEADLINE (seconds, default 10): no retry starts after this long from the first
+  try, so an operation takes at most the deadline plus one try (bounded by the two timeouts).
 """
 
 import hashlib
@@ -19,6 +28,23 @@ log = logging.getLogger(__name__)
 SUPPORTED_SCHEMES = ("s3", "file", "")
 RETRYABLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
                    "ServiceUnavailable", "503", "500", "502", "504", "RequestTimeTooSkewed"}
+PRECONDITION_CODES = ("PreconditionFailed", "412", "ConditionalRequestConflict")
+
+CONNECT_TIMEOUT_ENV, DEFAULT_CONNECT_TIMEOUT_S = "PRODRAY_S3_CONNECT_TIMEOUT", 5.0
+READ_TIMEOUT_ENV, DEFAULT_READ_TIMEOUT_S = "PRODRAY_S3_READ_TIMEOUT", 15.0
+RETRY_DEADLINE_ENV, DEFAULT_RETRY_DEADLINE_S = "PRODRAY_S3_RETRY_DEADLINE", 10.0
+
+MiB = 2**20
+# The read timeout only starts once a request body is sent (aiohttp), and a PUT first waits for
+# "100 Continue": a server that stops reading would hold a write forever without this floor.
+WRITE_FLOOR_BYTES_PER_S = 256 * 1024
+# put_if_absent sends objects up to this size as one conditional PUT and larger ones as a multipart
+# upload whose CompleteMultipartUpload carries the condition (an unconditional complete would overwrite).
+CREATE_ONLY_SINGLE_PUT_BYTES = 100 * MiB
+CREATE_ONLY_PART_BYTES = 50 * MiB
+S3_MAX_SINGLE_PUT_BYTES = 5 * 2**30  # the S3 protocol's limits
+S3_MIN_PART_BYTES = 5 * MiB
+S3_MAX_PARTS = 10_000
 
 
 class StorageError(RuntimeError):
@@ -57,28 +83,61 @@ def join(uri: str, *parts: str) -> str:
     return "/".join([uri, *(p.strip("/") for p in parts if p)])
 
 
+def _env_seconds(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise StorageError(f"{name}={value!r} is not a positive number of seconds")
+    return seconds
+
+
 def s3_settings() -> dict:
-    """Endpoint and region from the standard variables (credentials are read by botocore)."""
+    """Endpoint, region and timeouts from the environment (credentials are read by botocore)."""
     return {"endpoint_url": os.environ.get("AWS_ENDPOINT_URL") or None,
-            "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
+            "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+            "connect_timeout": _env_seconds(CONNECT_TIMEOUT_ENV, DEFAULT_CONNECT_TIMEOUT_S),
+            "read_timeout": _env_seconds(READ_TIMEOUT_ENV, DEFAULT_READ_TIMEOUT_S)}
+
+
+def _write_timeout(size: int) -> float:
+    """The most one S3 call sending `size` bytes may take."""
+    settings = s3_settings()
+    return settings["connect_timeout"] + settings["read_timeout"] + size / WRITE_FLOOR_BYTES_PER_S
+
+
+def _endpoint_name() -> str:
+    return s3_settings()["endpoint_url"] or "AWS default"
 
 
 _FS_CACHE: dict = {}
 
 
 def _s3fs():
+    settings = s3_settings()
+    key = (*settings.values(), os.environ.get("AWS_ACCESS_KEY_ID"))
+    if key not in _FS_CACHE:
+        _FS_CACHE[key] = _new_s3fs(settings)
+    return _FS_CACHE[key]
+
+
+def _new_s3fs(settings: dict):
     import s3fs
 
-    settings = s3_settings()
-    key = (settings["endpoint_url"], settings["region"], os.environ.get("AWS_ACCESS_KEY_ID"))
-    if key not in _FS_CACHE:
-        client_kwargs = {"region_name": settings["region"]}
-        if settings["endpoint_url"]:
-            client_kwargs["endpoint_url"] = settings["endpoint_url"]
-        # Retries are ours (with_retries); botocore's own stay on for transport hiccups.
-        _FS_CACHE[key] = s3fs.S3FileSystem(client_kwargs=client_kwargs, skip_instance_cache=True,
-                                           config_kwargs={"retries": {"max_attempts": 3, "mode": "standard"}})
-    return _FS_CACHE[key]
+    client_kwargs = {"region_name": settings["region"]}
+    if settings["endpoint_url"]:
+        client_kwargs["endpoint_url"] = settings["endpoint_url"]
+    # One try per call in botocore and in s3fs: with_retries is the only retry loop, so its
+    # deadline bounds the total (nested loops multiply: attempts x timeouts).
+    config = {"connect_timeout": settings["connect_timeout"], "read_timeout": settings["read_timeout"],
+              "retries": {"total_max_attempts": 1, "mode": "standard"}}
+    fs = s3fs.S3FileSystem(client_kwargs=client_kwargs, skip_instance_cache=True, config_kwargs=config)
+    fs.retries = 1
+    return fs
 
 
 def fsspec_filesystem(uri: str):
@@ -129,18 +188,35 @@ def is_retryable(exc: BaseException) -> bool:
     return any(marker in text for marker in markers)
 
 
-def with_retries(operation, description: str, attempts: int = 8, base_delay: float = 0.2, max_delay: float = 5.0):
-    """Run `operation()`; retry throttling, 5xx and connection errors with jittered exponential backoff."""
+def with_retries(operation, description: str, attempts: int = 8, base_delay: float = 0.2, max_delay: float = 5.0,
+                 deadline_s: float | None = None):
+    """Run `operation()`; retry throttling, 5xx and connection errors with jittered exponential backoff.
+
+    No retry starts later than `deadline_s` (default: PRODRAY_S3_RETRY_DEADLINE) after the first try.
+    The error that ends the loop carries a note saying how many tries it took and how long.
+    """
+    if deadline_s is None:
+        deadline_s = _env_seconds(RETRY_DEADLINE_ENV, DEFAULT_RETRY_DEADLINE_S)
+    start = time.monotonic()
     for attempt in range(1, attempts + 1):
         try:
             return operation()
         except Exception as exc:  # noqa: BLE001 - classified just below
-            if attempt == attempts or not is_retryable(exc):
+            if not is_retryable(exc):
                 raise
             delay = min(max_delay, base_delay * 2 ** (attempt - 1)) * (0.5 + random.random())
+            elapsed = time.monotonic() - start
+            if attempt == attempts or elapsed + delay > deadline_s:
+                _add_note(exc, f"gave up after {elapsed:.1f} s, {attempt} {'try' if attempt == 1 else 'tries'}")
+                raise
             log.warning("retrying %s after %s (attempt %d/%d)", description, redact(type(exc).__name__),
                         attempt, attempts)
             time.sleep(delay)
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    """BaseException.add_note, which Python 3.10 lacks."""
+    exc.__notes__ = [*getattr(exc, "__notes__", ()), note]
 
 
 def _friendly(exc: BaseException, uri: str) -> StorageError:
@@ -151,12 +227,15 @@ def _friendly(exc: BaseException, uri: str) -> StorageError:
         code = "AccessDenied"
     if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
         return StorageError(f"access to {uri} denied ({code}): check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
-    if ("Could not connect" in text or "EndpointConnectionError" in type(exc).__name__
-            or "Connect" in type(exc).__name__):
-        return StorageError(f"cannot reach the S3 endpoint for {uri} "
-                            f"({s3_settings()['endpoint_url'] or 'AWS default'}): "
-                            "check AWS_ENDPOINT_URL and that the server runs (prodray status)")
-    return StorageError(f"{type(exc).__name__} on {uri}: {text[:300]}")
+    name = type(exc).__name__
+    tries = "".join(f" ({note})" for note in getattr(exc, "__notes__", ()))
+    if "Could not connect" in text or "Connect" in name:
+        return StorageError(f"cannot reach the S3 endpoint {_endpoint_name()} for {uri}{tries}: "
+                            f"check AWS_ENDPOINT_URL, {CONNECT_TIMEOUT_ENV} and that the server runs (prodray status)")
+    if "Timeout" in name or "timed out" in text or "timeout" in text:
+        return StorageError(f"the S3 endpoint {_endpoint_name()} did not answer in time for {uri}{tries}: "
+                            f"check the server, or raise {READ_TIMEOUT_ENV}")
+    return StorageError(f"{name} on {uri}{tries}: {text[:300]}")
 
 
 def _guarded(operation, uri: str, description: str):
@@ -182,44 +261,99 @@ def put_bytes(uri: str, data: bytes) -> None:
         _atomic_local_write(Path(path), data, exclusive=False)
         return
     fs = _s3fs()
-    _guarded(lambda: fs.pipe_file(path, data), uri, "put")
+    _guarded(lambda: fs.pipe_file(path, data, timeout=_write_timeout(len(data))), uri, "put")
 
 
 def put_if_absent(uri: str, data: bytes) -> bool:
     """Create-only write. Returns False (writing nothing) if the object already exists with other bytes.
 
-    S3: a conditional PUT (If-None-Match: *), so two racing writers cannot both win. A PUT whose
-    response was lost (dropped connection) may have taken effect; its retry (ours or botocore's)
-    then meets a 412. So on a 412 the existing object's ETag is compared with our bytes' MD5:
-    equal means these very bytes are stored (our own earlier attempt, or an identical duplicate),
-    and that counts as written.
+    S3: a conditional write (If-None-Match: *) at every size, so two racing writers cannot both win:
+    one PUT up to CREATE_ONLY_SINGLE_PUT_BYTES, above it a multipart upload whose complete carries
+    the condition (the server must honour it there too, as AWS S3 and SeaweedFS do). A write whose
+    response was lost (dropped connection) may have taken effect; its retry then meets a 412. So on
+    a 412 the existing object's ETag is compared with the one our bytes would get: equal means
+    these very bytes are stored (our own earlier attempt, or an identical duplicate), and that
+    counts as written.
     Local: temp file + hard link, which fails atomically if the target exists.
     """
     scheme, path = split_uri(uri)
     if scheme == "file":
         return _atomic_local_write(Path(path), data, exclusive=True)
     fs = _s3fs()
+    bucket, key, _ = fs.split_path(path)
+    part_bytes = _create_only_part_bytes(len(data))
 
     def attempt():
         try:
-            fs.pipe_file(path, data, IfNoneMatch="*")
+            if part_bytes is None:
+                fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*",
+                           timeout=_write_timeout(len(data)))
+            else:
+                _multipart_if_absent(fs, bucket, key, data, part_bytes)
             return True
-        except FileExistsError:  # s3fs's translation of a 412 that names the If-None-Match condition
-            return _holds_exactly(fs, path, data)
         except Exception as exc:  # noqa: BLE001
-            # s3fs wraps other 412s in an OSError; the botocore error is its __cause__.
-            code = _error_code(exc) or _error_code(exc.__cause__)
-            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict") or "PreconditionFailed" in str(exc):
-                return _holds_exactly(fs, path, data)
-            raise
+            if not _precondition_failed(exc):
+                raise
+            return _holds_exactly(fs, path, data, part_bytes)
+        finally:
+            fs.invalidate_cache(path)
 
     return _guarded(attempt, uri, "create")
 
 
-def _holds_exactly(fs, path: str, data: bytes) -> bool:
-    """True if the object at `path` was stored by a single PUT of exactly `data` (ETag == MD5)."""
+def _create_only_part_bytes(size: int) -> int | None:
+    """None for one PUT, else the part size of the multipart upload (never s3fs's own choice)."""
+    if size <= min(CREATE_ONLY_SINGLE_PUT_BYTES, S3_MAX_SINGLE_PUT_BYTES):
+        return None
+    return max(CREATE_ONLY_PART_BYTES, S3_MIN_PART_BYTES, -(-size // S3_MAX_PARTS))
+
+
+def _multipart_if_absent(fs, bucket: str, key: str, data: bytes, part_bytes: int) -> None:
+    upload_id = fs.call_s3("create_multipart_upload", Bucket=bucket, Key=key)["UploadId"]
+    try:
+        parts = []
+        for number, offset in enumerate(range(0, len(data), part_bytes), start=1):
+            body = data[offset:offset + part_bytes]
+            out = fs.call_s3("upload_part", Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body,
+                             timeout=_write_timeout(len(body)))
+            parts.append({"PartNumber": number, "ETag": out["ETag"]})
+        # The server assembles the parts before it answers: allow for the whole object.
+        fs.call_s3("complete_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id,
+                   MultipartUpload={"Parts": parts}, IfNoneMatch="*", timeout=_write_timeout(len(data)))
+    except BaseException:
+        _abort_quietly(fs, bucket, key, upload_id)  # parts of a failed upload would be stored (and billed) forever
+        raise
+
+
+def _abort_quietly(fs, bucket: str, key: str, upload_id: str) -> None:
+    try:
+        fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
+    except Exception as exc:  # noqa: BLE001 - the write's own error matters more
+        log.warning("could not abort multipart upload of s3://%s/%s: %s", bucket, key, redact(type(exc).__name__))
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    """A 412: s3fs raises FileExistsError when it names If-None-Match, else an OSError caused by it."""
+    if isinstance(exc, FileExistsError):
+        return True
+    code = _error_code(exc) or _error_code(exc.__cause__)
+    return code in PRECONDITION_CODES or "PreconditionFailed" in str(exc)
+
+
+def _holds_exactly(fs, path: str, data: bytes, part_bytes: int | None) -> bool:
+    """True if the object at `path` has the ETag that writing `data` the same way gives."""
     etag = str(fs.info(path, refresh=True).get("ETag") or "").strip('"')
-    return etag == hashlib.md5(data, usedforsecurity=False).hexdigest()  # a multipart ETag ("...-N") never matches
+    return etag == _etag_of(data, part_bytes)
+
+
+def _etag_of(data: bytes, part_bytes: int | None) -> str:
+    """S3's ETag: the MD5 of a single PUT; for a multipart upload the MD5 of the parts' MD5s, then -N."""
+    if part_bytes is None:
+        return hashlib.md5(data, usedforsecurity=False).hexdigest()
+    view = memoryview(data)  # slices of a view, not copies
+    digests = [hashlib.md5(view[offset:offset + part_bytes], usedforsecurity=False).digest()
+               for offset in range(0, len(data), part_bytes)]
+    return f"{hashlib.md5(b''.join(digests), usedforsecurity=False).hexdigest()}-{len(digests)}"
 
 
 def _atomic_local_write(target: Path, data: bytes, exclusive: bool) -> bool:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+import torch
 import yaml
 from PIL import Image
 
@@ -32,6 +33,7 @@ from prodray.local.stack import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_BYTES = 1_000_000  # small byte cap for the test app
+MAX_OUTPUT_PIXELS = 1_000_000  # and a small result cap
 TINY = {"arch": "rpsnet", "scale": 2, "channels": 8, "blocks": 1, "kind": "enhancer"}
 # Fit a busy 2-core box: no CPU reservation, one replica each, a short queue so overload shows.
 ONE_REPLICA = {"num_cpus": 0, "min_replicas": 1, "max_replicas": 1}
@@ -112,7 +114,8 @@ def server(tmp_path_factory):
     _start_local_ray(ray)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        config = ServeConfig(model=model_a, generator=gen_a, max_bytes=MAX_BYTES, ingress_replicas=INGRESS_REPLICAS,
+        config = ServeConfig(model=model_a, generator=gen_a, max_bytes=MAX_BYTES, max_output_pixels=MAX_OUTPUT_PIXELS,
+                             ingress_replicas=INGRESS_REPLICAS,
                              enhancer_replicas=ONE_REPLICA, generator_replicas=ONE_REPLICA)
         serve.run(build_app(config), name="prodray", route_prefix="/")
         yield {"url": f"http://127.0.0.1:{port}",
@@ -580,11 +583,84 @@ def test_byte_cap_before_decode(server):
 
 
 @pytest.mark.parametrize("params", [{"format": "gif"}, {"quality": "0"}, {"quality": "101"},
-                                    {"quality": "high"}])
+                                    {"quality": "high"}, {"strength": "1.5"}, {"strength": "-1"},
+                                    {"strength": "strong"}, {"strength": "x" * 40}])
 def test_bad_query_params(server, params):
     resp = _post(server, _png(), params=params)
     assert resp.status_code == 422
     assert resp.json()["error"] == "invalid_parameter"
+
+
+def test_a_result_past_the_output_pixel_cap_is_413_before_the_model_runs(server):
+    flat = io.BytesIO()
+    Image.new("RGB", (800, 400), (200, 30, 30)).save(flat, "PNG")  # x2: 1.28 MP > the test cap of 1 MP
+    resp = _post(server, flat.getvalue())
+    assert resp.status_code == 413 and resp.json()["error"] == "too_many_output_pixels", resp.text
+    assert "800x400" in resp.json()["message"]
+    fits = io.BytesIO()
+    Image.new("RGB", (700, 350), (200, 30, 30)).save(fits, "PNG")  # x2: 0.98 MP
+    assert _post(server, fits.getvalue()).status_code == 200
+
+
+def test_strength_on_a_model_that_is_not_a_restoration_model_is_422(server):
+    resp = _post(server, _png(), params={"strength": "0.5"})
+    assert resp.status_code == 422 and resp.json()["error"] == "strength_unsupported", resp.text
+    assert "x-strength" not in _post(server, _png()).headers
+
+
+def test_one_failing_image_does_not_fail_its_batch_neighbours(server):
+    """The replica class alone: a batch whose forward pass raises for one image answers the
+    others with their results and that one with its own exception (issue 20, item 2)."""
+    from prodray.cluster.serve import EnhancerDeployment
+
+    replica = EnhancerDeployment.func_or_class()
+
+    class FailsOnWidth13(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            if x.shape[-1] == 13:
+                raise RuntimeError("poisoned input")
+            return self.inner(x)
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, shape, dtype=np.uint8) for shape in ((16, 16, 3), (16, 13, 3), (12, 20, 3))]
+
+    async def run():
+        await replica.reconfigure({"model": server["model_a"]})
+        expected = [replica._model.enhance_many([image])[0] for image in (images[0], images[2])]
+        replica._model.model = FailsOnWidth13(replica._model.model)
+        batch = [(image, None) for image in images]
+        return expected, await EnhancerDeployment.func_or_class._enhance_batch.__wrapped__(replica, batch)
+
+    expected, answers = asyncio.run(run())
+    assert np.array_equal(answers[0][0], expected[0]) and np.array_equal(answers[2][0], expected[1])
+    assert isinstance(answers[1][0], RuntimeError) and "poisoned" in str(answers[1][0])
+
+
+def test_a_restoration_model_answers_with_the_strength_it_chose(server, tmp_path):
+    from prodray.cluster.serve import EnhancerDeployment
+    from prodray.enhancer.inference import Enhancer
+    from prodray.io.artifacts import export_model
+
+    shipped = Enhancer.load("enhancer-x2")
+    export_model(str(tmp_path / "restore"), "enhancer", shipped.model,
+                 {**shipped.config, "init_model_id": shipped.model_id})
+    replica = EnhancerDeployment.func_or_class()
+    smooth = np.stack(np.mgrid[0:24, 0:24], axis=2).sum(axis=2, keepdims=True).repeat(3, axis=2).astype(np.uint8)
+
+    async def unbatched(request):  # @serve.batch needs a replica context; its body does not
+        return (await EnhancerDeployment.func_or_class._enhance_batch.__wrapped__(replica, [request]))[0]
+    replica._enhance_batch = unbatched
+
+    async def run():
+        await replica.reconfigure({"model": str(tmp_path / "restore")})
+        return [(await replica.enhance(smooth, None, None, strength, quality))["strength"]
+                for strength, quality in (("auto", 30), ("auto", None), (0.5, None), (None, None))]
+
+    assert asyncio.run(run()) == [1.0, 0.0, 0.5, 1.0]
 
 
 def test_fuzz_never_5xx(server):
@@ -838,7 +914,8 @@ def test_app_builder_builds_from_args():
     assert enhancer.init_args == ("enhancer-x4", "cpu", "fp32")  # model, device, precision
     scaling = enhancer._deployment_config.autoscaling_config
     assert (scaling.min_replicas, scaling.max_replicas) == (1, 2)
-    assert deployments["Ingress"].init_kwargs == {"max_bytes": 1234, "max_pixels": 4096 * 4096}
+    assert deployments["Ingress"].init_kwargs == {"max_bytes": 1234, "max_pixels": 4096 * 4096,
+                                                  "max_output_pixels": 64_000_000}
     assert deployments["Ingress"].ray_actor_options["num_cpus"] == 0.5
     defaults = _deployments(app_builder({}))
     assert set(defaults) == {"Ingress", "EnhancerDeployment", "GeneratorDeployment"}
@@ -862,11 +939,15 @@ def test_app_builder_rejects_bad_args_naming_them(args, named):
 
 
 def test_import_is_lazy():
-    """Importing the module and building the app must not start Ray or import torch-heavy code."""
+    """Importing the module and building the app must not start Ray or import torch-heavy code,
+    nor must what the ingress does per request (parsing parameters, decoding, refusals): torch
+    loading in the ingress would stall its first requests for seconds."""
     import subprocess
     import sys
     code = ("import sys, ray, prodray.cluster.serve as s; assert not ray.is_initialized(); "
             "assert 'prodray.enhancer.inference' not in sys.modules and 'prodray.gan.inference' not in sys.modules; "
+            "from prodray.cluster import http; http.parse_strength_parameter('auto'); "
+            "http.parse_strength_parameter('0.5'); "
             "assert 'torch' not in sys.modules; print(type(s.app).__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import time
+import os
+import socket
+import threading
 import uuid
+from contextlib import contextmanager
 
 import pytest
 from botocore.exceptions import ClientError
@@ -93,6 +96,27 @@ def test_put_if_absent_creates_once(root):
     assert storage.get_bytes(uri) == b"first"
 
 
+@pytest.fixture
+def small_multipart(monkeypatch):
+    """Create-only writes above 6 MiB go multipart, in 5 MiB parts (the smallest S3 allows)."""
+    monkeypatch.setattr(storage, "CREATE_ONLY_SINGLE_PUT_BYTES", 6 * storage.MiB)
+    monkeypatch.setattr(storage, "CREATE_ONLY_PART_BYTES", 5 * storage.MiB)
+
+
+@pytest.mark.parametrize("size,parts", [(4 * 2**20, 0), (6 * 2**20, 0), (13 * 2**20, 3)],
+                         ids=["below", "at", "above"])
+def test_put_if_absent_never_overwrites_at_any_size(bucket, small_multipart, size, parts):
+    uri = f"s3://{bucket}/big/object.bin"
+    first, second = os.urandom(size), os.urandom(size)
+    assert storage.put_if_absent(uri, first) is True
+    etag = storage.info(uri)["ETag"].strip('"')
+    assert etag.endswith(f"-{parts}") if parts else "-" not in etag  # one PUT, or the multipart upload
+    assert storage.put_if_absent(uri, second) is False
+    assert storage.get_bytes(uri) == first
+    assert storage.put_if_absent(uri, first) is True  # these very bytes are stored: counts as written
+    assert storage.get_bytes(uri) == first
+
+
 def test_local_list_missing_source(tmp_path):
     with pytest.raises(FileNotFoundError):
         storage.list_files(str(tmp_path / "nope"))
@@ -137,18 +161,136 @@ def test_wrong_credentials_error_is_redacted(bucket, s3_env, monkeypatch):
         assert "denied" in message and "AWS_SECRET_ACCESS_KEY" in message
 
 
-def test_unreachable_endpoint_is_quick_and_named(monkeypatch, s3_env):
-    endpoint = f"http://127.0.0.1:{closed_port()}"
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+# A bound on how long an error path may hang, kept generous: a correctness claim, not a speed claim.
+HANG_BOUND_S = 20
+
+
+@pytest.fixture
+def offline_env(monkeypatch):
+    """Credentials to sign with and a fresh filesystem cache; the endpoint is the test's to set."""
+    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_CONFIG_FILE",
+                 "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "offline")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "offline-secret")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
     storage._FS_CACHE.clear()
-    real = storage.with_retries
-    monkeypatch.setattr(storage, "with_retries",
-                        lambda op, description, **kw: real(op, description, attempts=2, base_delay=0.01))
-    start = time.monotonic()
-    with pytest.raises(StorageError) as info:
-        storage.get_bytes("s3://somebucket/key.png")
-    assert endpoint in str(info.value)
-    assert time.monotonic() - start < 30
+    yield monkeypatch
+    storage._FS_CACHE.clear()
+
+
+@contextmanager
+def silent_endpoint(accepts: bool):
+    """An endpoint on 127.0.0.1 that never answers. accepts=True: the kernel completes handshakes
+    and nothing reads the request (a hung server); False: its one-slot backlog is kept full, so
+    new connects time out (a black hole)."""
+    server = socket.socket()
+    server.bind((local.HOST, 0))
+    server.listen(64 if accepts else 0)
+    filler = None if accepts else socket.create_connection(server.getsockname())
+    try:
+        yield f"http://{local.HOST}:{server.getsockname()[1]}"
+    finally:
+        for sock in (filler, server):
+            if sock is not None:
+                sock.close()
+
+
+@contextmanager
+def endpoint_that_stops_reading():
+    """An endpoint that reads a request's headers, says "100 Continue", then never reads the body."""
+    server = socket.socket()
+    server.bind((local.HOST, 0))
+    server.listen(16)
+    held = []
+
+    def serve():
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:  # closed: the test is over
+                return
+            held.append(connection)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += connection.recv(1)
+            connection.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://{local.HOST}:{server.getsockname()[1]}"
+    finally:
+        server.close()
+        for connection in held:
+            connection.close()
+
+
+def error_within(seconds: float, operation) -> BaseException | None:
+    """The error `operation()` raises; fails the test if it has not ended after `seconds`."""
+    outcome = {}
+
+    def run():
+        try:
+            operation()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)  # daemon: a hang must not keep pytest alive
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s"
+    return outcome.get("error")
+
+
+OPERATIONS = {"get": lambda: storage.get_bytes("s3://somebucket/key.png"),
+              "put": lambda: storage.put_bytes("s3://somebucket/key.png", b"x"),
+              "create": lambda: storage.put_if_absent("s3://somebucket/key.png", b"x"),
+              "list": lambda: storage.list_files("s3://somebucket/prefix")}
+
+
+@pytest.mark.parametrize("operation", ["get", "create"])
+def test_unreachable_endpoint_fails_in_seconds_naming_it(offline_env, operation):
+    endpoint = f"http://{local.HOST}:{closed_port()}"
+    offline_env.setenv("AWS_ENDPOINT_URL", endpoint)
+    error = error_within(HANG_BOUND_S, OPERATIONS[operation])
+    assert isinstance(error, StorageError), error
+    assert f"cannot reach the S3 endpoint {endpoint}" in str(error)
+    assert "gave up after" in str(error)
+
+
+@pytest.mark.parametrize("accepts,says", [(False, "cannot reach"), (True, "did not answer in time")],
+                         ids=["black-hole", "hung"])
+def test_silent_endpoint_times_out_naming_it(offline_env, accepts, says):
+    offline_env.setenv("PRODRAY_S3_CONNECT_TIMEOUT", "1")
+    offline_env.setenv("PRODRAY_S3_READ_TIMEOUT", "1")
+    offline_env.setenv("PRODRAY_S3_RETRY_DEADLINE", "3")
+    with silent_endpoint(accepts) as endpoint:
+        offline_env.setenv("AWS_ENDPOINT_URL", endpoint)
+        for operation in OPERATIONS.values():
+            error = error_within(HANG_BOUND_S, operation)
+            assert isinstance(error, StorageError), error
+            assert says in str(error) and endpoint in str(error)
+
+
+def test_write_that_stalls_mid_body_times_out(offline_env):
+    offline_env.setenv("PRODRAY_S3_CONNECT_TIMEOUT", "1")
+    offline_env.setenv("PRODRAY_S3_READ_TIMEOUT", "1")
+    offline_env.setenv("PRODRAY_S3_RETRY_DEADLINE", "3")
+    offline_env.setattr(storage, "WRITE_FLOOR_BYTES_PER_S", 8 * storage.MiB)
+    data = bytes(32 * storage.MiB)  # more than the kernel's socket buffers hold
+    with endpoint_that_stops_reading() as endpoint:
+        offline_env.setenv("AWS_ENDPOINT_URL", endpoint)
+        for write in (storage.put_bytes, storage.put_if_absent):
+            error = error_within(HANG_BOUND_S, lambda: write("s3://somebucket/key.bin", data))
+            assert isinstance(error, StorageError), error
+            assert "did not answer in time" in str(error) and endpoint in str(error)
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-1", "inf"])
+def test_bad_timeout_setting_is_refused_naming_it(monkeypatch, value):
+    monkeypatch.setenv("PRODRAY_S3_READ_TIMEOUT", value)
+    with pytest.raises(StorageError, match="PRODRAY_S3_READ_TIMEOUT"):
+        storage.s3_settings()
 
 
 # ---------------------------------------------------------------- retries
@@ -194,6 +336,19 @@ def test_with_retries_gives_up_after_attempts():
     with pytest.raises(ClientError):
         storage.with_retries(always_slow, "test", attempts=3, base_delay=0.001)
     assert len(calls) == 3
+
+
+def test_with_retries_stops_at_the_deadline():
+    calls = []
+
+    def always_slow():
+        calls.append(1)
+        raise _client_error("SlowDown", 503)
+
+    with pytest.raises(ClientError) as info:
+        storage.with_retries(always_slow, "test", attempts=100, base_delay=0.01, max_delay=0.05, deadline_s=0.5)
+    assert 1 < len(calls) < 100
+    assert any("gave up after" in note for note in info.value.__notes__)
 
 
 def test_redact_removes_secret(monkeypatch):
