@@ -508,6 +508,8 @@ class ServeJobConfig(ServeConfig):
     host: str = Field("127.0.0.1", description="address Serve binds to; 0.0.0.0 exposes the API to the network")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port")
     timeout: float = Field(300.0, gt=0, description="seconds to wait for /healthz to answer")
+    request_timeout_s: float = Field(120.0, gt=0, description="Serve's proxy answers 408 to a request still "
+                                     "unanswered after this many seconds")
 
     def app_config(self) -> ServeConfig:
         return ServeConfig(**self.model_dump(include=set(ServeConfig.model_fields)))

@@ -241,6 +241,8 @@ def test_kuberay_manifest(filename):
             assert isinstance(yaml.safe_load(spec["runtimeEnvYAML"]), dict)
     _check_ray_cluster_spec(spec["rayClusterSpec"], filename)
     assert spec["rayClusterSpec"].get("rayVersion", RAY_VERSION) == RAY_VERSION
+    # Token auth on (KubeRay's authOptions needs spec.rayVersion >= 2.52).
+    assert spec["rayClusterSpec"]["authOptions"] == {"mode": "token"}, filename
 
 
 def test_rayservice_serve_config():

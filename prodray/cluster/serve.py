@@ -43,12 +43,21 @@ api.add_exception_handler(http.Refused, http.refused_response)
 api.add_exception_handler(RequestValidationError, http.invalid_parameter_response)
 
 
-async def call(method, *args):
-    """A deployment handle call; no capacity right now (full queue, restarting or dead replica) is a 503."""
+# Below the proxy's request_timeout_s (serve_config.yaml, ServeJobConfig), so a stuck model call
+# is answered with our JSON 504 rather than cut off by the proxy.
+MODEL_CALL_TIMEOUT_S = 110.0
+
+
+async def call(method, *args, timeout_s: float | None = None):
+    """A deployment handle call; no capacity right now (full queue, restarting or dead replica) is a
+    503, no answer within the timeout a 504 (the call is cancelled)."""
+    timeout_s = MODEL_CALL_TIMEOUT_S if timeout_s is None else timeout_s
     try:
-        return await method.remote(*args)
+        return await asyncio.wait_for(method.remote(*args), timeout=timeout_s)
     except http.UNAVAILABLE:
         raise http.overloaded() from None
+    except asyncio.TimeoutError:
+        raise http.Refused(504, "model_timeout", f"the model did not answer within {timeout_s:g} s") from None
 
 
 async def probe(handle: DeploymentHandle | None) -> dict:
@@ -213,7 +222,8 @@ app = build_app()
 def deploy(config: ServeJobConfig) -> str:
     """Start Serve on config.host:port, run the app as "prodray" at /, wait for /healthz; -> its URL.
     Serve's controller is detached, so the app outlives the job that deployed it."""
-    serve.start(http_options={"host": config.host, "port": config.port})
+    serve.start(http_options={"host": config.host, "port": config.port,
+                              "request_timeout_s": config.request_timeout_s})
     serve.run(build_app(config.app_config()), name="prodray", route_prefix="/", blocking=False)
     host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
     url = f"http://{host}:{config.port}"

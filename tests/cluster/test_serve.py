@@ -952,3 +952,26 @@ def test_import_is_lazy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "Application"
+
+
+def test_a_model_call_that_never_answers_is_a_504_after_the_timeout():
+    """`call` bounds every handle call (issue 20, item 7): here a method whose answer never comes."""
+    from prodray.cluster import http
+    from prodray.cluster.serve import call
+
+    class Stuck:
+        @staticmethod
+        def remote(*args):
+            return asyncio.sleep(3600)
+
+    with pytest.raises(http.Refused) as refused:
+        asyncio.run(call(Stuck, 1, timeout_s=0.2))
+    assert refused.value.status == 504 and refused.value.body["error"] == "model_timeout"
+
+
+def test_serve_job_passes_the_request_timeout_to_serve():
+    from prodray.config import ServeJobConfig
+    assert ServeJobConfig().request_timeout_s == 120.0
+    doc = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    from prodray.cluster.serve import MODEL_CALL_TIMEOUT_S
+    assert doc["http_options"]["request_timeout_s"] > MODEL_CALL_TIMEOUT_S

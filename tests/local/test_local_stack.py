@@ -187,16 +187,20 @@ def test_local_stack_lifecycle(tmp_path, ray_tmp):
         assert exports["AWS_ACCESS_KEY_ID"] and exports["AWS_SECRET_ACCESS_KEY"]
         assert exports["AWS_SECRET_ACCESS_KEY"] not in up.stdout + up.stderr, "up must not print the secret"
 
-        # ---- the job API answers (with the token, when `prodray env` says token auth is on)
+        # ---- token auth is on: the job API refuses a request without the token or with a wrong one
         ray_env = {key: value for key, value in exports.items() if key.startswith("RAY_")}
-        headers = {}
-        if ray_env.get("RAY_AUTH_MODE") == "token":
-            token_path = Path(ray_env["RAY_AUTH_TOKEN_PATH"])
-            assert token_path.stat().st_mode & 0o077 == 0, "the Ray token must be readable by the owner only"
-            headers["Authorization"] = f"Bearer {token_path.read_text().strip()}"
+        assert exports["RAY_AUTH_MODE"] == "token"
+        token_path = Path(exports["RAY_AUTH_TOKEN_PATH"])
+        assert token_path.stat().st_mode & 0o077 == 0, "the Ray token must be readable by the owner only"
+        headers = {"Authorization": f"Bearer {token_path.read_text().strip()}"}
+        for refused_headers, code in (({}, 401), ({"Authorization": "Bearer " + "0" * 64}, 403)):
             with pytest.raises(urllib.error.HTTPError) as refused:
-                urllib.request.urlopen(f"{dashboard}/api/jobs/", timeout=10)
-            assert refused.value.code == 401
+                urllib.request.urlopen(urllib.request.Request(f"{dashboard}/api/jobs/", headers=refused_headers),
+                                       timeout=10)
+            assert refused.value.code == code, refused_headers
+        with urllib.request.urlopen(urllib.request.Request(f"{dashboard}/api/jobs/", headers=headers),
+                                    timeout=10) as response:
+            assert response.status == 200
         request = urllib.request.Request(f"{dashboard}/api/version", headers=headers)
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 200
