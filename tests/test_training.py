@@ -126,3 +126,33 @@ def test_ticks_end_on_image_counts_and_average_the_step_scalars():
     assert ticks.next == 20 and ticks.images == 0  # the next tick starts from what was seen
     ticks.add({"r1": torch.tensor(4.0)}, 4)
     assert ticks.close(training)["r1"] == 4.0 and "loss" not in ticks.close(training)
+
+
+class _Payload:
+    """Unpickling this calls open(marker, "w"): proof that pickle ran code from the file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_whose_pickle_would_run_code_is_refused_and_runs_nothing(tmp_path):
+    import io
+    import pickle
+
+    cfg = psnr_config(tmp_path)
+    honest = PsnrTraining(cfg, {}, "cpu")
+    honest.save(tmp_path)
+    marker = tmp_path / "payload-ran"
+    buffer = io.BytesIO()
+    torch.save({"step": 1, "images_seen": 2, "evil": _Payload(marker)}, buffer)
+    (tmp_path / "state.pt").write_bytes(buffer.getvalue())
+
+    with pytest.raises(pickle.UnpicklingError):
+        PsnrTraining(cfg, {}, "cpu").resume(tmp_path, log=lambda _: None)
+    assert not marker.exists()
+    # The payload is live: an unsafe load would have run it.
+    torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)
+    assert marker.exists()

@@ -240,11 +240,13 @@ def _friendly(exc: BaseException, uri: str) -> StorageError:
 
 def _guarded(operation, uri: str, description: str):
     try:
-        return with_retries(operation, f"{description} {uri}")
-    except (FileNotFoundError, FileExistsError, StorageError):
-        raise
+        return with_retries(operation, f"{description} {redact(uri)}")
+    except (FileNotFoundError, FileExistsError, StorageError) as exc:
+        if redact(str(exc)) == str(exc):
+            raise
+        raise type(exc)(redact(str(exc))) from None  # a key or message can carry a credential too
     except Exception as exc:  # noqa: BLE001
-        raise _friendly(exc, uri) from None
+        raise _friendly(exc, redact(uri)) from None
 
 
 # ---------------------------------------------------------------- operations

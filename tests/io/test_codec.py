@@ -116,13 +116,34 @@ def test_16bit_png_scaled_to_8bit():
     assert (dec.rgb[0, :, 0] == dec.rgb[0, :, 2]).all()
 
 
+def _icc_for(colour_space: bytes) -> bytes:
+    """A real ICC profile (sRGB's) whose header declares another data colour space (bytes 16-20):
+    what a CMYK or grey file carries, as far as the decoder's check is concerned."""
+    icc = bytearray(_srgb_icc())
+    icc[16:20] = colour_space
+    return bytes(icc)
+
+
 def test_cmyk_jpeg_decodes_to_rgb_and_drops_cmyk_icc():
     # Pure red in CMYK is (0, 255, 255, 0).
     im = Image.new("CMYK", (16, 16), (0, 255, 255, 0))
-    dec = decode_image(_save(im, "JPEG", quality=95))
+    data = _save(im, "JPEG", quality=95, icc_profile=_icc_for(b"CMYK"))
+    assert Image.open(io.BytesIO(data)).info["icc_profile"][16:20] == b"CMYK"  # the input carries it
+    dec = decode_image(data)
     assert dec.mode == "CMYK"
-    assert dec.icc_profile is None
+    assert dec.icc_profile is None  # it would mis-describe the RGB output
     assert np.abs(dec.rgb.astype(int) - [255, 0, 0]).max() <= 10
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_grey_image_drops_its_grey_icc_and_keeps_an_rgb_one(fmt):
+    grey = Image.fromarray(np.tile(np.arange(0, 256, 16, dtype=np.uint8), (16, 1)), "L")
+    data = _save(grey, fmt, icc_profile=_icc_for(b"GRAY"))
+    assert Image.open(io.BytesIO(data)).info["icc_profile"][16:20] == b"GRAY"
+    dec = decode_image(data)
+    assert dec.mode == "L" and dec.rgb.shape == (16, 16, 3) and dec.icc_profile is None
+    rgb = decode_image(_save(Image.fromarray(_gradient()), fmt, icc_profile=_srgb_icc()))
+    assert rgb.icc_profile == _srgb_icc()
 
 
 def test_rgba_keeps_alpha():

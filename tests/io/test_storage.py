@@ -375,3 +375,14 @@ def test_pyarrow_filesystem_local(tmp_path):
     fs, path = storage.pyarrow_filesystem(str(target))
     with fs.open_input_stream(path) as stream:
         assert stream.read() == b"abc"
+
+
+def test_a_secret_that_reaches_an_error_message_is_redacted(bucket, s3_env):
+    """The secret really is in the failing call (it is part of the key), so the message would carry
+    it if nothing redacted it."""
+    uri = f"s3://{bucket}/{s3_env.secret_key}/missing.bin"
+    with pytest.raises((StorageError, FileNotFoundError)) as info:
+        storage.get_bytes(uri)
+    message = str(info.value)
+    assert s3_env.secret_key not in message
+    assert "<AWS_SECRET_ACCESS_KEY>" in message and bucket in message
