@@ -67,7 +67,7 @@ def cmd_catalog_import(args) -> None:
 
 def cmd_catalog_sample(args) -> None:
     from prodray.catalog import ingest as catalog
-    catalog.sample_catalog(args.dest, fashion_count=args.fashion_mnist)
+    catalog.sample_catalog(args.dest, fashion_count=args.fashion_mnist, jpeg_quality=args.jpeg_quality)
 
 
 def _upscalers(model_ref: str, scale: int, device: str, self_ensemble: bool = False, precision: str = "auto",
@@ -165,6 +165,20 @@ def cmd_eval_gan(args) -> None:
               f"CAS {result['cas_by_attr'][name]:.4f}, real {result['real_acc_by_attr'][name]:.4f})")
 
 
+def cmd_eval_preference(args) -> None:
+    from prodray.catalog.preference import evaluate_preference
+    result = evaluate_preference(args.uri)
+    if args.json:
+        _print_json(result)
+        return
+    print(f"{result['votes']} votes under {args.uri}" + (f" ({result['skipped']} lines skipped)"
+                                                           if result["skipped"] else ""))
+    for name, pair in result["pairs"].items():
+        low, high = pair["ci95"]
+        print(f"  {name}: {pair['votes']} votes, {pair['a']} {pair['wins_a']} / {pair['b']} {pair['wins_b']} / "
+              f"same {pair['same']}; {pair['a']} wins {pair['win_rate_a']:.3f} (95% CI {low:.3f}-{high:.3f})")
+
+
 def cmd_enhance(args) -> None:
     from prodray.cluster.jobs import enhance_job
     enhance_job(args)
@@ -260,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample = catalog.add_parser("sample", help="build the offline sample catalog at DEST_URI")
     sample.add_argument("dest")
     sample.add_argument("--fashion-mnist", type=int, default=100, help="how many Fashion-MNIST images")
+    sample.add_argument("--jpeg-quality", type=int, choices=range(1, 101), metavar="1-100",
+                        help="store every image as a JPEG at this quality (the damage suppliers' files carry)")
     sample.set_defaults(func=cmd_catalog_sample)
 
     evaluate = sub.add_parser("eval", help="quality evaluation").add_subparsers(dest="eval_command", required=True)
@@ -299,6 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
     gan_eval.add_argument("--truncation", type=float, help=TRUNCATION_HELP)
     gan_eval.add_argument("--json", action="store_true")
     gan_eval.set_defaults(func=cmd_eval_gan)
+    preference = evaluate.add_parser("preference", help="blind A/B votes (GET /ab): win rates with 95% intervals "
+                                     "per pair of arms")
+    preference.add_argument("uri", help="the serve app's votes prefix (s3:// or local folder) or a part of it")
+    preference.add_argument("--json", action="store_true")
+    preference.set_defaults(func=cmd_eval_preference)
 
     gan = sub.add_parser("gan", help="conditional product GAN").add_subparsers(dest="gan_command", required=True)
     train_classifier = gan.add_parser("train-classifier",

@@ -488,9 +488,17 @@ class ServeConfig(Strict):
     max_pixels: int = Field(SERVE_MAX_PIXELS, ge=1, description="pixel limit of an upload, checked on its header")
     max_output_pixels: int = Field(SERVE_MAX_OUTPUT_PIXELS, ge=1, description="pixel limit of a result "
                                    "(upload x scale^2), checked before the model runs")
+    votes: Optional[str] = Field(None, description="s3:// prefix (or local folder) where the blind A/B page "
+                                 "(GET /ab) stores one JSONL object per vote; unset: no A/B page")
     ingress_replicas: IngressReplicaConfig = IngressReplicaConfig()
     enhancer_replicas: ModelReplicaConfig = ModelReplicaConfig()
     generator_replicas: GeneratorReplicaConfig = GeneratorReplicaConfig()
+
+    @field_validator("votes")
+    @classmethod
+    def _votes_uri(cls, votes: Optional[str]) -> Optional[str]:
+        # Absolute, since the ingress replicas do not run in the deployer's working directory.
+        return None if votes is None else resolve_local(_checked_uri(votes), "votes", must_exist=False)
 
     @field_validator("generator")
     @classmethod

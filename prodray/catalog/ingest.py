@@ -108,15 +108,20 @@ def fashion_mnist(split: str = "t10k", folder: Path = FASHION_MNIST_DIR):
     return read_idx(find(f"{split}-images-idx3-ubyte")), read_idx(find(f"{split}-labels-idx1-ubyte"))
 
 
-def sample_catalog(dest_uri: str, fashion_count: int = 100, echo=print) -> dict:
-    """Build the sample catalog from images installed offline and write its manifest."""
+def sample_catalog(dest_uri: str, fashion_count: int = 100, echo=print, jpeg_quality: int | None = None) -> dict:
+    """Build the sample catalog from images installed offline and write its manifest. With
+    `jpeg_quality`, every image is stored as a JPEG at that quality, as suppliers send them."""
     rows = []
 
     def add(key, rgb, **attrs):
-        data = encode_image(rgb, fmt="png")
+        if jpeg_quality:
+            key = str(Path(key).with_suffix(".jpg"))
+            data = encode_image(rgb, fmt="jpeg", quality=jpeg_quality)
+        else:
+            data = encode_image(rgb, fmt="png")
         storage.put_bytes(storage.join(dest_uri, key), data)
         rows.append({"key": key, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-                     "width": rgb.shape[1], "height": rgb.shape[0], "format": "PNG",
+                     "width": rgb.shape[1], "height": rgb.shape[0], "format": "JPEG" if jpeg_quality else "PNG",
                      "sku": Path(key).stem, "category": attrs.get("category", ""), "source": attrs["source"]})
 
     try:

@@ -17,6 +17,7 @@ SUCCESS_FILE = "_SUCCESS"
 # A rerun skips inputs with these statuses; "error" (a fault, not the input's content) is retried.
 DONE_STATUSES = ("ok", "skipped", "rejected")
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}  # one per config.OutputFormat
+SAME_FORMAT_SUFFIXES = {"png": {".png"}, "jpeg": {".jpg", ".jpeg"}, "webp": {".webp"}}
 
 
 class UnsafeKey(ValueError):
@@ -52,8 +53,18 @@ def output_key(input_key: str, model_id: str, config: BulkConfig) -> str:
         params += "-ens8"
     if config.strength is not None:
         params += f"-s{config.strength}"
-    stem = str(PurePosixPath(input_key).with_suffix(""))
-    return f"{model_id}/{params}/{stem}.{EXTENSIONS[config.format]}"
+    return f"{model_id}/{params}/{result_name(input_key, config.format)}"
+
+
+def result_name(input_key: str, fmt: str) -> str:
+    """The input key with the output format's extension: replaced when the input already has that
+    format's extension (`a.png` -> `a.png`, `a.jpeg` -> `a.jpg` for jpeg), appended otherwise
+    (`a.jpg` -> `a.jpg.png`), so that `a.jpg` and `a.webp` never share a result."""
+    extension = EXTENSIONS[fmt]
+    path = PurePosixPath(input_key)
+    if path.suffix.lower() in SAME_FORMAT_SUFFIXES[fmt]:
+        return f"{path.with_suffix('')}.{extension}"
+    return f"{input_key}.{extension}"
 
 
 def write_manifest_shard(output: str, rows: list[dict], run_id: str, index: int) -> None:

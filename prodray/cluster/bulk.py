@@ -30,7 +30,7 @@ from prodray.cluster.listing import LISTING_DIR, done_hashes, list_pending
 from prodray.config import BulkConfig
 from prodray.io import storage
 from prodray.io.codec import ImageRejected, decode_image
-from prodray.io.images import IMAGE_SUFFIXES
+from prodray.io.images import CATALOG_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ def _run_listed(config: BulkConfig, model_ref: str, model_id: str, run_id: str, 
     config = with_cluster_defaults(config, cluster)
     check_reservations(config, cluster)
     done = done_hashes(storage.join(config.output, MANIFEST_DIR), DONE_STATUSES)
-    listing = list_pending(config.input, IMAGE_SUFFIXES, done, listing_uri, echo,
+    listing = list_pending(config.input, CATALOG_SUFFIXES, done, listing_uri, echo,
                            result_key=functools.partial(output_key, model_id=model_id, config=config))
     if not listing.listed:
         raise FileNotFoundError(f"no images found under {config.input}")

@@ -5,6 +5,9 @@ Owns what a request may be and how a refusal looks (status, `error` reason, mess
 routes (serve.py) nor decoding rules (io/codec.py). Imports no model code.
 """
 
+import base64
+import hashlib
+import hmac
 import io
 import json
 import zipfile
@@ -23,6 +26,8 @@ from prodray.io.codec import DecodedImage, ImageRejected, decode_image, encode_i
 MAX_GENERATE_N = 16  # images per /v1/generate request
 MAX_GENERATE_BYTES = 64 * 1024  # a /v1/generate JSON body
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file
+MAX_VOTE_BYTES = 4 * 1024  # a /v1/votes JSON body: a trial token and a choice
+MAX_TRIAL_CHARS = 2048  # a signed trial token is a few hundred characters
 
 # codec.ImageRejected.reason -> HTTP status. Anything not listed is a 422 (bad content).
 REJECT_STATUS = {"unsupported_format": 415, "too_many_pixels": 413, "too_many_bytes": 413}
@@ -192,3 +197,68 @@ def parse_strength_parameter(value: str | None):
         return parse_strength(value)
     except ValueError as exc:
         raise Refused(422, "invalid_parameter", str(exc), field="strength") from None
+
+
+# --- blind A/B trials ------------------------------------------------------------------------
+# A trial token carries what the vote must record (which arm was left, the model, the input's
+# hash) through the browser, signed so a voter cannot alter it: the server keeps no state between
+# showing a pair and storing its vote.
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _signature(secret: str, payload: str) -> str:
+    return _b64(hmac.new(secret.encode(), payload.encode(), hashlib.sha256).digest())
+
+
+def sign_trial(secret: str, trial: dict) -> str:
+    """`trial` as base64url JSON + "." + its HMAC-SHA256 under `secret`."""
+    payload = _b64(json.dumps(trial, sort_keys=True, separators=(",", ":")).encode())
+    return f"{payload}.{_signature(secret, payload)}"
+
+
+TRIAL_FIELDS = {"trial_id": str, "left": str, "right": str, "model_id": str, "input_sha256": str,
+                "issued": (int, float)}
+
+
+def open_trial(secret: str, token) -> dict:
+    """The trial a token signed by `sign_trial` carries; 422 `bad_trial` for anything else."""
+    bad = Refused(422, "bad_trial", "the trial token is not one this server issued")
+    if not isinstance(token, str) or len(token) > MAX_TRIAL_CHARS or token.count(".") != 1:
+        raise bad
+    payload, signature = token.split(".")
+    if not hmac.compare_digest(signature.encode(), _signature(secret, payload).encode()):
+        raise bad
+    try:
+        trial = json.loads(_unb64(payload))
+    except ValueError:
+        raise bad from None
+    if not isinstance(trial, dict) or any(not isinstance(trial.get(k), t) for k, t in TRIAL_FIELDS.items()):
+        raise bad
+    return trial
+
+
+def parse_vote(body: bytes) -> tuple[str, str]:
+    """(trial token, choice) of a /v1/votes body {"trial": ..., "choice": "left" | "right" | "same"}."""
+    from prodray.catalog.preference import CHOICES
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        doc = None
+    if not isinstance(doc, dict):
+        raise Refused(422, "invalid_json", "the body must be a JSON object")
+    extra = sorted(set(doc) - {"trial", "choice"})
+    if extra:
+        raise Refused(422, "invalid_parameter", f"{extra[0]}: unknown field", field=extra[0])
+    if doc.get("choice") not in CHOICES:
+        raise Refused(422, "invalid_parameter", f"choice: must be one of {', '.join(CHOICES)}", field="choice")
+    return doc.get("trial"), doc["choice"]
+
+
+def data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()

@@ -1,5 +1,6 @@
 """Ray Serve application: an HTTP ingress (FastAPI) in front of a batched, autoscaled enhancer
-and a batched, autoscaled product generator, built from a typed config.ServeConfig.
+and a batched, autoscaled product generator, built from a typed config.ServeConfig; with
+ServeConfig.votes set, also a blind A/B page whose votes go to object storage.
 
 Owns the routes (one Ingress method each), `build_app(config)`, the typed builder `app_builder`
 that serve_config.yaml names with `args:`, and `deploy` for jobs/serve.py. Not owned: HTTP
@@ -10,9 +11,12 @@ Importing it loads no weights.
 # No `from __future__ import annotations` here: FastAPI must see real types on the ingress
 # methods, and Serve re-wraps them outside this module's globals.
 import asyncio
+import hashlib
+import logging
 import secrets
 import time
 import urllib.request
+import uuid
 from importlib import resources
 
 from fastapi import FastAPI, Query, Request
@@ -22,6 +26,7 @@ from ray import serve
 from ray.serve.deployment import Application
 from ray.serve.handle import DeploymentHandle
 
+from prodray.catalog import preference
 from prodray.cluster import http
 from prodray.cluster.serve_models import EnhancerDeployment, GeneratorDeployment
 from prodray.config import (
@@ -36,8 +41,10 @@ from prodray.config import (
     validate,
 )
 from prodray.gan.limits import MAX_SEED
+from prodray.io import storage
 from prodray.io.codec import content_type
 
+logger = logging.getLogger("ray.serve")  # Serve routes it into each replica's log file
 api = FastAPI(title="prodray", docs_url=None, redoc_url=None)
 api.add_exception_handler(http.Refused, http.refused_response)
 api.add_exception_handler(RequestValidationError, http.invalid_parameter_response)
@@ -58,6 +65,22 @@ async def call(method, *args, timeout_s: float | None = None):
         raise http.overloaded() from None
     except asyncio.TimeoutError:
         raise http.Refused(504, "model_timeout", f"the model did not answer within {timeout_s:g} s") from None
+
+
+def refuse_unless_enhanced(result: dict, image, max_output_pixels: int) -> None:
+    """An enhancer answer that holds no image, as the refusal the client gets."""
+    if result.get("rejected") == "too_many_output_pixels":
+        raise http.Refused(413, "too_many_output_pixels", f"the x{result['scale']} result of a {image.width}x"
+                           f"{image.height} upload would pass the {max_output_pixels} pixel limit")
+    if result.get("rejected") == "strength_unsupported":
+        raise http.Refused(422, "strength_unsupported", f"model {result['model_id']} is not a restoration "
+                           "model: strength does not apply to it")
+    if result.get("rejected") == "model_changed":
+        raise http.overloaded()  # the model was swapped during the call: the next one sees one model
+    if result.get("rejected"):
+        raise http.Refused(422, result["rejected"], f"this endpoint serves scale {result['scale']}")
+    if result.get("failed"):
+        raise http.Refused(500, "enhance_failed", result["failed"])
 
 
 async def probe(handle: DeploymentHandle | None) -> dict:
@@ -86,15 +109,67 @@ class Ingress:
 
     def __init__(self, enhancer: DeploymentHandle, generator: DeploymentHandle | None = None,
                  max_bytes: int = SERVE_MAX_BYTES, max_pixels: int = SERVE_MAX_PIXELS,
-                 max_output_pixels: int = SERVE_MAX_OUTPUT_PIXELS):
+                 max_output_pixels: int = SERVE_MAX_OUTPUT_PIXELS, votes: str | None = None,
+                 vote_secret: str | None = None):
         self.enhancer, self.generator = enhancer, generator  # generator None: enhancer-only app
         self.max_bytes, self.max_pixels = int(max_bytes), int(max_pixels)
         self.max_output_pixels = int(max_output_pixels)
-        self.page = (resources.files("prodray") / "web" / "index.html").read_text(encoding="utf-8")
+        self.votes, self.vote_secret = votes, vote_secret  # votes None: no A/B page
+        web = resources.files("prodray") / "web"
+        self.page = (web / "index.html").read_text(encoding="utf-8")
+        self.ab_page = (web / "ab.html").read_text(encoding="utf-8")
 
     @api.get("/", response_class=HTMLResponse)
     async def index(self) -> HTMLResponse:
         return HTMLResponse(self.page)
+
+    def _need_votes(self) -> None:
+        if not self.votes or not self.vote_secret:
+            raise http.Refused(404, "no_vote_store", "this deployment stores no votes (ServeConfig.votes is unset)")
+
+    @api.get("/ab", response_class=HTMLResponse)
+    async def ab_page_route(self) -> HTMLResponse:
+        self._need_votes()
+        return HTMLResponse(self.ab_page)
+
+    @api.post("/v1/ab")
+    async def ab(self, request: Request):
+        """One blind trial: the upload (as for /v1/enhance) run by two arms of the served model,
+        answered as two PNG data URLs in random order and a signed token that the vote sends back."""
+        self._need_votes()
+        data = await http.read_upload(request, self.max_bytes)
+        image, digest = await asyncio.to_thread(
+            lambda: (http.decode_upload(data, self.max_bytes, self.max_pixels), hashlib.sha256(data).hexdigest()))
+        result = await call(self.enhancer.enhance_ab, image.rgb, image.alpha, image.jpeg_quality,
+                            self.max_output_pixels)
+        refuse_unless_enhanced(result, image, self.max_output_pixels)
+        pngs = await asyncio.to_thread(lambda: [http.encode_enhanced(r, image, "png", 90) for r in result["results"]])
+        left, right = result["arms"]
+        token = http.sign_trial(self.vote_secret, {
+            "trial_id": uuid.uuid4().hex, "left": left, "right": right, "model_id": result["model_id"],
+            "input_sha256": digest, "issued": time.time()})
+        return {"trial": token, "left": http.data_url(pngs[0]), "right": http.data_url(pngs[1]),
+                "model_id": result["model_id"]}
+
+    @api.post("/v1/votes")
+    async def vote(self, request: Request):
+        """JSON {"trial": token from /v1/ab, "choice": "left" | "right" | "same"}: stores the vote as
+        its own create-only object (one per trial: a second is 409) and reveals the arms."""
+        self._need_votes()
+        body = await http.read_capped(request, http.MAX_VOTE_BYTES,
+                                      f"the JSON body is limited to {http.MAX_VOTE_BYTES} bytes")
+        token, choice = http.parse_vote(body)
+        trial = http.open_trial(self.vote_secret, token)
+        key = preference.vote_key(trial["trial_id"], trial["issued"])
+        line = preference.vote_line(preference.vote_record(trial, choice, time.time()))
+        try:
+            stored = await asyncio.to_thread(storage.put_if_absent, storage.join(self.votes, key), line)
+        except (storage.StorageError, OSError):
+            logger.exception("could not store the vote of trial %s", trial["trial_id"])
+            raise http.Refused(503, "vote_store_unavailable", "the vote could not be stored; try again") from None
+        if not stored:
+            raise http.Refused(409, "already_voted", "this trial has a vote already")
+        return {"stored": key, "left": trial["left"], "right": trial["right"]}
 
     @api.get("/healthz")
     async def healthz(self):
@@ -160,16 +235,7 @@ class Ingress:
         result = await call(self.enhancer.enhance, image.rgb, image.alpha, scale, strength, image.jpeg_quality,
                             self.max_output_pixels)
         enhanced = time.perf_counter()
-        if result.get("rejected") == "too_many_output_pixels":
-            raise http.Refused(413, "too_many_output_pixels", f"the x{result['scale']} result of a {image.width}x"
-                               f"{image.height} upload would pass the {self.max_output_pixels} pixel limit")
-        if result.get("rejected") == "strength_unsupported":
-            raise http.Refused(422, "strength_unsupported", f"model {result['model_id']} is not a restoration "
-                               "model: strength does not apply to it")
-        if result.get("rejected"):
-            raise http.Refused(422, result["rejected"], f"this endpoint serves scale {result['scale']}")
-        if result.get("failed"):
-            raise http.Refused(500, "enhance_failed", result["failed"])
+        refuse_unless_enhanced(result, image, self.max_output_pixels)
         http.check_fits_format(*result["rgb"].shape[:2], fmt)
         payload = await asyncio.to_thread(http.encode_enhanced, result, image, fmt, quality)
         strength_header = {} if result["strength"] is None else {"x-strength": f"{result['strength']:g}"}
@@ -204,8 +270,13 @@ def build_app(config: ServeConfig | None = None) -> Application:
     generator = (_model_deployment(GeneratorDeployment, config.generator, config.generator_replicas, config)
                  if config.serves_generator else None)
     ingress = Ingress.options(**deployment_options(config.ingress_replicas))
+    # Every ingress replica gets the same init kwargs, so all of them verify each other's trial
+    # tokens. The secret is drawn per build: Serve keeps it in its controller's checkpoint (readable
+    # by whoever can reach the cluster's GCS), and a deploy that rebuilds the app draws a new one,
+    # so trials shown before such a redeploy can no longer be voted on (bad_trial).
+    vote_secret = secrets.token_hex(32) if config.votes else None
     return ingress.bind(enhancer, generator, max_bytes=config.max_bytes, max_pixels=config.max_pixels,
-                        max_output_pixels=config.max_output_pixels)
+                        max_output_pixels=config.max_output_pixels, votes=config.votes, vote_secret=vote_secret)
 
 
 def app_builder(args: dict) -> Application:

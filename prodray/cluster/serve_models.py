@@ -8,6 +8,7 @@ weights and no torch.
 
 import asyncio
 import logging
+import random
 
 import numpy as np
 from ray import serve
@@ -71,6 +72,16 @@ def _default_device() -> str:
 
 
 
+# The arms of the blind A/B page (GET /ab): a restoration model against itself at three strengths,
+# any other model against the plain bicubic upscaling it improves on.
+RESTORE_ARMS = {"strength-0": 0.0, "strength-1": 1.0, "strength-auto": "auto"}
+CLEAN_ARMS = {"model": None, "bicubic": None}
+
+
+def arms_of(enhancer) -> list[str]:
+    return list(RESTORE_ARMS if enhancer.restores else CLEAN_ARMS)
+
+
 # Resources, replicas, queues and batching come from config.ServeConfig: serve.build_app sets
 # them. Let in-flight batches of large images finish when a replica is scaled down or replaced.
 @serve.deployment(graceful_shutdown_timeout_s=60, backpressure_config=BACKPRESSURE)
@@ -118,6 +129,34 @@ class EnhancerDeployment(SwappableModel):
             alpha = await asyncio.to_thread(upscale_alpha, alpha, enhancer.scale)
         return {"rgb": out, "alpha": alpha, "model_id": enhancer.model_id, "scale": enhancer.scale,
                 "strength": chosen}
+
+    async def enhance_ab(self, rgb: np.ndarray, alpha: np.ndarray | None = None, jpeg_quality: int | None = None,
+                         max_output_pixels: int | None = None) -> dict:
+        """Two different arms of the loaded model (arms_of), drawn at random and in random order, run on
+        one image -> {"arms": [left, right], "results": [two `enhance` answers], "model_id"}, or
+        the first rejection or failure (as `enhance` answers them)."""
+        if self._model is None:
+            await self._ensure_loaded()
+        enhancer = self._model
+        if max_output_pixels and rgb.shape[0] * rgb.shape[1] * enhancer.scale**2 > max_output_pixels:
+            return {"rejected": "too_many_output_pixels", "scale": enhancer.scale}
+        arms = random.SystemRandom().sample(arms_of(enhancer), 2)
+        results = await asyncio.gather(*(self._arm(enhancer, arm, rgb, alpha, jpeg_quality) for arm in arms))
+        for result in results:
+            if result.get("rejected") or result.get("failed"):
+                return result
+        if {result["model_id"] for result in results} != {enhancer.model_id}:
+            return {"rejected": "model_changed", "model_id": enhancer.model_id}  # a swap landed mid-trial
+        return {"arms": arms, "results": list(results), "model_id": enhancer.model_id}
+
+    async def _arm(self, enhancer, arm: str, rgb: np.ndarray, alpha: np.ndarray | None, jpeg_quality) -> dict:
+        if arm != "bicubic":
+            return await self.enhance(rgb, alpha, None, RESTORE_ARMS.get(arm), jpeg_quality)
+        from prodray.enhancer.evaluation import bicubic_upscale  # the baseline of the project's evals
+        from prodray.enhancer.inference import upscale_alpha
+        out = await asyncio.to_thread(bicubic_upscale, rgb, enhancer.scale)
+        alpha = await asyncio.to_thread(upscale_alpha, alpha, enhancer.scale)
+        return {"rgb": out, "alpha": alpha, "model_id": enhancer.model_id, "scale": enhancer.scale, "strength": None}
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _enhance_batch(self, requests: list[tuple]) -> list[tuple]:

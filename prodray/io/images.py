@@ -10,6 +10,9 @@ import numpy as np
 import torch
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+# What the bulk job lists from a catalog: the formats it decodes, and image formats it refuses, so
+# that a catalog's HEIC or GIF files get a manifest row with the reason instead of being passed over.
+CATALOG_SUFFIXES = IMAGE_SUFFIXES + (".gif", ".heic", ".heif", ".avif", ".svg", ".mpo", ".ico", ".jp2", ".jxl")
 
 
 # ---------------------------------------------------------------- the one uint8 <-> float place

@@ -124,6 +124,18 @@ def test_sample_catalog_has_skimage_photos(tmp_path):
         assert row["category"] == "photo"
 
 
+def test_sample_catalog_as_suppliers_send_it_is_jpeg_at_the_quality_asked(tmp_path):
+    from prodray.io.codec import decode_image
+    dest = tmp_path / "supplier"
+    catalog.sample_catalog(str(dest), fashion_count=0, echo=lambda *_: None, jpeg_quality=40)
+    rows = _manifest_rows(dest)
+    assert {Path(row["key"]).stem for row in rows} == set(catalog.SKIMAGE_PHOTOS)
+    for row in rows:
+        decoded = decode_image((dest / row["key"]).read_bytes())
+        assert row["key"].endswith(".jpg") and row["format"] == decoded.format == "JPEG"
+        assert decoded.jpeg_quality == 40
+
+
 @pytest.mark.skipif(not catalog.FASHION_MNIST_DIR.is_dir(),
                     reason=f"Fashion-MNIST is not installed at {catalog.FASHION_MNIST_DIR} "
                            "(apt-get install dataset-fashion-mnist)")

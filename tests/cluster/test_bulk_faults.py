@@ -56,7 +56,24 @@ def result_keys(output: str) -> list[str]:
     return [storage.relative_key(f["uri"], output) for f in storage.list_files(output)]
 
 
-def assert_one_result_per_input(output: str, keys: set[str], allowed=("ok", "skipped")) -> list[dict]:
+def enable_versioning(boto_client, bucket: str) -> None:
+    """Every PUT that lands becomes a version: an overwrite shows as a second version of the key."""
+    boto_client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    assert boto_client.get_bucket_versioning(Bucket=bucket).get("Status") == "Enabled"
+
+
+def versions_per_key(boto_client, bucket: str, prefix: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    pages = boto_client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/")
+    for page in pages:
+        for version in page.get("Versions", []):
+            counts[version["Key"]] = counts.get(version["Key"], 0) + 1
+    return counts
+
+
+def assert_one_result_per_input(output: str, keys: set[str], allowed=("ok", "skipped"), boto_client=None) -> list[dict]:
+    """One manifest row and one result object per input; with `boto_client` (the output bucket
+    versioned), also one write per result: a `skipped` row must never hide a second write."""
     rows = manifest_rows(output)
     by_key = [r["input_key"] for r in rows]
     assert sorted(by_key) == sorted(keys), "one manifest row per input, no duplicates, none missing"
@@ -65,6 +82,11 @@ def assert_one_result_per_input(output: str, keys: set[str], allowed=("ok", "ski
     results = result_keys(output)
     assert len(results) == len(set(results)) == len(keys), "exactly one output object per input"
     assert sorted(results) == sorted(r["output_key"] for r in rows)
+    if boto_client is not None:
+        bucket, prefix = output[len("s3://"):].split("/", 1)
+        versions = versions_per_key(boto_client, bucket, prefix)
+        written = {key: versions.get(f"{prefix}/{key}", 0) for key in results}
+        assert set(written.values()) == {1}, {k: n for k, n in written.items() if n != 1}
     return rows
 
 
@@ -84,7 +106,8 @@ def start_cluster(**head_node_args):
 
 # ---------------------------------------------------------------- a. S3 faults through a proxy
 
-def test_s3_faults_are_retried_nothing_lost_nothing_doubled(bucket, s3_env, monkeypatch):
+def test_s3_faults_are_retried_nothing_lost_nothing_doubled(bucket, s3_env, monkeypatch, boto_client):
+    enable_versioning(boto_client, bucket)
     model_uri, _ = tiny_model(bucket)
     source, keys = put_catalog(bucket, 16)
     output = f"s3://{bucket}/enhanced"
@@ -104,7 +127,7 @@ def test_s3_faults_are_retried_nothing_lost_nothing_doubled(bucket, s3_env, monk
     print(f"faults injected: {faults} of {proxy.requests} requests")
     assert sum(faults.values()) > 0 and len(faults) == 3, faults
     assert summary["counts"] == {"ok": len(keys)}
-    assert_one_result_per_input(output, keys, allowed=("ok",))
+    assert_one_result_per_input(output, keys, allowed=("ok",), boto_client=boto_client)
 
 
 def test_create_only_put_whose_response_was_lost_counts_as_written(bucket, s3_env, monkeypatch):
@@ -141,6 +164,7 @@ def count_results(boto_client, bucket: str, prefix: str) -> int:
 def test_worker_node_killed_mid_job_every_input_one_result(bucket, s3_env, boto_client):
     import threading
 
+    enable_versioning(boto_client, bucket)
     model_uri, _ = tiny_model(bucket)
     source, keys = put_catalog(bucket, 40, size=64)
     output = f"s3://{bucket}/enhanced"
@@ -188,13 +212,15 @@ def test_worker_node_killed_mid_job_every_input_one_result(bucket, s3_env, boto_
     print(f"killed {killed}; summary counts {summary['counts']}")
     assert "node" in killed and killed["outputs_before"] < len(keys), f"the node must die mid-job: {killed}"
     assert sum(summary["counts"].values()) == len(keys)
-    # Results written by the dead node's last batch are found on the retry: `skipped`, never doubled.
-    assert_one_result_per_input(output, keys, allowed=("ok", "skipped"))
+    # Results written by the dead node's last batch are found on the retry: `skipped`, and each
+    # result object was written once (one version per key).
+    assert_one_result_per_input(output, keys, allowed=("ok", "skipped"), boto_client=boto_client)
 
 
 # ---------------------------------------------------------------- c. the driver killed mid-job
 
 def test_driver_killed_mid_job_rerun_completes_the_rest(bucket, s3_env, boto_client):
+    enable_versioning(boto_client, bucket)
     model_uri, _ = tiny_model(bucket)
     source, keys = put_catalog(bucket, 40, size=64)
     output = f"s3://{bucket}/enhanced"
@@ -225,6 +251,6 @@ def test_driver_killed_mid_job_rerun_completes_the_rest(bucket, s3_env, boto_cli
     finally:
         cluster.shutdown()
     print(f"killed after {written} results ({partial} when it died); rerun:\n{rerun.stdout[-600:]}")
-    rows = assert_one_result_per_input(output, keys, allowed=("ok", "skipped"))
+    rows = assert_one_result_per_input(output, keys, allowed=("ok", "skipped"), boto_client=boto_client)
     skipped = sum(r["status"] == "skipped" for r in rows)
     assert skipped >= partial  # what the killed run wrote is found again, never written twice

@@ -63,13 +63,24 @@ def test_max_output_bytes_lowers_jpeg_quality_until_it_fits_and_rejects_png():
 
 
 def test_constraints_are_part_of_the_output_key_only_when_set():
-    plain = output_key("a/b.jpg", "m", OPTIONS)
+    plain = output_key("a/b.png", "m", OPTIONS)
     assert plain == "m/x2-png-q90/a/b.png"  # unchanged for jobs without constraints
     constrained = BulkConfig(input="s3://b/in", output="s3://b/out", min_longest_side=1000, pad_square=True,
                              max_output_bytes=500_000)
-    assert output_key("a/b.jpg", "m", constrained) == "m/x2-png-q90-min1000-square-max500000b/a/b.png"
+    assert output_key("a/b.png", "m", constrained) == "m/x2-png-q90-min1000-square-max500000b/a/b.png"
     ensembled = BulkConfig(input="s3://b/in", output="s3://b/out", self_ensemble=True)
-    assert output_key("a/b.jpg", "m", ensembled) == "m/x2-png-q90-ens8/a/b.png"  # other bytes, other key
+    assert output_key("a/b.png", "m", ensembled) == "m/x2-png-q90-ens8/a/b.png"  # other bytes, other key
+
+
+def test_inputs_that_differ_only_in_extension_get_different_results():
+    """a.jpg, a.webp and a.png in one folder are three products' photos, not one."""
+    keys = ["a.jpg", "a.webp", "a.png", "a.tif", "a.JPG"]  # (the listing takes image suffixes only)
+    results = [output_key(key, "m", OPTIONS) for key in keys]
+    assert len(set(results)) == len(keys), results
+    assert results[:3] == ["m/x2-png-q90/a.jpg.png", "m/x2-png-q90/a.webp.png", "m/x2-png-q90/a.png"]
+    as_jpeg = BulkConfig(input="s3://b/in", output="s3://b/out", format="jpeg")
+    assert output_key("p/a.jpeg", "m", as_jpeg) == "m/x2-jpeg-q90/p/a.jpg"
+    assert output_key("p/a.png", "m", as_jpeg) == "m/x2-jpeg-q90/p/a.png.jpg"
     with pytest.raises(ValueError, match="min_longest_side"):
         BulkConfig(input="s3://b/in", output="s3://b/out", min_longest_side=0)
 

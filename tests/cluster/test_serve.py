@@ -7,6 +7,8 @@ are checked without a cluster at the end.
 """
 
 import asyncio
+import base64
+import hashlib
 import io
 import json
 import os
@@ -115,10 +117,10 @@ def server(tmp_path_factory):
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         config = ServeConfig(model=model_a, generator=gen_a, max_bytes=MAX_BYTES, max_output_pixels=MAX_OUTPUT_PIXELS,
-                             ingress_replicas=INGRESS_REPLICAS,
+                             ingress_replicas=INGRESS_REPLICAS, votes=str(root / "votes"),
                              enhancer_replicas=ONE_REPLICA, generator_replicas=ONE_REPLICA)
         serve.run(build_app(config), name="prodray", route_prefix="/")
-        yield {"url": f"http://127.0.0.1:{port}",
+        yield {"url": f"http://127.0.0.1:{port}", "votes": root / "votes",
                "model_a": model_a, "id_a": id_a, "model_b": model_b, "id_b": id_b,
                "gen_a": gen_a, "gen_id_a": gen_id_a, "gen_b": gen_b, "gen_id_b": gen_id_b}
     finally:
@@ -547,6 +549,216 @@ def test_web_page_in_headless_chromium(server, tmp_path):
             browser.close()
 
 
+# --- blind A/B page and votes ------------------------------------------------------------------
+
+
+def _ab(server, data: bytes, prefix="", **kw) -> requests.Response:
+    return requests.post(server["url"] + prefix + "/v1/ab", data=data, timeout=60, **kw)
+
+
+def _vote_on(server, trial, choice, prefix="") -> requests.Response:
+    return requests.post(server["url"] + prefix + "/v1/votes", json={"trial": trial, "choice": choice}, timeout=60)
+
+
+def _from_data_url(url: str) -> np.ndarray:
+    assert url.startswith("data:image/png;base64,"), url[:40]
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+
+
+def _stored_votes(server) -> set[Path]:
+    return set(server["votes"].rglob("*.jsonl")) if server["votes"].exists() else set()
+
+
+def _trial_of(token: str) -> dict:
+    """What a trial token carries (readable by anyone: it is signed, not encrypted)."""
+    payload = token.split(".")[0]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+def _resign(token: str, secret: str | None = None, **changes) -> str:
+    """A token with `changes` applied to its payload, keeping its signature or signing it with `secret`."""
+    from prodray.cluster import http
+    trial, signature = _trial_of(token), token.split(".")[1]
+    if secret is not None:
+        return http.sign_trial(secret, {**trial, **changes})
+    forged = base64.urlsafe_b64encode(json.dumps({**trial, **changes}).encode()).rstrip(b"=").decode()
+    return f"{forged}.{signature}"
+
+
+def test_ab_pair_is_the_model_and_bicubic_and_the_vote_is_stored(server):
+    """A model that is not a restoration model is compared with bicubic: the two images are exactly
+    /v1/enhance's answer and bicubic_upscale, and the vote file says which side was which."""
+    from prodray.enhancer.evaluation import bicubic_upscale
+
+    data = _png(40, 30)
+    resp = _ab(server, data, headers={"content-type": "image/png"})
+    assert resp.status_code == 200, resp.text
+    answer = resp.json()
+    assert set(answer) == {"trial", "left", "right", "model_id"} and answer["model_id"] == server["id_a"]
+    left, right = _from_data_url(answer["left"]), _from_data_url(answer["right"])
+    assert left.shape == right.shape == (60, 80, 3)
+    before = _stored_votes(server)
+    vote = _vote_on(server, answer["trial"], "right")
+    assert vote.status_code == 200, vote.text
+    revealed = vote.json()
+    assert {revealed["left"], revealed["right"]} == {"model", "bicubic"}
+    images = {revealed["left"]: left, revealed["right"]: right}
+    rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert np.array_equal(images["bicubic"], bicubic_upscale(rgb, 2))
+    assert np.array_equal(images["model"], np.asarray(_decode(_post(server, data))))
+    (stored,) = _stored_votes(server) - before
+    assert stored == server["votes"] / revealed["stored"]
+    (line,) = stored.read_text().splitlines()
+    record = json.loads(line)
+    assert record == {**record, "choice": "right", "winner": revealed["right"], "left": revealed["left"],
+                      "right": revealed["right"], "model_id": server["id_a"],
+                      "input_sha256": hashlib.sha256(data).hexdigest()}
+    assert set(record) == {"trial_id", "model_id", "left", "right", "choice", "winner", "input_sha256", "time"}
+    assert stored.name == record["trial_id"] + ".jsonl"
+    # One vote per trial, whatever the second choice.
+    for choice in ("right", "left"):
+        again = _vote_on(server, answer["trial"], choice)
+        assert again.status_code == 409 and again.json()["error"] == "already_voted", again.text
+    assert stored.read_text() == line + "\n" and _stored_votes(server) - before == {stored}
+
+
+def test_ab_sides_are_shuffled(server):
+    orders = set()
+    for _ in range(16):  # both orders show up unless the draw is fixed (chance 2 ** -15)
+        trial = _trial_of(_ab(server, _png(8, 8)).json()["trial"])
+        orders.add((trial["left"], trial["right"]))
+    assert orders == {("model", "bicubic"), ("bicubic", "model")}
+
+
+def test_forged_garbled_and_bad_votes_are_refused(server):
+    token = _ab(server, _png(16, 16)).json()["trial"]
+    before = _stored_votes(server)
+    left = _trial_of(token)["left"]
+    other = "model" if left == "bicubic" else "bicubic"
+    for forged in (_resign(token, left=other), _resign(token, secret="0" * 64), token + "x", token.split(".")[0],
+                   "", "a.b", "\u00e9.\u00e9", "x" * 3000, None, 42, ["a"]):
+        resp = _vote_on(server, forged, "left")
+        assert resp.status_code == 422 and resp.json()["error"] == "bad_trial", (forged, resp.text)
+    for choice in ("both", "LEFT", "", None, 1, ["left"]):
+        resp = _vote_on(server, token, choice)
+        assert resp.status_code == 422, resp.text
+        assert resp.json()["error"] == "invalid_parameter" and resp.json()["field"] == "choice", resp.text
+    url = server["url"] + "/v1/votes"
+    extra = requests.post(url, json={"trial": token, "choice": "left", "weight": 2}, timeout=60)
+    assert extra.status_code == 422 and extra.json()["field"] == "weight", extra.text
+    for body in (b"", b"not json", b"[1]", b"\xff"):
+        resp = requests.post(url, data=body, timeout=60)
+        assert resp.status_code == 422 and resp.json()["error"] == "invalid_json", resp.text
+    big = requests.post(url, data=json.dumps({"trial": token, "choice": "left", "x": "a" * 5000}), timeout=60)
+    assert big.status_code == 413 and big.json()["error"] == "too_many_bytes"
+    assert _stored_votes(server) == before  # nothing refused was stored
+    assert _vote_on(server, token, "same").status_code == 200  # the genuine token still votes
+
+
+def test_ab_refuses_uploads_as_enhance_does(server):
+    gif = _ab(server, b"GIF89a" + bytes(range(256)) * 4)
+    assert gif.status_code == 415 and gif.json()["error"] == "unsupported_format"
+    big = _ab(server, random.Random(0).randbytes(MAX_BYTES + 1))
+    assert big.status_code == 413 and big.json()["error"] == "too_many_bytes"
+    missing = requests.post(server["url"] + "/v1/ab", files={"other": ("x.png", _png(), "image/png")}, timeout=60)
+    assert missing.status_code == 422 and missing.json()["error"] == "missing_file"
+    flat = io.BytesIO()
+    Image.new("RGB", (800, 400), (200, 30, 30)).save(flat, "PNG")  # x2 passes the test's output cap
+    wide = _ab(server, flat.getvalue())
+    assert wide.status_code == 413 and wide.json()["error"] == "too_many_output_pixels", wide.text
+    multipart = requests.post(server["url"] + "/v1/ab", files={"file": ("p.jpg", _png(20, 10, fmt="JPEG"))},
+                              timeout=60)
+    assert multipart.status_code == 200 and _from_data_url(multipart.json()["left"]).shape == (20, 40, 3)
+
+
+AB_SIZES_JS = """() => ["left", "right"].map((id) => {
+    const img = document.getElementById(id), box = img.getBoundingClientRect();
+    return [img.naturalWidth, img.naturalHeight, Math.round(box.width), Math.round(box.height)];
+})"""
+
+
+def test_ab_page_in_headless_chromium(server, tmp_path):
+    """GET /ab like a voter: upload, two unlabelled results of one size, vote, see which was which;
+    the one stored vote says the same."""
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="playwright is not installed (the dev extra has it)")
+    binary = _chromium()
+    if binary is None:
+        pytest.skip("no chromium binary on PATH (Debian: apt-get install chromium; .ci/run tries it)")
+    photo = tmp_path / "product.png"
+    photo.write_bytes(_png(48, 32))
+    before = _stored_votes(server)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=binary, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 800})
+            errors = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(server["url"] + "/ab")
+            assert not page.is_visible("#left")
+            page.set_input_files("#file", str(photo))
+            page.click("#form button[type=submit]")
+            page.wait_for_selector("#left", state="visible", timeout=60_000)
+            (lw, lh, lbw, lbh), (rw, rh, rbw, rbh) = page.evaluate(AB_SIZES_JS)
+            assert (lw, lh) == (rw, rh) == (96, 64)
+            assert (lbw, lbh) == (rbw, rbh) and lbw > 0, (lbw, lbh, rbw, rbh)
+            body = page.inner_text("body")
+            assert "bicubic" not in body and "model" not in body  # no arm names before the vote
+            assert _stored_votes(server) == before
+
+            page.click("button[data-choice=left]")
+            page.wait_for_selector("#next", state="visible", timeout=60_000)
+            revealed = [page.inner_text("#left-arm"), page.inner_text("#right-arm")]
+            assert sorted(revealed) == ["bicubic", "model"], revealed
+            assert "chosen" in (page.get_attribute("#left", "class") or "")
+            assert not page.is_visible("button[data-choice=right]")
+
+            (stored,) = _stored_votes(server) - before
+            record = json.loads(stored.read_text())
+            assert (record["left"], record["right"]) == tuple(revealed)
+            assert record["choice"] == "left" and record["winner"] == revealed[0]
+            assert record["model_id"] == server["id_a"]
+            assert record["input_sha256"] == hashlib.sha256(photo.read_bytes()).hexdigest()
+
+            page.click("#next")  # starts again: nothing shown, nothing revealed
+            assert not page.is_visible("#left") and page.inner_text("#left-arm") == ""
+            assert not errors, errors
+        finally:
+            browser.close()
+    assert _stored_votes(server) - before == {stored}
+
+
+def test_restoration_model_arms_are_its_strengths(server, tmp_path):
+    """The replica class alone: a restoration model's pair is two of strength-0/1/auto, each exactly
+    `enhance` at that strength."""
+    from prodray.cluster.serve import EnhancerDeployment
+    from prodray.cluster.serve_models import RESTORE_ARMS
+    from prodray.enhancer.inference import Enhancer
+
+    shipped = Enhancer.load("enhancer-x2")
+    export_model(str(tmp_path / "restore"), "enhancer", shipped.model,
+                 {**shipped.config, "init_model_id": shipped.model_id})
+    replica = EnhancerDeployment.func_or_class()
+
+    async def unbatched(request):  # @serve.batch needs a replica context; its body does not
+        return (await EnhancerDeployment.func_or_class._enhance_batch.__wrapped__(replica, [request]))[0]
+    replica._enhance_batch = unbatched
+    rgb = np.random.default_rng(3).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+
+    async def run():
+        await replica.reconfigure({"model": str(tmp_path / "restore")})
+        pairs = [await replica.enhance_ab(rgb, None, 30) for _ in range(12)]
+        return pairs, {arm: (await replica.enhance(rgb, None, None, strength, 30))["rgb"]
+                       for arm, strength in RESTORE_ARMS.items()}
+
+    pairs, expected = asyncio.run(run())
+    for pair in pairs:
+        assert len(set(pair["arms"])) == 2 and set(pair["arms"]) <= set(RESTORE_ARMS)
+        for arm, result in zip(pair["arms"], pair["results"]):
+            assert np.array_equal(result["rgb"], expected[arm]), arm
+    assert {arm for pair in pairs for arm in pair["arms"]} == set(RESTORE_ARMS)
+
+
 # --- bad input ---------------------------------------------------------------------------------
 
 
@@ -753,6 +965,10 @@ def test_enhancer_overload_gives_json_503(server):
         assert health["status"] == "ok" and health["generator"] == {"status": "disabled"}
         assert [m["task"] for m in requests.get(server["url"] + "/tight/v1/models", timeout=30).json()["models"]] \
             == ["enhance"]
+        # And without `votes`: no A/B page, no trials, no votes.
+        for resp in (requests.get(server["url"] + "/tight/ab", timeout=30), _ab(server, _png(), prefix="/tight"),
+                     _vote_on(server, "a.b", "left", prefix="/tight")):
+            assert resp.status_code == 404 and resp.json()["error"] == "no_vote_store", resp.text
         data = _png(512, 512)  # 786 kB, under MAX_BYTES; tiles keep the enhancer busy a while
         url = server["url"] + "/tight/v1/enhance"
         with ThreadPoolExecutor(12) as pool:
@@ -915,8 +1131,14 @@ def test_app_builder_builds_from_args():
     scaling = enhancer._deployment_config.autoscaling_config
     assert (scaling.min_replicas, scaling.max_replicas) == (1, 2)
     assert deployments["Ingress"].init_kwargs == {"max_bytes": 1234, "max_pixels": 4096 * 4096,
-                                                  "max_output_pixels": 64_000_000}
+                                                  "max_output_pixels": 64_000_000, "votes": None,
+                                                  "vote_secret": None}  # no votes: no A/B page
     assert deployments["Ingress"].ray_actor_options["num_cpus"] == 0.5
+    voting = _deployments(app_builder({"votes": "relative/votes", "generator": "none"}))["Ingress"].init_kwargs
+    assert voting["votes"] == str(Path("relative/votes").absolute())  # replicas run elsewhere
+    assert len(voting["vote_secret"]) == 64 and int(voting["vote_secret"], 16) >= 0
+    assert _deployments(app_builder({"votes": "s3://bucket/votes"}))["Ingress"].init_kwargs["votes"] \
+        == "s3://bucket/votes"
     defaults = _deployments(app_builder({}))
     assert set(defaults) == {"Ingress", "EnhancerDeployment", "GeneratorDeployment"}
     assert defaults["GeneratorDeployment"].user_config["model"] == "gan-fashion-products"
@@ -927,6 +1149,7 @@ def test_app_builder_builds_from_args():
     ({"enhancer_replicas": {"num_gpu": 1}}, "config field enhancer_replicas.num_gpu: Extra inputs"),
     ({"max_bytes": 0}, "config field max_bytes: Input should be greater than or equal to 1"),
     ({"device": "tpu"}, "config field device: Input should be 'auto', 'cpu' or 'cuda'"),
+    ({"votes": "ftp://host/votes"}, "config field votes: Value error, unsupported URI scheme 'ftp'"),
     ({"generator_replicas": {"min_replicas": 3, "max_replicas": 2}},
      "config field generator_replicas.max_replicas: Value error, max_replicas 2 is below min_replicas 3"),
 ])
@@ -948,6 +1171,10 @@ def test_import_is_lazy():
             "assert 'prodray.enhancer.inference' not in sys.modules and 'prodray.gan.inference' not in sys.modules; "
             "from prodray.cluster import http; http.parse_strength_parameter('auto'); "
             "http.parse_strength_parameter('0.5'); "
+            "t = {'trial_id': 'a', 'left': 'model', 'right': 'bicubic', 'model_id': 'm', 'input_sha256': 'h', "
+            "'issued': 0.0}; trial = http.open_trial('k', http.sign_trial('k', t)); "
+            "choice = http.parse_vote(b'{\"choice\": \"same\"}')[1]; "
+            "s.preference.vote_line(s.preference.vote_record(trial, choice, 0)); "
             "assert 'torch' not in sys.modules; print(type(s.app).__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -975,3 +1202,25 @@ def test_serve_job_passes_the_request_timeout_to_serve():
     doc = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     from prodray.cluster.serve import MODEL_CALL_TIMEOUT_S
     assert doc["http_options"]["request_timeout_s"] > MODEL_CALL_TIMEOUT_S
+
+
+REFUSAL_STATUS = {"empty": 422, "unsupported_format": 415, "truncated": 422, "too_many_pixels": 413,
+                  "too_many_bytes": 413, "corrupt": 422}
+
+
+def test_the_bad_input_corpus_never_gives_a_5xx(server):
+    """Every kind of tests/bad_inputs.py, posted as an upload: 200 with the image at twice the size,
+    or the documented refusal; never a 5xx."""
+    from bad_inputs import corpus
+
+    from prodray.io.codec import decode_image
+    wrong = {}
+    for case in corpus(MAX_BYTES):
+        resp = _post(server, case.data)
+        if case.outcome == "ok":
+            source = decode_image(case.data, max_bytes=MAX_BYTES)
+            if resp.status_code != 200 or _decode(resp).size != (2 * source.width, 2 * source.height):
+                wrong[case.name] = (resp.status_code, resp.text[:200])
+        elif resp.status_code != REFUSAL_STATUS[case.outcome] or resp.json().get("error") != case.outcome:
+            wrong[case.name] = (resp.status_code, resp.text[:200])
+    assert not wrong, wrong
