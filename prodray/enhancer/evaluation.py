@@ -212,6 +212,7 @@ def evaluate_suite(folder, scale: int, upscalers: dict, suite: str = "standard",
     suite (seeded per image and damage; `only` some of them), restored by each upscaler and scored
     against the original: PSNR-Y / SSIM-Y (`scale` pixels shaved), mean CIEDE2000, and the pure-white
     pixels kept / made. An upscaler with a `jpeg_quality` parameter is told the damaged file's quality."""
+    numbers = {name: number for number, name in enumerate(SUITES[suite])}  # seeds stay per damage under `only`
     damages = {name: SUITES[suite][name] for name in (only or SUITES[suite])}
     informed = {name for name, upscale in upscalers.items() if _accepts_quality(upscale)}
     paths = list_images(folder)[:limit]
@@ -221,8 +222,7 @@ def evaluate_suite(folder, scale: int, upscalers: dict, suite: str = "standard",
         hr = hr[:hr.shape[0] - hr.shape[0] % scale, :hr.shape[1] - hr.shape[1] % scale]
         clean = imresize_uint8(hr, 1.0 / scale) if scale > 1 else hr
         for damage, apply in damages.items():
-            number = list(SUITES[suite]).index(damage)
-            lr, quality = apply(clean, np.random.default_rng([seed, index, number]))
+            lr, quality = apply(clean, np.random.default_rng([seed, index, numbers[damage]]))
             for name, upscale in upscalers.items():
                 out = upscale(lr, scale, jpeg_quality=quality) if name in informed else upscale(lr, scale)
                 tallies[damage][name].add(out, hr, shave=scale)

@@ -14,8 +14,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from prodray.config import parse_strength  # noqa: F401 - re-exported; it lives where the ingress can import it without torch
-
 STEP = 0.25  # strengths are rounded to this grid, so `auto` batches share a few weight sets
 # JPEG quality at and below which the full strength helps, and from which none is needed.
 FULL_AT_QUALITY, NONE_FROM_QUALITY = 60, 95

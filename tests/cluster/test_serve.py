@@ -20,6 +20,7 @@ import time
 import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -458,6 +459,28 @@ def _chromium() -> str | None:
     return None
 
 
+@contextmanager
+def _browser_page(url: str):
+    """A page of headless Chromium at `url` -> (page, the page's uncaught errors); skips the test
+    when playwright or a Chromium binary is missing."""
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="playwright is not installed (the dev extra has it)")
+    binary = _chromium()
+    if binary is None:
+        pytest.skip("no chromium binary on PATH (Debian: apt-get install chromium; .ci/run tries it)")
+    with sync_api.sync_playwright() as pw:
+        # --no-sandbox: Chromium's sandbox refuses to start as root (CI runs as root).
+        browser = pw.chromium.launch(executable_path=binary, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 800})
+            errors = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(url)
+            yield page, errors
+        finally:
+            browser.close()
+
+
 SIZES_JS = """() => ["after", "before"].map((id) => {
     const img = document.getElementById(id);
     return [img.naturalWidth, img.naturalHeight];
@@ -466,87 +489,73 @@ SIZES_JS = """() => ["after", "before"].map((id) => {
 
 def test_web_page_in_headless_chromium(server, tmp_path):
     """Upload a file on GET / like a user, see the result and wipe the before/after slider."""
-    sync_api = pytest.importorskip("playwright.sync_api",
-                                   reason="playwright is not installed (the dev extra has it)")
-    binary = _chromium()
-    if binary is None:
-        pytest.skip("no chromium binary on PATH (Debian: apt-get install chromium; .ci/run tries it)")
     (tmp_path / "product.png").write_bytes(_png(48, 32))
     (tmp_path / "anim.gif").write_bytes(b"GIF89a" + bytes(range(256)) * 4)
 
-    with sync_api.sync_playwright() as pw:
-        # --no-sandbox: Chromium's sandbox refuses to start as root (CI runs as root).
-        browser = pw.chromium.launch(executable_path=binary, headless=True, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1000, "height": 800})
-            errors = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(server["url"] + "/")
-            assert not page.is_visible("#slider")  # nothing to compare yet
+    with _browser_page(server["url"] + "/") as (page, errors):
+        assert not page.is_visible("#slider")  # nothing to compare yet
 
-            page.set_input_files("#file", str(tmp_path / "product.png"))
-            page.click("#form button[type=submit]")
-            page.wait_for_selector("#slider", state="visible", timeout=60_000)
-            assert page.evaluate(SIZES_JS) == [[96, 64], [48, 32]]
-            assert server["id_a"] in page.inner_text("#status")
-            assert page.inner_text("#after-size") == "after 96x64"
-            assert (page.get_attribute("#download", "href") or "").startswith("blob:")
+        page.set_input_files("#file", str(tmp_path / "product.png"))
+        page.click("#form button[type=submit]")
+        page.wait_for_selector("#slider", state="visible", timeout=60_000)
+        assert page.evaluate(SIZES_JS) == [[96, 64], [48, 32]]
+        assert server["id_a"] in page.inner_text("#status")
+        assert page.inner_text("#after-size") == "after 96x64"
+        assert (page.get_attribute("#download", "href") or "").startswith("blob:")
 
-            # The before image covers the result, clipped at the slider: click at ~20% across.
-            box = page.locator("#compare").bounding_box()
-            assert box["width"] > 0 and box["height"] > 0
-            page.mouse.click(box["x"] + 0.2 * box["width"], box["y"] + box["height"] / 2)
-            value = float(page.input_value("#slider"))
-            assert 10 <= value <= 30, value
-            clip = page.evaluate("document.getElementById('before').style.clipPath")
-            assert clip == f"inset(0px {100 - value:g}% 0px 0px)", clip
+        # The before image covers the result, clipped at the slider: click at ~20% across.
+        box = page.locator("#compare").bounding_box()
+        assert box["width"] > 0 and box["height"] > 0
+        page.mouse.click(box["x"] + 0.2 * box["width"], box["y"] + box["height"] / 2)
+        value = float(page.input_value("#slider"))
+        assert 10 <= value <= 30, value
+        clip = page.evaluate("document.getElementById('before').style.clipPath")
+        assert clip == f"inset(0px {100 - value:g}% 0px 0px)", clip
 
-            # A rejected upload shows the server's reason and no stale comparison.
-            page.set_input_files("#file", str(tmp_path / "anim.gif"))
-            page.click("#form button[type=submit]")
-            page.wait_for_function("document.getElementById('status').className === 'error'",
-                                   timeout=60_000)
-            assert page.inner_text("#status") == "failed: 415 unsupported_format"
-            assert not page.is_visible("#slider")
+        # A rejected upload shows the server's reason and no stale comparison.
+        page.set_input_files("#file", str(tmp_path / "anim.gif"))
+        page.click("#form button[type=submit]")
+        page.wait_for_function("document.getElementById('status').className === 'error'",
+                               timeout=60_000)
+        assert page.inner_text("#status") == "failed: 415 unsupported_format"
+        assert not page.is_visible("#slider")
 
-            # Generate: the selects come from /v1/models; pick attributes, see the images.
-            page.wait_for_selector("#gen-button:not([disabled])", timeout=60_000)
-            assert page.eval_on_selector_all(
-                "#gen-attributes select",
-                "selects => selects.map(s => [s.dataset.attribute, [...s.options].map(o => o.value)])",
-            ) == [[name, values] for name, values in GEN_VOCAB.items()]
-            page.select_option("select[data-attribute=articleType]", "Handbags")
-            page.select_option("select[data-attribute=baseColour]", "Red")
-            page.fill("#gen-n", "3")
-            page.fill("#gen-seed", "42")
-            page.click("#gen-button")
-            page.wait_for_function("document.querySelectorAll('#generated img').length === 3 && "
-                                   "[...document.querySelectorAll('#generated img')].every(i => i.naturalWidth)",
-                                   timeout=60_000)
-            sizes = page.eval_on_selector_all("#generated img",
-                                              "imgs => imgs.map(i => [i.naturalWidth, i.naturalHeight])")
-            assert sizes == [[32, 32]] * 3
-            assert server["gen_id_a"] in page.inner_text("#gen-status") and "seed 42" in page.inner_text("#gen-status")
-            # n = 1 answers a PNG, not a zip: one image.
-            page.fill("#gen-n", "1")
-            page.click("#gen-button")
-            page.wait_for_function("document.querySelectorAll('#generated img').length === 1 && "
-                                   "document.querySelector('#generated img').naturalWidth === 32", timeout=60_000)
-            page.fill("#gen-truncation", "0.5")
-            page.click("#gen-button")
-            page.wait_for_function("document.getElementById('gen-status').textContent.includes('truncation 0.5')",
-                                   timeout=60_000)
-            # A refusal shows the server's reason: 2**63 is one past the largest seed (the page
-            # sends the seed's digits as typed, not as a rounded JS number).
-            page.fill("#gen-seed", str(2**63))
-            page.click("#gen-button")
-            page.wait_for_function("document.getElementById('gen-status').className === 'error'", timeout=60_000)
-            assert page.inner_text("#gen-status").startswith("failed: 422 invalid_parameter: seed"), \
-                page.inner_text("#gen-status")
-            assert page.eval_on_selector_all("#generated img", "imgs => imgs.length") == 0
-            assert not errors, errors
-        finally:
-            browser.close()
+        # Generate: the selects come from /v1/models; pick attributes, see the images.
+        page.wait_for_selector("#gen-button:not([disabled])", timeout=60_000)
+        assert page.eval_on_selector_all(
+            "#gen-attributes select",
+            "selects => selects.map(s => [s.dataset.attribute, [...s.options].map(o => o.value)])",
+        ) == [[name, values] for name, values in GEN_VOCAB.items()]
+        page.select_option("select[data-attribute=articleType]", "Handbags")
+        page.select_option("select[data-attribute=baseColour]", "Red")
+        page.fill("#gen-n", "3")
+        page.fill("#gen-seed", "42")
+        page.click("#gen-button")
+        page.wait_for_function("document.querySelectorAll('#generated img').length === 3 && "
+                               "[...document.querySelectorAll('#generated img')].every(i => i.naturalWidth)",
+                               timeout=60_000)
+        sizes = page.eval_on_selector_all("#generated img",
+                                          "imgs => imgs.map(i => [i.naturalWidth, i.naturalHeight])")
+        assert sizes == [[32, 32]] * 3
+        assert server["gen_id_a"] in page.inner_text("#gen-status") and "seed 42" in page.inner_text("#gen-status")
+        # n = 1 answers a PNG, not a zip: one image.
+        page.fill("#gen-n", "1")
+        page.click("#gen-button")
+        page.wait_for_function("document.querySelectorAll('#generated img').length === 1 && "
+                               "document.querySelector('#generated img').naturalWidth === 32", timeout=60_000)
+        page.fill("#gen-truncation", "0.5")
+        page.click("#gen-button")
+        page.wait_for_function("document.getElementById('gen-status').textContent.includes('truncation 0.5')",
+                               timeout=60_000)
+        # A refusal shows the server's reason: 2**63 is one past the largest seed (the page
+        # sends the seed's digits as typed, not as a rounded JS number).
+        page.fill("#gen-seed", str(2**63))
+        page.click("#gen-button")
+        page.wait_for_function("document.getElementById('gen-status').className === 'error'", timeout=60_000)
+        assert page.inner_text("#gen-status").startswith("failed: 422 invalid_parameter: seed"), \
+            page.inner_text("#gen-status")
+        assert page.eval_on_selector_all("#generated img", "imgs => imgs.length") == 0
+        assert not errors, errors
 
 
 # --- blind A/B page and votes ------------------------------------------------------------------
@@ -680,51 +689,38 @@ AB_SIZES_JS = """() => ["left", "right"].map((id) => {
 def test_ab_page_in_headless_chromium(server, tmp_path):
     """GET /ab like a voter: upload, two unlabelled results of one size, vote, see which was which;
     the one stored vote says the same."""
-    sync_api = pytest.importorskip("playwright.sync_api",
-                                   reason="playwright is not installed (the dev extra has it)")
-    binary = _chromium()
-    if binary is None:
-        pytest.skip("no chromium binary on PATH (Debian: apt-get install chromium; .ci/run tries it)")
     photo = tmp_path / "product.png"
     photo.write_bytes(_png(48, 32))
     before = _stored_votes(server)
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=binary, headless=True, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1000, "height": 800})
-            errors = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(server["url"] + "/ab")
-            assert not page.is_visible("#left")
-            page.set_input_files("#file", str(photo))
-            page.click("#form button[type=submit]")
-            page.wait_for_selector("#left", state="visible", timeout=60_000)
-            (lw, lh, lbw, lbh), (rw, rh, rbw, rbh) = page.evaluate(AB_SIZES_JS)
-            assert (lw, lh) == (rw, rh) == (96, 64)
-            assert (lbw, lbh) == (rbw, rbh) and lbw > 0, (lbw, lbh, rbw, rbh)
-            body = page.inner_text("body")
-            assert "bicubic" not in body and "model" not in body  # no arm names before the vote
-            assert _stored_votes(server) == before
+    with _browser_page(server["url"] + "/ab") as (page, errors):
+        assert not page.is_visible("#left")
+        page.set_input_files("#file", str(photo))
+        page.click("#form button[type=submit]")
+        page.wait_for_selector("#left", state="visible", timeout=60_000)
+        (lw, lh, lbw, lbh), (rw, rh, rbw, rbh) = page.evaluate(AB_SIZES_JS)
+        assert (lw, lh) == (rw, rh) == (96, 64)
+        assert (lbw, lbh) == (rbw, rbh) and lbw > 0, (lbw, lbh, rbw, rbh)
+        body = page.inner_text("body")
+        assert "bicubic" not in body and "model" not in body  # no arm names before the vote
+        assert _stored_votes(server) == before
 
-            page.click("button[data-choice=left]")
-            page.wait_for_selector("#next", state="visible", timeout=60_000)
-            revealed = [page.inner_text("#left-arm"), page.inner_text("#right-arm")]
-            assert sorted(revealed) == ["bicubic", "model"], revealed
-            assert "chosen" in (page.get_attribute("#left", "class") or "")
-            assert not page.is_visible("button[data-choice=right]")
+        page.click("button[data-choice=left]")
+        page.wait_for_selector("#next", state="visible", timeout=60_000)
+        revealed = [page.inner_text("#left-arm"), page.inner_text("#right-arm")]
+        assert sorted(revealed) == ["bicubic", "model"], revealed
+        assert "chosen" in (page.get_attribute("#left", "class") or "")
+        assert not page.is_visible("button[data-choice=right]")
 
-            (stored,) = _stored_votes(server) - before
-            record = json.loads(stored.read_text())
-            assert (record["left"], record["right"]) == tuple(revealed)
-            assert record["choice"] == "left" and record["winner"] == revealed[0]
-            assert record["model_id"] == server["id_a"]
-            assert record["input_sha256"] == hashlib.sha256(photo.read_bytes()).hexdigest()
+        (stored,) = _stored_votes(server) - before
+        record = json.loads(stored.read_text())
+        assert (record["left"], record["right"]) == tuple(revealed)
+        assert record["choice"] == "left" and record["winner"] == revealed[0]
+        assert record["model_id"] == server["id_a"]
+        assert record["input_sha256"] == hashlib.sha256(photo.read_bytes()).hexdigest()
 
-            page.click("#next")  # starts again: nothing shown, nothing revealed
-            assert not page.is_visible("#left") and page.inner_text("#left-arm") == ""
-            assert not errors, errors
-        finally:
-            browser.close()
+        page.click("#next")  # starts again: nothing shown, nothing revealed
+        assert not page.is_visible("#left") and page.inner_text("#left-arm") == ""
+        assert not errors, errors
     assert _stored_votes(server) - before == {stored}
 
 

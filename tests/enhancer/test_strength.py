@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from prodray.config import parse_strength
 from prodray.enhancer.inference import Enhancer
 from prodray.enhancer.model import build_enhancer
-from prodray.enhancer.strength import auto_strength, estimate_noise, parse_strength
+from prodray.enhancer.strength import auto_strength, estimate_noise
 from prodray.io.artifacts import export_model
 from prodray.io.codec import decode_image, encode_image
 
