@@ -1019,7 +1019,9 @@ def test_serve_deploy_config_reconfigures_in_place(server):
         doc = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
         del doc["http_options"], doc["proxy_location"]  # Serve already runs on the test port
         (app,) = doc["applications"]
-        app["args"].update(model=server["model_a"], generator=server["gen_a"])  # the same args both times
+        # The fixture's limits, so the tests after this one still talk to the app they expect.
+        app["args"].update(model=server["model_a"], generator=server["gen_a"], max_bytes=MAX_BYTES,
+                           max_output_pixels=MAX_OUTPUT_PIXELS, votes=str(server["votes"]))
         for section in ("ingress_replicas", "enhancer_replicas", "generator_replicas"):
             app["args"][section].update(ONE_REPLICA)
         app["deployments"] = [{"name": "EnhancerDeployment", "user_config": {"model": model}},
