@@ -135,6 +135,40 @@ def cmd_eval_catalog(args) -> None:
     _print_json(result) if args.json else print(json.dumps(result, indent=1))
 
 
+def cmd_eval_repair(args) -> None:
+    import torch
+
+    from prodray.enhancer.evaluation import list_images
+    from prodray.repair.evaluation import baselines, evaluate_repair
+    from prodray.repair.inference import Repairer
+    torch.set_num_threads(args.threads)
+    repairer = Repairer.load(args.model, device=args.device, precision=args.precision)
+    paths = list_images(args.data)[:args.limit]
+    result = evaluate_repair(paths, {"model": repairer.repair, **baselines()}, seed=args.seed,
+                             log=None if args.json else lambda msg: print(msg, file=sys.stderr, flush=True))
+    result["model_id"] = repairer.model_id
+    if args.json:
+        _print_json(result)
+        return
+    for kind in result["masks"]:
+        print(f"{kind:<8}" + "  ".join(f"{method} {result[method][kind]['psnr_masked']:.2f} dB"
+                                       for method in ("model", "telea", "ns", "blur")))
+
+
+def cmd_repair(args) -> None:
+    from pathlib import Path
+
+    from prodray.io.codec import decode_image, encode_image
+    from prodray.repair.inference import Repairer
+    from prodray.repair.masks import mask_from_png
+    image = decode_image(Path(args.image).read_bytes())
+    mask = mask_from_png(Path(args.mask).read_bytes(), image.rgb.shape[:2])
+    repaired = Repairer.load(args.model, device=args.device, precision=args.precision).repair(image.rgb, mask)
+    fmt = Path(args.out).suffix.lstrip(".").lower().replace("jpg", "jpeg") or "png"
+    Path(args.out).write_bytes(encode_image(repaired, fmt=fmt))
+    print(f"wrote {args.out} ({int(mask.sum())} pixels repaired)")
+
+
 def cmd_eval_gan(args) -> None:
     from prodray.gan.classifier import shipped_classifier_for
     from prodray.gan.data import read_vocab
@@ -315,6 +349,17 @@ def build_parser() -> argparse.ArgumentParser:
     gan_eval.add_argument("--truncation", type=float, help=TRUNCATION_HELP)
     gan_eval.add_argument("--json", action="store_true")
     gan_eval.set_defaults(func=cmd_eval_gan)
+    repair_eval = evaluate.add_parser("repair", help="inpainting: masked PSNR/L1 and SSIM per mask kind (narrow, "
+                                      "thick, large, text) beside OpenCV Telea / Navier-Stokes and a blur fill")
+    repair_eval.add_argument("--data", required=True, help="folder of undamaged photos (searched recursively)")
+    repair_eval.add_argument("--model", default="repair", help="export folder, s3:// URI or shipped name")
+    repair_eval.add_argument("--seed", type=int, default=0, help="the mask suite's seed")
+    repair_eval.add_argument("--limit", type=int, default=100, help="score the first N images (sorted by path)")
+    repair_eval.add_argument("--threads", type=int, default=2, help="torch threads")
+    repair_eval.add_argument("--device", default="cpu")
+    repair_eval.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
+    repair_eval.add_argument("--json", action="store_true")
+    repair_eval.set_defaults(func=cmd_eval_repair)
     preference = evaluate.add_parser("preference", help="blind A/B votes (GET /ab): win rates with 95% intervals "
                                      "per pair of arms")
     preference.add_argument("uri", help="the serve app's votes prefix (s3:// or local folder) or a part of it")
@@ -356,6 +401,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     from prodray.cli_flags import add_config_flags
     from prodray.config import BulkConfig
+    repair = sub.add_parser("repair", help="repair one image: fill the regions a mask PNG marks (white = repair)")
+    repair.add_argument("image")
+    repair.add_argument("mask", help="PNG the size of the image; white (or opaque) pixels are repaired")
+    repair.add_argument("--out", required=True, help="output file (.png, .jpg or .webp)")
+    repair.add_argument("--model", default="repair", help="export folder, s3:// URI or shipped name")
+    repair.add_argument("--device", default="cpu")
+    repair.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
+    repair.set_defaults(func=cmd_repair)
     enhance = sub.add_parser("enhance", help="bulk-enhance a catalog with Ray Data (jobs/enhance_catalog.py)")
     add_config_flags(enhance, BulkConfig)
     enhance.set_defaults(func=cmd_enhance)

@@ -255,6 +255,72 @@ class GanTrainConfig(Strict):
         return self.model_copy(update={"data": data, "run": self.run.resolved()})
 
 
+# ---------------------------------------------------------------- repair (inpainting)
+
+class RepairModelConfig(Strict):
+    arch: Literal["fourier-unet"] = "fourier-unet"
+    channels: int = Field(32, ge=8, le=256)  # width at full resolution, x2 and x4 further down
+    blocks: int = Field(4, ge=1, le=32)  # Fourier blocks at 1/8 resolution
+
+
+class RepairDataConfig(Strict):
+    sources: list[str] = Field(min_length=1)  # local folders or s3:// prefixes of undamaged photos
+    patch_size: int = Field(96, ge=16)  # training crops; a multiple of 8
+    patches_per_image: int = Field(4, ge=1)
+    batch_size: int = Field(8, ge=1)  # per worker
+    val_folder: Optional[str] = None  # photos repaired each tick under fixed masks (masked PSNR)
+    val_max_images: int = Field(8, ge=1)
+    hr_scales: list[Annotated[float, Field(gt=0, le=1)]] = Field(default_factory=lambda: [1.0], min_length=1)
+    mask_kinds: list[Literal["narrow", "thick", "blobs", "rect", "text", "large"]] = Field(
+        default_factory=lambda: ["narrow", "thick", "blobs", "rect", "text"], min_length=1)
+    # Masks are drawn on a canvas k x patch_size wide (k uniform in this range) and cropped to the patch:
+    # k > 1 gives holes as large, relative to a crop, as masks drawn for a whole photo are.
+    mask_canvas: list[Annotated[float, Field(ge=1, le=8)]] = Field(default_factory=lambda: [1.0, 1.0],
+                                                                  min_length=2, max_length=2)
+
+
+class RepairLossConfig(Strict):
+    """Generator loss = hole_weight x L1 on the hole + edge_weight x edge loss (enhancer/losses.py)
+    + perceptual_weight x VGG19 features (only with a user-supplied `vgg19_weights`) +
+    adversarial_weight x GAN loss against a spectral-norm discriminator (0 = no discriminator)."""
+
+    hole_weight: float = Field(1.0, ge=0)
+    edge_weight: float = Field(0.1, ge=0)
+    perceptual_weight: float = Field(0.0, ge=0)
+    vgg19_weights: Optional[str] = None
+    adversarial_weight: float = Field(0.01, ge=0)
+    discriminator: Literal["unet", "patch"] = "patch"
+    d_channels: int = Field(32, ge=4, le=256)
+    d_lr: Optional[float] = Field(None, gt=0)  # None: same as optim.lr
+    gan_loss: Literal["hinge", "nonsaturating"] = "hinge"
+
+
+class RepairTrainConfig(Strict):
+    kind: Literal["repair"] = "repair"
+    model: RepairModelConfig = RepairModelConfig()
+    data: RepairDataConfig
+    loss: RepairLossConfig = RepairLossConfig()
+    optim: OptimConfig = OptimConfig()
+    run: RunConfig = RunConfig(name="repair")
+    export_name: str = Field("repair", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # model id = <name>-<hash>
+
+    def check(self):
+        if self.data.patch_size % 8:
+            raise ConfigError(f"config field data.patch_size: {self.data.patch_size} must be a multiple of 8")
+        if self.loss.perceptual_weight and not self.loss.vgg19_weights:
+            raise ConfigError("config field loss.perceptual_weight: needs loss.vgg19_weights (a torchvision "
+                              "VGG19 state dict); nothing is downloaded")
+        return self
+
+    def resolved(self):
+        data = self.data.model_copy(update={
+            "sources": [resolve_local(s, f"data.sources[{i}]") for i, s in enumerate(self.data.sources)],
+            "val_folder": resolve_local(self.data.val_folder, "data.val_folder") if self.data.val_folder else None})
+        loss = self.loss.model_copy(update={"vgg19_weights": resolve_local(
+            self.loss.vgg19_weights, "loss.vgg19_weights") if self.loss.vgg19_weights else None})
+        return self.model_copy(update={"data": data, "loss": loss, "run": self.run.resolved()})
+
+
 # ---------------------------------------------------------------- loading
 
 def _set_dotted(tree: dict, dotted: str, value) -> None:
@@ -315,7 +381,7 @@ def load_config(cls, path=None, overrides=None):
 
 
 TRAIN_CONFIGS = {"enhancer": EnhancerTrainConfig, "enhancer-adversarial": AdversarialTrainConfig,
-                 "gan": GanTrainConfig}
+                 "gan": GanTrainConfig, "repair": RepairTrainConfig}
 
 
 def load_train_config(path=None, overrides=None, default_kind: str | None = None):
@@ -460,9 +526,14 @@ class ModelReplicaConfig(ReplicaConfig):
 
 
 class GeneratorReplicaConfig(ModelReplicaConfig):
-    # Half a CPU: a small generator is cheap, and ingress (0.5) + enhancer (1) + generator (0.5) then
-    # fit a 2-CPU head (the local demo). Scale-out adds replicas.
-    num_cpus: float = Field(0.5, ge=0, description="CPUs reserved per replica")
+    # A quarter CPU each for the small generator and the repair model: ingress (0.5) + enhancer (1) +
+    # generator (0.25) + repair (0.25) then fit a 2-CPU head (the local demo). Scale-out adds replicas.
+    num_cpus: float = Field(0.25, ge=0, description="CPUs reserved per replica")
+
+
+class RepairReplicaConfig(GeneratorReplicaConfig):
+    # Images of any size, one at a time: batching would only make requests wait for each other.
+    max_batch_size: int = Field(1, ge=1, description="requests batched into one model call (1: no batching)")
 
 
 class IngressReplicaConfig(ReplicaConfig):
@@ -488,11 +559,14 @@ class ServeConfig(Strict):
     max_pixels: int = Field(SERVE_MAX_PIXELS, ge=1, description="pixel limit of an upload, checked on its header")
     max_output_pixels: int = Field(SERVE_MAX_OUTPUT_PIXELS, ge=1, description="pixel limit of a result "
                                    "(upload x scale^2), checked before the model runs")
+    repair: str = Field(NO_GENERATOR, description="repair (inpainting) model for POST /v1/repair: export folder, "
+                        f"s3:// URI or shipped name; '{NO_GENERATOR}' serves no repair model")
     votes: Optional[str] = Field(None, description="s3:// prefix (or local folder) where the blind A/B page "
                                  "(GET /ab) stores one JSONL object per vote; unset: no A/B page")
     ingress_replicas: IngressReplicaConfig = IngressReplicaConfig()
     enhancer_replicas: ModelReplicaConfig = ModelReplicaConfig()
     generator_replicas: GeneratorReplicaConfig = GeneratorReplicaConfig()
+    repair_replicas: RepairReplicaConfig = RepairReplicaConfig()
 
     @field_validator("votes")
     @classmethod
@@ -500,14 +574,18 @@ class ServeConfig(Strict):
         # Absolute, since the ingress replicas do not run in the deployer's working directory.
         return None if votes is None else resolve_local(_checked_uri(votes), "votes", must_exist=False)
 
-    @field_validator("generator")
+    @field_validator("generator", "repair")
     @classmethod
-    def _no_generator_spelling(cls, generator: str) -> str:
-        return NO_GENERATOR if generator.lower() == NO_GENERATOR else generator
+    def _none_spelling(cls, reference: str) -> str:
+        return NO_GENERATOR if reference.lower() == NO_GENERATOR else reference
 
     @property
     def serves_generator(self) -> bool:
         return self.generator != NO_GENERATOR
+
+    @property
+    def serves_repair(self) -> bool:
+        return self.repair != NO_GENERATOR
 
 
 class ServeJobConfig(ServeConfig):

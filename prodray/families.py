@@ -3,5 +3,7 @@ config classes). A new model family adds one line here and one there."""
 
 from prodray.enhancer.training import AdversarialTraining, PsnrTraining
 from prodray.gan.training import GanTraining
+from prodray.repair.training import RepairTraining
 
-TRAININGS = {"enhancer": PsnrTraining, "enhancer-adversarial": AdversarialTraining, "gan": GanTraining}
+TRAININGS = {"enhancer": PsnrTraining, "enhancer-adversarial": AdversarialTraining, "gan": GanTraining,
+             "repair": RepairTraining}

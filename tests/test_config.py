@@ -49,7 +49,12 @@ def test_shipped_configs_load():
     for path in gan_configs:
         cfg = load_train_config(path)
         assert cfg.kind == "gan" and cfg.data.batch_size >= 2, path.name
-    assert {p.name for p in folder.glob("*.yaml")} == {p.name for p in [*enhancer_configs, *gan_configs]}
+    repair_configs = sorted(folder.glob("repair*.yaml"))
+    for path in repair_configs:
+        cfg = load_train_config(path)
+        assert cfg.kind == "repair" and cfg.data.patch_size % 8 == 0, path.name
+    assert {p.name for p in folder.glob("*.yaml")} == {p.name for p in [*enhancer_configs, *gan_configs,
+                                                                         *repair_configs]}
 
 
 def test_unknown_field_is_named():
@@ -155,9 +160,13 @@ def test_serve_config_defaults_and_the_job_part():
     config = ServeConfig()
     assert (config.model, config.generator, config.device) == ("enhancer-x2", "gan-fashion-products", "auto")
     assert config.serves_generator
-    replicas = {name: getattr(config, name) for name in ("ingress_replicas", "enhancer_replicas", "generator_replicas")}
+    replicas = {name: getattr(config, name) for name in ("ingress_replicas", "enhancer_replicas", "generator_replicas",
+                                                          "repair_replicas")}
+    # Together they fit a 2-CPU head (the local demo).
     assert {name: r.num_cpus for name, r in replicas.items()} == {
-        "ingress_replicas": 0.5, "enhancer_replicas": 1.0, "generator_replicas": 0.5}
+        "ingress_replicas": 0.5, "enhancer_replicas": 1.0, "generator_replicas": 0.25, "repair_replicas": 0.25}
+    assert not config.serves_repair and replicas["repair_replicas"].max_batch_size == 1
+    assert ServeConfig(repair="repair").serves_repair and not ServeConfig(repair="NONE").serves_repair
     assert replicas["ingress_replicas"].max_ongoing_requests == 32
     assert replicas["enhancer_replicas"].max_ongoing_requests >= replicas["enhancer_replicas"].max_batch_size
     assert ServeConfig(generator="None").generator == "none" and not ServeConfig(generator="none").serves_generator
@@ -169,4 +178,4 @@ def test_serve_config_partial_section_keeps_that_sections_defaults():
     from prodray.config import ServeConfig, validate
 
     config = validate(ServeConfig, {"generator_replicas": {"num_gpus": 1}})
-    assert config.generator_replicas.num_gpus == 1 and config.generator_replicas.num_cpus == 0.5
+    assert config.generator_replicas.num_gpus == 1 and config.generator_replicas.num_cpus == 0.25

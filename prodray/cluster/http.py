@@ -82,23 +82,8 @@ async def read_capped(request: Request, limit: int, message: str) -> bytes:
 
 async def multipart_file(request: Request, body: bytes) -> bytes | None:
     """The "file" field of a multipart body already read into memory (None when absent)."""
-    sent = False
-
-    async def replay():
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    form = await StarletteRequest(request.scope, receive=replay).form(max_files=1, max_fields=10)
-    try:
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            return None
-        return await upload.read()
-    finally:
-        await form.close()
+    value = (await multipart_fields(request, body, ("file",))).get("file")
+    return value if isinstance(value, bytes) else None
 
 
 async def read_upload(request: Request, max_bytes: int) -> bytes:
@@ -117,6 +102,67 @@ async def read_upload(request: Request, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise Refused(413, "too_many_bytes", message)
     return data
+
+
+async def multipart_fields(request: Request, body: bytes, names: tuple[str, ...]) -> dict[str, bytes | str]:
+    """The named fields of a multipart body already read into memory: bytes for files, str for text."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    form = await StarletteRequest(request.scope, receive=replay).form(max_files=len(names), max_fields=10)
+    try:
+        fields = {}
+        for name in names:
+            value = form.get(name)
+            if value is not None:
+                fields[name] = value if isinstance(value, str) else await value.read()
+        return fields
+    finally:
+        await form.close()
+
+
+async def read_repair_upload(request: Request, max_bytes: int) -> tuple[bytes, bytes | str]:
+    """POST /v1/repair's multipart fields: `image` (file) and `mask` (a file, or a JSON list of
+    [x, y, width, height] rectangles as text), each at most `max_bytes`."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise Refused(415, "multipart_required", 'send multipart/form-data with the fields "image" and "mask"')
+    message = f"the image and the mask are limited to {max_bytes} bytes each"
+    body = await read_capped(request, 2 * max_bytes + MULTIPART_SLACK, message)
+    try:
+        fields = await multipart_fields(request, body, ("image", "mask"))
+    except Exception:  # noqa: BLE001 - malformed multipart is the client's error
+        raise Refused(422, "bad_multipart") from None
+    for name in ("image", "mask"):
+        if name not in fields:
+            raise Refused(422, f"missing_{name}", f'send the {name} in the multipart field "{name}"')
+        if len(fields[name]) > max_bytes:
+            raise Refused(413, "too_many_bytes", message)
+    if not isinstance(fields["image"], bytes):
+        raise Refused(422, "missing_image", 'the field "image" must be a file')
+    return fields["image"], fields["mask"]
+
+
+def parse_repair_mask(mask: bytes | str, shape: tuple[int, int], max_bytes: int):
+    """The mask of a /v1/repair request as (H, W) bool; its refusals as 4xx."""
+    from prodray.repair.masks import MaskError, mask_from_png, mask_from_rects
+    try:
+        if isinstance(mask, str):
+            try:
+                rects = json.loads(mask)
+            except (ValueError, RecursionError):
+                raise MaskError("bad_mask", "a text mask must be a JSON list of [x, y, width, height]") from None
+            return mask_from_rects(rects, shape)
+        return mask_from_png(mask, shape, max_bytes=max_bytes)
+    except MaskError as exc:
+        raise Refused(422, exc.reason, str(exc)) from None
+    except ImageRejected as exc:
+        raise Refused(REJECT_STATUS.get(exc.reason, 422), f"mask_{exc.reason}", f"mask: {exc}") from None
 
 
 def decode_upload(data: bytes, max_bytes: int, max_pixels: int) -> DecodedImage:

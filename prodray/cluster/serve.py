@@ -1,5 +1,5 @@
-"""Ray Serve application: an HTTP ingress (FastAPI) in front of a batched, autoscaled enhancer
-and a batched, autoscaled product generator, built from a typed config.ServeConfig; with
+"""Ray Serve application: an HTTP ingress (FastAPI) in front of a batched, autoscaled enhancer,
+a batched, autoscaled product generator and a repair model, built from a typed config.ServeConfig; with
 ServeConfig.votes set, also a blind A/B page whose votes go to object storage.
 
 Owns the routes (one Ingress method each), `build_app(config)`, the typed builder `app_builder`
@@ -28,7 +28,7 @@ from ray.serve.handle import DeploymentHandle
 
 from prodray.catalog import preference
 from prodray.cluster import http
-from prodray.cluster.serve_models import EnhancerDeployment, GeneratorDeployment
+from prodray.cluster.serve_models import EnhancerDeployment, GeneratorDeployment, RepairDeployment
 from prodray.config import (
     SERVE_MAX_BYTES,
     SERVE_MAX_OUTPUT_PIXELS,
@@ -110,8 +110,9 @@ class Ingress:
     def __init__(self, enhancer: DeploymentHandle, generator: DeploymentHandle | None = None,
                  max_bytes: int = SERVE_MAX_BYTES, max_pixels: int = SERVE_MAX_PIXELS,
                  max_output_pixels: int = SERVE_MAX_OUTPUT_PIXELS, votes: str | None = None,
-                 vote_secret: str | None = None):
+                 vote_secret: str | None = None, repairer: DeploymentHandle | None = None):
         self.enhancer, self.generator = enhancer, generator  # generator None: enhancer-only app
+        self.repairer = repairer  # None: no /v1/repair
         self.max_bytes, self.max_pixels = int(max_bytes), int(max_pixels)
         self.max_output_pixels = int(max_output_pixels)
         self.votes, self.vote_secret = votes, vote_secret  # votes None: no A/B page
@@ -174,8 +175,9 @@ class Ingress:
     @api.get("/healthz")
     async def healthz(self):
         """200 when every configured model answers; 503 (with each one's state) otherwise."""
-        enhancer, generator = await asyncio.gather(probe(self.enhancer), probe(self.generator))
-        parts = {"enhancer": enhancer, "generator": generator}
+        enhancer, generator, repair = await asyncio.gather(probe(self.enhancer), probe(self.generator),
+                                                           probe(self.repairer))
+        parts = {"enhancer": enhancer, "generator": generator, "repair": repair}
         down = [name for name, part in parts.items() if part["status"] == "unavailable"]
         if down:
             return JSONResponse({"error": f"{down[0]}_unavailable", "status": "unavailable", **parts},
@@ -189,7 +191,37 @@ class Ingress:
         models = [{"id": enhancer["id"], "scale": enhancer["scale"], "task": "enhance"}]
         models += [{"id": info["id"], "task": "generate", "resolution": info["resolution"],
                     "attributes": info["attributes"], "max_n": http.MAX_GENERATE_N} for info in generators]
+        if self.repairer is not None:
+            models.append({"id": (await call(self.repairer.info))["id"], "task": "repair"})
         return {"models": models}
+
+    @api.post("/v1/repair")
+    async def repair(
+        self,
+        request: Request,
+        fmt: OutputFormat = Query("png", alias="format"),
+        quality: int = Query(90, ge=1, le=100),
+    ):
+        """multipart `image` + `mask` (a PNG the image's size, white = repair; or a JSON list of
+        [x, y, width, height] rectangles) -> the repaired image, equal to the upload outside the mask."""
+        if self.repairer is None:
+            raise http.Refused(404, "no_repair_model", "this deployment serves no repair model")
+        data, mask_field = await http.read_repair_upload(request, self.max_bytes)
+        start = time.perf_counter()
+        image = await asyncio.to_thread(http.decode_upload, data, self.max_bytes, self.max_pixels)
+        mask = await asyncio.to_thread(http.parse_repair_mask, mask_field, image.rgb.shape[:2], self.max_bytes)
+        decoded = time.perf_counter()
+        result = await call(self.repairer.repair, image.rgb, mask)
+        repaired = time.perf_counter()
+        if result.get("failed"):
+            raise http.Refused(500, "repair_failed", result["failed"])
+        http.check_fits_format(*result["rgb"].shape[:2], fmt)
+        answer = {"rgb": result["rgb"], "alpha": image.alpha, "scale": 1}
+        payload = await asyncio.to_thread(http.encode_enhanced, answer, image, fmt, quality)
+        return Response(payload, media_type=content_type(fmt), headers={
+            "x-model-id": result["model_id"], "x-repaired-pixels": str(int(mask.sum())),
+            **http.timing_headers(decode=(start, decoded), repair=(decoded, repaired),
+                             encode=(repaired, time.perf_counter()))})
 
     @api.post("/v1/generate")
     async def generate(self, request: Request):
@@ -269,6 +301,8 @@ def build_app(config: ServeConfig | None = None) -> Application:
     enhancer = _model_deployment(EnhancerDeployment, config.model, config.enhancer_replicas, config)
     generator = (_model_deployment(GeneratorDeployment, config.generator, config.generator_replicas, config)
                  if config.serves_generator else None)
+    repairer = (_model_deployment(RepairDeployment, config.repair, config.repair_replicas, config)
+                if config.serves_repair else None)
     ingress = Ingress.options(**deployment_options(config.ingress_replicas))
     # Every ingress replica gets the same init kwargs, so all of them verify each other's trial
     # tokens. The secret is drawn per build: Serve keeps it in its controller's checkpoint (readable
@@ -276,7 +310,8 @@ def build_app(config: ServeConfig | None = None) -> Application:
     # so trials shown before such a redeploy can no longer be voted on (bad_trial).
     vote_secret = secrets.token_hex(32) if config.votes else None
     return ingress.bind(enhancer, generator, max_bytes=config.max_bytes, max_pixels=config.max_pixels,
-                        max_output_pixels=config.max_output_pixels, votes=config.votes, vote_secret=vote_secret)
+                        max_output_pixels=config.max_output_pixels, votes=config.votes, vote_secret=vote_secret,
+                        repairer=repairer)
 
 
 def app_builder(args: dict) -> Application:

@@ -1,5 +1,5 @@
-"""The model deployments of the Serve app: a batched enhancer and a batched product generator,
-each holding one model that `user_config` swaps without downtime.
+"""The model deployments of the Serve app: a batched enhancer, a batched product generator and
+the repair model, each holding one model that `user_config` swaps without downtime.
 
 Owns loading (in a thread, beside the old model), batching and the swap; not HTTP (serve.py,
 http.py) nor inference itself (enhancer/inference.py, gan/inference.py). Importing it loads no
@@ -244,3 +244,46 @@ class GeneratorDeployment(SwappableModel):
                 results[i] = (images[start:start + count], generator)
                 start += count
         return results
+
+
+@serve.deployment(graceful_shutdown_timeout_s=60, backpressure_config=BACKPRESSURE)
+class RepairDeployment(SwappableModel):
+    """Holds one loaded Repairer (repair/inference.py); each call repairs one image."""
+
+    default_model = ServeConfig.model_fields["repair"].default
+
+    def _batched(self):
+        return self._repair_batch
+
+    @staticmethod
+    def _load(reference: str, device: str, precision: str):
+        from prodray.repair.inference import Repairer  # torch is imported by model replicas only
+        return Repairer.load(reference, device=device, precision=precision)
+
+    async def info(self) -> dict:
+        await self._ensure_loaded(self._reference)
+        return {"id": self._model.model_id}
+
+    async def repair(self, rgb: np.ndarray, mask: np.ndarray) -> dict:
+        """(H, W, 3) uint8 and (H, W) bool -> {"rgb": (H, W, 3) uint8, "model_id"}, or {"failed": message}
+        when the model fails on this image (the others of its batch are answered as usual)."""
+        if self._model is None:  # only when deployed without any user_config
+            await self._ensure_loaded()
+        out, repairer = await self._repair_batch((rgb, mask))
+        if isinstance(out, Exception):
+            return {"failed": f"{type(out).__name__}: {out}"[:300], "model_id": repairer.model_id}
+        return {"rgb": out, "model_id": repairer.model_id}
+
+    @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)
+    async def _repair_batch(self, requests: list[tuple]) -> list[tuple]:
+        # Images of different sizes: one after the other, each failure its own request's.
+        repairer = self._model
+        return [(await asyncio.to_thread(_repair_one, repairer, rgb, mask), repairer) for rgb, mask in requests]
+
+
+def _repair_one(repairer, rgb: np.ndarray, mask: np.ndarray):
+    """The repaired image, or the exception this image alone raised."""
+    try:
+        return repairer.repair(rgb, mask)
+    except Exception as exc:  # noqa: BLE001 - handed back to its own request
+        return exc

@@ -63,6 +63,15 @@ def _export_generator(path: Path, seed: int) -> tuple[str, str]:
     return str(path), export_model(str(path), "generator", model, {**GEN_CONFIG, "kind": "generator"})
 
 
+def _export_repairer(path: Path, seed: int) -> tuple[str, str]:
+    import torch
+
+    from prodray.repair.model import build_repairer
+    torch.manual_seed(seed)
+    config = {"arch": "fourier-unet", "channels": 8, "blocks": 1, "kind": "repair"}
+    return str(path), export_model(str(path), "repair", build_repairer(config).eval(), config)
+
+
 def _png(w=40, h=30, mode="RGB", fmt="PNG", **params) -> bytes:
     rng = np.random.default_rng(w * 1000 + h)
     channels = {"RGB": 3, "RGBA": 4}[mode]
@@ -112,6 +121,7 @@ def server(tmp_path_factory):
     model_b, id_b = _export(root / "b", seed=1)
     gen_a, gen_id_a = _export_generator(root / "gen_a", seed=0)
     gen_b, gen_id_b = _export_generator(root / "gen_b", seed=1)
+    repairer, repair_id = _export_repairer(root / "repair", seed=0)
     assert id_a != id_b and gen_id_a != gen_id_b
     port = free_port()
     _start_local_ray(ray)
@@ -119,11 +129,13 @@ def server(tmp_path_factory):
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         config = ServeConfig(model=model_a, generator=gen_a, max_bytes=MAX_BYTES, max_output_pixels=MAX_OUTPUT_PIXELS,
                              ingress_replicas=INGRESS_REPLICAS, votes=str(root / "votes"),
-                             enhancer_replicas=ONE_REPLICA, generator_replicas=ONE_REPLICA)
+                             enhancer_replicas=ONE_REPLICA, generator_replicas=ONE_REPLICA,
+                             repair=repairer, repair_replicas=ONE_REPLICA)
         serve.run(build_app(config), name="prodray", route_prefix="/")
         yield {"url": f"http://127.0.0.1:{port}", "votes": root / "votes",
                "model_a": model_a, "id_a": id_a, "model_b": model_b, "id_b": id_b,
-               "gen_a": gen_a, "gen_id_a": gen_id_a, "gen_b": gen_b, "gen_id_b": gen_id_b}
+               "gen_a": gen_a, "gen_id_a": gen_id_a, "gen_b": gen_b, "gen_id_b": gen_id_b,
+               "repair_id": repair_id}
     finally:
         try:
             serve.shutdown()
@@ -214,15 +226,82 @@ def test_models_health_and_page(server):
     assert models["models"] == [
         {"id": server["id_a"], "scale": 2, "task": "enhance"},
         {"id": server["gen_id_a"], "task": "generate", "resolution": 32, "attributes": GEN_VOCAB, "max_n": 16},
+        {"id": server["repair_id"], "task": "repair"},
     ]
     health = requests.get(server["url"] + "/healthz", timeout=30)
     assert health.status_code == 200, health.text
     assert health.json() == {"status": "ok", "model_id": server["id_a"],
                              "enhancer": {"status": "ok", "model_id": server["id_a"]},
-                             "generator": {"status": "ok", "model_id": server["gen_id_a"]}}
+                             "generator": {"status": "ok", "model_id": server["gen_id_a"]},
+                             "repair": {"status": "ok", "model_id": server["repair_id"]}}
     page = requests.get(server["url"] + "/", timeout=30)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "<form" in page.text and "/v1/enhance" in page.text and "/v1/generate" in page.text
+    assert "/v1/repair" in page.text
+
+
+# --- repair ------------------------------------------------------------------------------------
+
+def _repair(server, image: bytes, mask, params=None) -> requests.Response:
+    """POST /v1/repair: `mask` as PNG bytes (a file field) or a str (a text field: JSON rectangles)."""
+    files = {"image": ("photo.png", image, "image/png")}
+    if isinstance(mask, bytes):
+        files["mask"] = ("mask.png", mask, "image/png")
+    elif mask is not None:
+        files["mask"] = (None, mask)
+    return requests.post(server["url"] + "/v1/repair", files=files, params=params, timeout=60)
+
+
+def _mask_png(w, h, box) -> bytes:
+    mask = np.zeros((h, w), np.uint8)
+    top, left, bottom, right = box
+    mask[top:bottom, left:right] = 255
+    buf = io.BytesIO()
+    Image.fromarray(mask).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_repair_fills_only_the_masked_pixels(server):
+    image = _png(64, 48)
+    original = np.asarray(Image.open(io.BytesIO(image)).convert("RGB"))
+    for mask in (_mask_png(64, 48, (10, 20, 30, 50)), json.dumps([[20, 10, 30, 20]])):
+        resp = _repair(server, image, mask)
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["x-model-id"] == server["repair_id"]
+        assert resp.headers["x-repaired-pixels"] == str(20 * 30)
+        out = np.asarray(_decode(resp).convert("RGB"))
+        hole = np.zeros((48, 64), bool)
+        hole[10:30, 20:50] = True
+        assert out.shape == original.shape
+        assert np.array_equal(out[~hole], original[~hole])
+        assert not np.array_equal(out[hole], original[hole])  # random noise cannot be predicted exactly
+    assert _decode(_repair(server, image, json.dumps([[0, 0, 8, 8]]), params={"format": "jpeg"})).format == "JPEG"
+
+
+@pytest.mark.parametrize("mask,status,reason", [
+    (_mask_png(63, 48, (0, 0, 10, 10)), 422, "mask_size_mismatch"),
+    (_mask_png(64, 48, (0, 0, 0, 0)), 422, "empty_mask"),
+    (None, 422, "missing_mask"),
+    ("[[1, 2, 3]]", 422, "bad_mask"),
+    ("not json", 422, "bad_mask"),
+    (_mask_png(64, 48, (0, 0, 10, 10))[:70], 422, "mask_truncated"),
+    (b"GIF89a" + bytes(64), 415, "mask_unsupported_format"),
+])
+def test_repair_refuses_bad_masks_with_a_reason(server, mask, status, reason):
+    resp = _repair(server, _png(64, 48), mask)
+    assert resp.status_code == status, resp.text
+    assert resp.json()["error"] == reason, resp.json()
+
+
+def test_repair_refuses_bad_images_and_bodies_as_enhance_does(server):
+    rects = json.dumps([[0, 0, 4, 4]])
+    assert _repair(server, b"GIF89a" + bytes(64), rects).json()["error"] == "unsupported_format"
+    huge = _repair(server, _png_header_only(100_000, 100_000), rects)
+    assert huge.status_code == 413 and huge.json()["error"] == "too_many_pixels", huge.text
+    raw = requests.post(server["url"] + "/v1/repair", data=_png(), timeout=30)
+    assert raw.status_code == 415 and raw.json()["error"] == "multipart_required"
+    no_image = requests.post(server["url"] + "/v1/repair", files={"mask": (None, rects)}, timeout=30)
+    assert no_image.status_code == 422 and no_image.json()["error"] == "missing_image"
 
 
 # --- generation --------------------------------------------------------------------------------
@@ -555,6 +634,50 @@ def test_web_page_in_headless_chromium(server, tmp_path):
         assert page.inner_text("#gen-status").startswith("failed: 422 invalid_parameter: seed"), \
             page.inner_text("#gen-status")
         assert page.eval_on_selector_all("#generated img", "imgs => imgs.length") == 0
+        assert not errors, errors
+
+
+CHANGED_ROWS_JS = """async () => {
+    const rows = async (img) => {
+        await img.decode();
+        const canvas = document.createElement("canvas");
+        canvas.width = img.naturalWidth;
+        canvas.height = img.naturalHeight;
+        const ctx = canvas.getContext("2d");
+        ctx.drawImage(img, 0, 0);
+        return ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+    };
+    const after = await rows(document.getElementById("r-after"));
+    const before = await rows(document.getElementById("r-before"));
+    const width = document.getElementById("r-after").naturalWidth, changed = new Set();
+    for (let i = 0; i < after.length; i++) if (after[i] !== before[i]) changed.add(Math.floor(i / 4 / width));
+    return [...changed].sort((a, b) => a - b);
+}"""
+
+
+def test_repair_page_paints_a_mask_in_headless_chromium(server, tmp_path):
+    """Upload a photo, paint a horizontal stroke with the brush, repair: only the rows under the
+    stroke change, and the before/after slider shows."""
+    (tmp_path / "photo.png").write_bytes(_png(96, 64))
+    with _browser_page(server["url"] + "/") as (page, errors):
+        page.set_input_files("#r-file", str(tmp_path / "photo.png"))
+        page.wait_for_selector("#r-mask", state="visible", timeout=30_000)
+        assert page.is_disabled("#r-button")  # nothing painted yet
+        page.fill("#r-brush", "4")
+        page.dispatch_event("#r-brush", "input")
+        box = page.locator("#r-mask").bounding_box()
+        y = box["y"] + box["height"] / 2
+        page.mouse.move(box["x"] + 0.2 * box["width"], y)
+        page.mouse.down()
+        page.mouse.move(box["x"] + 0.8 * box["width"], y, steps=8)
+        page.mouse.up()
+        page.click("#r-button")
+        page.wait_for_selector("#r-slider", state="visible", timeout=60_000)
+        status = page.inner_text("#r-status")
+        assert server["repair_id"] in status and "pixels repaired" in status, status
+        changed = page.evaluate(CHANGED_ROWS_JS)
+        scale = 64 / box["height"]  # image pixels per CSS pixel
+        assert changed and all(abs(row - 32) <= 4 * scale + 2 for row in changed), changed
         assert not errors, errors
 
 
