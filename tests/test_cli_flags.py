@@ -99,7 +99,7 @@ def test_flags_round_trip_to_the_config():
     add_config_flags(parser, ServeJobConfig)
     config = config_from_args(ServeJobConfig, parser.parse_args(["--enhancer-replicas-num-gpus", "1"]))
     assert config.enhancer_replicas.num_gpus == 1 and config.enhancer_replicas.num_cpus == 1.0
-    assert config.generator_replicas.num_cpus == 0.5 and config == ServeJobConfig(enhancer_replicas={"num_gpus": 1})
+    assert config.generator_replicas.num_cpus == 0.25 and config == ServeJobConfig(enhancer_replicas={"num_gpus": 1})
 
 
 @pytest.mark.parametrize("bad,named", [

@@ -1253,7 +1253,7 @@ def test_app_builder_builds_from_args():
     assert (scaling.min_replicas, scaling.max_replicas) == (1, 2)
     assert deployments["Ingress"].init_kwargs == {"max_bytes": 1234, "max_pixels": 4096 * 4096,
                                                   "max_output_pixels": 64_000_000, "votes": None,
-                                                  "vote_secret": None}  # no votes: no A/B page
+                                                  "vote_secret": None, "repairer": None}  # no A/B page, no repair
     assert deployments["Ingress"].ray_actor_options["num_cpus"] == 0.5
     voting = _deployments(app_builder({"votes": "relative/votes", "generator": "none"}))["Ingress"].init_kwargs
     assert voting["votes"] == str(Path("relative/votes").absolute())  # replicas run elsewhere
