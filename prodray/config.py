@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from prodray.io.codec import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
@@ -430,15 +430,24 @@ def _checked_uri(uri: str) -> str:
 BULK_MAX_OUTPUT_PIXELS = 160_000_000
 
 
+BulkTask = Literal["enhance", "repair"]
+
+
 class BulkConfig(Strict):
-    """One bulk enhancement run (jobs/enhance_catalog.py, `prodray enhance`): input, output, model,
-    encoding, marketplace constraints and the enhancer actor pool."""
+    """One bulk run (jobs/enhance_catalog.py, `prodray enhance`): input, output, task and model,
+    encoding, marketplace constraints and the model actor pool."""
 
     input: str = Field(description="s3:// prefix, local folder, or a .parquet manifest of keys")
     output: str = Field(description="s3:// prefix or local folder for results + manifest (not the input)")
+    task: BulkTask = Field("enhance", description="enhance (super-resolution / restoration) or repair "
+                           "(inpainting of masked regions; needs --masks or --mask)")
+    masks: Optional[str] = Field(None, description="repair: s3:// prefix or folder of per-image PNG masks at "
+                                 "the input's key with .png as its suffix (white = repair)")
+    mask: Optional[str] = Field(None, validate_default=True, description="repair: one mask file (local path or "
+                                "s3:// URI) for every image, scaled to each (white = repair)")
     model: Optional[str] = Field(None, description="export folder, s3:// URI or shipped name "
-                                 "(default: the shipped enhancer-x<scale>)")
-    scale: Literal[1, 2, 4] = Field(2, description="upscaling factor; must be the model's")
+                                 "(default: the shipped enhancer-x<scale>; for repair, the shipped repair)")
+    scale: Literal[1, 2, 4] = Field(2, description="upscaling factor; must be the model's (repair: 1)")
     format: OutputFormat = Field("png", description="output image format")
     quality: int = Field(90, ge=1, le=100, description="JPEG/WebP quality, 1-100")
     max_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1, description="inputs larger than this are rejected unread")
@@ -472,10 +481,44 @@ class BulkConfig(Strict):
         "auto", description="inference precision (auto: bf16 on CPUs with AMX/AVX512-BF16 and on GPUs "
         "with bf16, fp16 on other GPUs, fp32 otherwise)")
 
-    @field_validator("input", "output")
+    @model_validator(mode="before")
     @classmethod
-    def _uri(cls, uri: str) -> str:
-        return _checked_uri(uri)
+    def _repair_keeps_the_size(cls, data):
+        # Repair returns the image at its own size: the scale a repair run leaves unset is 1.
+        if isinstance(data, dict) and data.get("task") == "repair" and data.get("scale") is None:
+            return {**data, "scale": 1}
+        return data
+
+    @field_validator("input", "output", "masks")
+    @classmethod
+    def _uri(cls, uri: Optional[str]) -> Optional[str]:
+        return uri if uri is None else _checked_uri(uri)
+
+    @field_validator("mask")
+    @classmethod
+    def _one_mask_source(cls, mask: Optional[str], info: ValidationInfo) -> Optional[str]:
+        repair, masks = info.data.get("task") == "repair", info.data.get("masks")
+        if mask is not None:
+            _checked_uri(mask)
+        if repair and (mask is None) == (masks is None):
+            raise ValueError("repair needs exactly one of --masks (a mask per image) and --mask (one for all)")
+        if not repair and (mask is not None or masks is not None):
+            raise ValueError("masks are for --task repair")
+        return mask
+
+    @field_validator("scale")
+    @classmethod
+    def _repair_scale(cls, scale: int, info: ValidationInfo) -> int:
+        if info.data.get("task") == "repair" and scale != 1:
+            raise ValueError(f"repair keeps the image's size; leave --scale out (or set 1), not {scale}")
+        return scale
+
+    @field_validator("self_ensemble")
+    @classmethod
+    def _enhance_only(cls, on: bool, info: ValidationInfo) -> bool:
+        if on and info.data.get("task") == "repair":
+            raise ValueError("self-ensemble is for --task enhance")
+        return on
 
     @field_validator("output")
     @classmethod
@@ -486,7 +529,9 @@ class BulkConfig(Strict):
 
     @field_validator("strength")
     @classmethod
-    def _strength(cls, strength: Optional[str]) -> Optional[str]:
+    def _strength(cls, strength: Optional[str], info: ValidationInfo) -> Optional[str]:
+        if strength is not None and info.data.get("task") == "repair":
+            raise ValueError("strength is for restoration models (--task enhance)")
         parsed = parse_strength(strength)
         return None if parsed is None else str(parsed)  # "auto" or "0.5": the form the output key carries
 

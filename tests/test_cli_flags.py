@@ -22,7 +22,8 @@ BULK_ARGS = ["--input", "s3://bucket/in", "--output", "s3://bucket/out"]
 # The union of the flags the job and `prodray enhance` took before they shared one definition.
 BULK_FLAGS = {"--input", "--output", "--model", "--scale", "--format", "--quality", "--batch-size", "--actors",
               "--actor-cpus", "--actor-gpus", "--actor-memory-gib", "--max-error-fraction", "--min-longest-side",
-              "--pad-square", "--max-output-bytes", "--self-ensemble", "--max-output-pixels", "--strength"}
+              "--pad-square", "--max-output-bytes", "--self-ensemble", "--max-output-pixels", "--strength",
+              "--task", "--mask", "--masks"}
 
 
 def load_job(name: str):

@@ -3,6 +3,7 @@ and which statuses count as done. Pure (storage + parquet): the Ray job (cluster
 resumed runs and `prodray report` read it.
 """
 
+import hashlib
 import io
 from pathlib import PurePosixPath
 
@@ -36,12 +37,15 @@ def check_key(key: str) -> str:
     return key
 
 
-def output_key(input_key: str, model_id: str, config: BulkConfig) -> str:
-    """The result's key under the output prefix: a pure function of input key, model and parameters.
-    It is also what a rerun checks its done set against, so another model or other parameters
-    (another key) process the input again."""
+def output_key(input_key: str, model_id: str, config: BulkConfig, mask_tag: str = "") -> str:
+    """The result's key under the output prefix: a pure function of input key, model and parameters
+    (for repair, `mask_tag` names the masks: see mask_tag). It is also what a rerun checks its done
+    set against, so another model or other parameters (another key) process the input again."""
     check_key(input_key)
-    params = f"x{config.scale}-{config.format}-q{config.quality}"
+    if config.task == "repair":
+        params = f"repair-m{mask_tag}-{config.format}-q{config.quality}"
+    else:
+        params = f"x{config.scale}-{config.format}-q{config.quality}"
     # Constraints change the bytes, so they are part of the key (only when set: old keys stay valid).
     if config.min_longest_side:
         params += f"-min{config.min_longest_side}"
@@ -54,6 +58,18 @@ def output_key(input_key: str, model_id: str, config: BulkConfig) -> str:
     if config.strength is not None:
         params += f"-s{config.strength}"
     return f"{model_id}/{params}/{result_name(input_key, config.format)}"
+
+
+def mask_tag(config: BulkConfig, mask_bytes: bytes | None = None) -> str:
+    """What the masks of a repair run are, for its output keys: the one mask file's content
+    (--mask), or the masks prefix's URI (--masks; new masks under the same prefix need a new one)."""
+    named = mask_bytes if config.mask is not None else (config.masks or "").rstrip("/").encode()
+    return hashlib.sha256(named).hexdigest()[:10]
+
+
+def mask_key(input_key: str) -> str:
+    """Where an input's mask lies under --masks: its key with `.png` as the suffix (`a/b.jpg` -> `a/b.png`)."""
+    return f"{PurePosixPath(input_key).with_suffix('')}.png"
 
 
 def result_name(input_key: str, fmt: str) -> str:

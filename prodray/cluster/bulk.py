@@ -1,8 +1,9 @@
-"""Bulk catalog enhancement on Ray Data: input prefix -> enhanced objects + manifest + _SUCCESS.
+"""Bulk catalog enhancement and repair on Ray Data: input prefix -> results + manifest + _SUCCESS.
 
 Stages: listing (Ray tasks per folder level, pending rows to parquet shards; see listing.py) ->
-fetch + decode (CPU tasks, per-image failures recorded, never dropping neighbours) ->
-enhance + encode + create-only write (actor pool, model loaded once per actor) -> manifest
+fetch + decode, with each image's repair mask (CPU tasks, per-image failures recorded, never
+dropping neighbours) -> model + encode + create-only write (actor pool, model loaded once per
+actor: EnhanceWriter or RepairWriter) -> manifest
 rows streamed back to the driver, which writes them in parquet shards and prints progress.
 Output keys are a pure function of (input key, model id, parameters), so reruns resume. The
 output layout is catalog/manifest.py's, the marketplace rules catalog/marketplace.py's.
@@ -22,6 +23,8 @@ from prodray.catalog.manifest import (
     SUCCESS_FILE,
     UnsafeKey,
     check_key,
+    mask_key,
+    mask_tag,
     output_key,
     write_manifest_shard,
 )
@@ -31,6 +34,7 @@ from prodray.config import BulkConfig
 from prodray.io import storage
 from prodray.io.codec import ImageRejected, decode_image
 from prodray.io.images import CATALOG_SUFFIXES
+from prodray.repair.masks import MaskError, mask_from_png, mask_resized, read_mask
 
 log = logging.getLogger(__name__)
 
@@ -38,31 +42,41 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------- stage 1: fetch + decode (tasks)
 
 def fetch_and_decode(batch: dict, max_bytes: int, max_pixels: int, max_output_pixels: int | None = None,
-                     scale: int = 1) -> dict:
+                     scale: int = 1, masks: str | None = None, one_mask: bytes | None = None) -> dict:
     """Per row: get bytes, decode with limits (inputs whose x`scale` result would pass
-    `max_output_pixels` are refused on their header, like too many input pixels). Failures become
+    `max_output_pixels` are refused on their header, like too many input pixels); for repair, the
+    row's mask too (from the `masks` prefix, or `one_mask` scaled to the image). Failures become
     rows with a status, not exceptions."""
     output_bound = max_output_pixels // scale**2 if max_output_pixels else max_pixels
     pixel_cap = min(max_pixels, output_bound)
+    shared_mask = read_mask(one_mask) if one_mask is not None else None  # checked in the driver already
     rows = {k: [] for k in ("input_uri", "input_key", "input_etag", "input_size", "status", "reason",
-                            "pixels", "alpha", "height", "width", "icc", "dpi", "jpeg_quality", "decode_ms")}
+                            "pixels", "alpha", "mask", "height", "width", "icc", "dpi", "jpeg_quality",
+                            "decode_ms")}
     for uri, key, etag, size in zip(batch["uri"], batch["key"], batch["etag"], batch["size"]):
         started = time.perf_counter()
-        status, reason, decoded = "pending", "", None
+        status, reason, decoded, mask = "pending", "", None, None
         try:
             check_key(str(key))  # before any read: a `..` key must not reach outside the input root
             if int(size) > max_bytes:
                 raise ImageRejected("too_many_bytes", f"{size} bytes > limit {max_bytes}")
             decoded = decode_image(storage.get_bytes(str(uri)), max_bytes=max_bytes, max_pixels=pixel_cap)
+            if shared_mask is not None:
+                mask = mask_resized(shared_mask, (decoded.height, decoded.width))
+            elif masks is not None:
+                mask = _image_mask(masks, str(key), (decoded.height, decoded.width), max_bytes)
         except ImageRejected as exc:
             status, reason = "rejected", f"{exc.reason}: {exc}"[:300]
             if exc.reason == "too_many_pixels" and pixel_cap < max_pixels:
                 reason = (f"too_many_output_pixels: the x{scale} result would pass the {max_output_pixels} pixel "
                           f"limit ({exc})")[:300]
-        except UnsafeKey as exc:
-            status, reason = "rejected", f"unsafe_key: {exc}"[:300]
+        except (UnsafeKey, MaskError) as exc:
+            name = exc.reason if isinstance(exc, MaskError) else "unsafe_key"
+            status, reason = "rejected", f"{name}: {exc}"[:300]
         except Exception as exc:  # noqa: BLE001 - recorded in the manifest, the job goes on
             status, reason = "error", storage.redact(f"{type(exc).__name__}: {exc}")[:300]
+        if status != "pending":
+            decoded, mask = None, None
         rows["input_uri"].append(str(uri))
         rows["input_key"].append(str(key))
         rows["input_etag"].append(str(etag))
@@ -71,6 +85,7 @@ def fetch_and_decode(batch: dict, max_bytes: int, max_pixels: int, max_output_pi
         rows["reason"].append(reason)
         rows["pixels"].append(decoded.rgb.tobytes() if decoded else b"")
         rows["alpha"].append(decoded.alpha.tobytes() if decoded is not None and decoded.alpha is not None else b"")
+        rows["mask"].append(mask.tobytes() if mask is not None else b"")  # (H, W) bool, one byte a pixel
         rows["height"].append(decoded.height if decoded else 0)
         rows["width"].append(decoded.width if decoded else 0)
         rows["icc"].append((decoded.icc_profile or b"") if decoded is not None else b"")
@@ -80,35 +95,51 @@ def fetch_and_decode(batch: dict, max_bytes: int, max_pixels: int, max_output_pi
     return rows
 
 
-# ---------------------------------------------------------------- stage 2: enhance + write (actors)
+def _image_mask(masks: str, key: str, shape: tuple[int, int], max_bytes: int):
+    """The mask of input `key` under the `masks` prefix, the image's size -> (H, W) bool."""
+    uri = storage.join(masks, mask_key(key))
+    try:
+        data = storage.get_bytes(uri)
+    except FileNotFoundError:
+        raise MaskError("missing_mask", f"no mask at {mask_key(key)} under the masks prefix") from None
+    try:
+        return mask_from_png(data, shape, max_bytes=max_bytes)
+    except ImageRejected as exc:
+        raise MaskError(f"mask_{exc.reason}", f"the mask {mask_key(key)}: {exc}") from None
 
-class EnhanceWriter:
-    """Actor: loads the model once; enhances a batch (same-shape pieces batched), encodes, writes
-    create-only, and returns manifest rows. Every per-image stage runs in that image's guard: a
-    batch whose forward pass fails is retried image by image, so only the failing image fails."""
 
-    def __init__(self, model_ref: str, config: BulkConfig):
+# ---------------------------------------------------------------- stage 2: model + write (actors)
+
+class ResultWriter:
+    """Actor base: the model is loaded once per actor; a batch is run (`_run`), encoded, written
+    create-only, and answered as manifest rows. Every per-image stage runs in that image's guard:
+    only the failing image fails. Subclasses load the model and run it."""
+
+    model_id: str
+    scale: int = 1
+
+    def __init__(self, config: BulkConfig, mask_tag: str = ""):
         import torch
 
-        from prodray.enhancer.inference import Enhancer
         # Ray sets CUDA_VISIBLE_DEVICES to the actor's GPU, so "cuda" is that one.
-        device = "cuda" if config.actor_gpus and torch.cuda.is_available() else "cpu"
-        self.enhancer = Enhancer.load(model_ref, device=device, max_batch=config.batch_size,
-                                      self_ensemble=config.self_ensemble, precision=config.precision,
-                                      strength=config.strength)
-        self.config = config
+        self.device = "cuda" if config.actor_gpus and torch.cuda.is_available() else "cpu"
+        self.config, self.mask_tag = config, mask_tag
+
+    def _run(self, batch: dict, todo: list[int], images: list[np.ndarray]) -> list[tuple]:
+        """-> per image in `todo`: (result (H', W', 3) uint8 or None, failure reason, strength or None)."""
+        raise NotImplementedError
 
     def __call__(self, batch: dict) -> dict:
-        config, enhancer = self.config, self.enhancer
+        config = self.config
         count = len(batch["input_key"])
         out = {"output_key": [""] * count, "result_key": [""] * count, "width_out": [0] * count,
                "height_out": [0] * count, "enhance_ms": [0.0] * count, "encode_ms": [0.0] * count,
-               "model_id": [enhancer.model_id] * count, "strength": [float("nan")] * count}
+               "model_id": [self.model_id] * count, "strength": [float("nan")] * count}
         status, reason = list(batch["status"]), list(batch["reason"])
         todo = []
         for i in range(count):
             try:  # every row answers for (input, output key), refusals too (see manifest.done_key)
-                out["result_key"][i] = output_key(batch["input_key"][i], enhancer.model_id, config)
+                out["result_key"][i] = output_key(batch["input_key"][i], self.model_id, config, self.mask_tag)
             except UnsafeKey:
                 continue  # already refused by fetch_and_decode
             if status[i] != "pending":
@@ -121,12 +152,10 @@ class EnhanceWriter:
             todo.append(i)
         images = [np.frombuffer(batch["pixels"][i], np.uint8).reshape(int(batch["height"][i]),
                                                                       int(batch["width"][i]), 3) for i in todo]
-        strengths = [enhancer.strength_for(image, int(batch["jpeg_quality"][i]) or None)
-                     for i, image in zip(todo, images)]
         started = time.perf_counter()
-        results = self._enhance(images, strengths)
+        results = self._run(batch, todo, images)
         per_image_ms = (time.perf_counter() - started) * 1000 / max(len(images), 1)
-        for i, (result, failure), strength in zip(todo, results, strengths):
+        for i, (result, failure, strength) in zip(todo, results):
             out["enhance_ms"][i] = per_image_ms
             if strength is not None:
                 out["strength"][i] = strength
@@ -150,6 +179,41 @@ class EnhanceWriter:
                 "width_in": list(batch["width"]), "height_in": list(batch["height"]),
                 "decode_ms": list(batch["decode_ms"]), **out}
 
+    def _alpha(self, alpha: np.ndarray) -> np.ndarray:
+        """The input's alpha for the result (same size here; the enhancer upscales it)."""
+        return alpha
+
+    def _encode_and_write(self, batch: dict, i: int, result: np.ndarray, key: str) -> tuple[str, str, tuple]:
+        """Alpha, marketplace encoding and the create-only write of row i -> (status, reason, shape)."""
+        alpha = None
+        if len(batch["alpha"][i]):
+            height, width = int(batch["height"][i]), int(batch["width"][i])
+            alpha = self._alpha(np.frombuffer(batch["alpha"][i], np.uint8).reshape(height, width))
+        dpi = tuple(json.loads(batch["dpi"][i])) if batch["dpi"][i] else None
+        data, note, shape = encode_for_marketplace(result, alpha, self.config, dpi=dpi,
+                                                   icc_profile=bytes(batch["icc"][i]) or None)
+        written = storage.put_if_absent(storage.join(self.config.output, key), data)
+        return ("ok", note, shape) if written else ("skipped", "output exists", shape)
+
+
+class EnhanceWriter(ResultWriter):
+    """Super-resolution / restoration: same-shape pieces batched; a batch whose forward pass fails
+    is retried image by image."""
+
+    def __init__(self, model_ref: str, config: BulkConfig, mask_tag: str = ""):
+        super().__init__(config, mask_tag)
+        from prodray.enhancer.inference import Enhancer
+        self.enhancer = Enhancer.load(model_ref, device=self.device, max_batch=config.batch_size,
+                                      self_ensemble=config.self_ensemble, precision=config.precision,
+                                      strength=config.strength)
+        self.model_id, self.scale = self.enhancer.model_id, self.enhancer.scale
+
+    def _run(self, batch: dict, todo: list[int], images: list[np.ndarray]) -> list[tuple]:
+        strengths = [self.enhancer.strength_for(image, int(batch["jpeg_quality"][i]) or None)
+                     for i, image in zip(todo, images)]
+        return [(result, failure, strength)
+                for (result, failure), strength in zip(self._enhance(images, strengths), strengths)]
+
     def _enhance(self, images: list, strengths: list) -> list[tuple]:
         """-> [(result or None, failure reason)]: the batch in one call; if that fails (out of
         memory, one image the model cannot take), each image alone."""
@@ -167,29 +231,48 @@ class EnhanceWriter:
                 results.append((None, f"enhance failed: {type(exc).__name__}: {exc}"[:300]))
         return results
 
-    def _encode_and_write(self, batch: dict, i: int, result: np.ndarray, key: str) -> tuple[str, str, tuple]:
-        """Alpha, marketplace encoding and the create-only write of row i -> (status, reason, shape)."""
+    def _alpha(self, alpha: np.ndarray) -> np.ndarray:
         from prodray.enhancer.inference import upscale_alpha
-        config = self.config
-        alpha = None
-        if len(batch["alpha"][i]):
-            height, width = int(batch["height"][i]), int(batch["width"][i])
-            alpha = upscale_alpha(np.frombuffer(batch["alpha"][i], np.uint8).reshape(height, width),
-                                  self.enhancer.scale)
-        dpi = tuple(json.loads(batch["dpi"][i])) if batch["dpi"][i] else None
-        data, note, shape = encode_for_marketplace(result, alpha, config, dpi=dpi,
-                                                   icc_profile=bytes(batch["icc"][i]) or None)
-        written = storage.put_if_absent(storage.join(config.output, key), data)
-        return ("ok", note, shape) if written else ("skipped", "output exists", shape)
+        return upscale_alpha(alpha, self.scale)
+
+
+class RepairWriter(ResultWriter):
+    """Repair (inpainting): each image with its own mask, one at a time (sizes differ); pixels
+    outside the mask are written back as they were read."""
+
+    def __init__(self, model_ref: str, config: BulkConfig, mask_tag: str = ""):
+        super().__init__(config, mask_tag)
+        from prodray.repair.inference import Repairer
+        self.repairer = Repairer.load(model_ref, device=self.device, precision=config.precision)
+        self.model_id = self.repairer.model_id
+
+    def _run(self, batch: dict, todo: list[int], images: list[np.ndarray]) -> list[tuple]:
+        results = []
+        for i, image in zip(todo, images):
+            try:
+                mask = np.frombuffer(batch["mask"][i], np.bool_).reshape(image.shape[:2])
+                results.append((self.repairer.repair(image, mask), "", None))
+            except Exception as exc:  # noqa: BLE001 - this image fails alone
+                results.append((None, f"repair failed: {type(exc).__name__}: {exc}"[:300], None))
+        return results
+
+
+WRITERS = {"enhance": EnhanceWriter, "repair": RepairWriter}
 
 
 # ---------------------------------------------------------------- driver
 
 def resolve_model(config: BulkConfig) -> tuple[str, dict]:
     from prodray.io.artifacts import resolve_export, shipped_name_of
-    reference = config.model or f"enhancer-x{config.scale}"
+    reference = config.model or ("repair" if config.task == "repair" else f"enhancer-x{config.scale}")
     _, config_uri = resolve_export(reference)
     exported = json.loads(storage.get_bytes(config_uri))
+    kind = exported.get("kind", "enhancer")
+    if (kind == "repair") != (config.task == "repair"):
+        raise ValueError(f"model {exported.get('model_id')} is a {kind!r} model; --task {config.task} needs "
+                         f"{'a repair' if config.task == 'repair' else 'an enhancer'} model")
+    if config.task == "repair":
+        return reference, exported
     if int(exported["scale"]) != config.scale:
         raise ValueError(f"model {exported.get('model_id')} is x{exported['scale']}, but --scale is {config.scale}")
     if config.strength is not None and not shipped_name_of(exported.get("init_model_id")):
@@ -232,21 +315,35 @@ def check_reservations(config: BulkConfig, cluster: dict) -> None:
                          f"Lower --actor-memory-gib (0 reserves nothing) or --actors")
 
 
+def read_one_mask(config: BulkConfig) -> bytes | None:
+    """--mask's bytes, checked before any work (a mask that does not decode, or marks nothing, stops
+    the job here, naming the flag)."""
+    if config.mask is None:
+        return None
+    try:
+        data = storage.get_bytes(config.mask)
+        read_mask(data, max_bytes=config.max_bytes)
+    except (MaskError, ImageRejected) as exc:
+        raise ValueError(f"--mask {config.mask}: {exc}") from None
+    return data
+
+
 def run_bulk(config: BulkConfig, echo=print) -> dict:
     """Run the whole job; returns the _SUCCESS summary (or {'nothing_to_do': True, ...})."""
     model_ref, model_config = resolve_model(config)  # fails before any work on a bad model
+    one_mask = read_one_mask(config)
     model_id = model_config["model_id"]
     started = time.perf_counter()
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     listing_uri = storage.join(config.output, LISTING_DIR, run_id)
     try:
-        return _run_listed(config, model_ref, model_id, run_id, listing_uri, started, echo)
+        return _run_listed(config, model_ref, model_id, run_id, listing_uri, started, echo, one_mask)
     finally:
         storage.delete_tree(listing_uri)
 
 
 def _run_listed(config: BulkConfig, model_ref: str, model_id: str, run_id: str, listing_uri: str,
-                started: float, echo) -> dict:
+                started: float, echo, one_mask: bytes | None = None) -> dict:
     import ray
     import ray.data
 
@@ -254,9 +351,11 @@ def _run_listed(config: BulkConfig, model_ref: str, model_id: str, run_id: str, 
     cluster = ray.cluster_resources()
     config = with_cluster_defaults(config, cluster)
     check_reservations(config, cluster)
+    tag = mask_tag(config, one_mask) if config.task == "repair" else ""
     done = done_hashes(storage.join(config.output, MANIFEST_DIR), DONE_STATUSES)
     listing = list_pending(config.input, CATALOG_SUFFIXES, done, listing_uri, echo,
-                           result_key=functools.partial(output_key, model_id=model_id, config=config))
+                           result_key=functools.partial(output_key, model_id=model_id, config=config,
+                                                        mask_tag=tag))
     if not listing.listed:
         raise FileNotFoundError(f"no images found under {config.input}")
     echo(f"{listing.listed} inputs, {listing.listed - listing.pending} already done, "
@@ -269,8 +368,9 @@ def _run_listed(config: BulkConfig, model_ref: str, model_id: str, run_id: str, 
     dataset = ray.data.read_parquet(path, filesystem=filesystem).repartition(target_num_rows_per_block=16)
     dataset = dataset.map_batches(fetch_and_decode, batch_size=16, num_cpus=0.25,
                                   fn_kwargs={"max_bytes": config.max_bytes, "max_pixels": config.max_pixels,
-                                             "max_output_pixels": config.max_output_pixels, "scale": config.scale})
-    dataset = dataset.map_batches(EnhanceWriter, fn_constructor_args=(model_ref, config),
+                                             "max_output_pixels": config.max_output_pixels, "scale": config.scale,
+                                             "masks": config.masks, "one_mask": one_mask})
+    dataset = dataset.map_batches(WRITERS[config.task], fn_constructor_args=(model_ref, config, tag),
                                   batch_size=config.batch_size, num_cpus=config.actor_cpus,
                                   num_gpus=config.actor_gpus or None,
                                   memory=int(config.actor_memory_gib * 2**30) or None,

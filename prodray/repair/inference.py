@@ -86,8 +86,9 @@ class Repairer:
         hole = torch.from_numpy(mask.astype(np.float32))[None, None]
         if pad_y or pad_x:
             mode = "reflect" if min(height, width) > max(pad_y, pad_x) else "replicate"
+            # The hole is padded like the image: a mirrored hole pixel is no known pixel.
             image = F.pad(image, (0, pad_x, 0, pad_y), mode=mode)
-            hole = F.pad(hole, (0, pad_x, 0, pad_y))
+            hole = F.pad(hole, (0, pad_x, 0, pad_y), mode=mode)
         image = image.to(self.device).contiguous(memory_format=torch.channels_last)
         with autocast(self.precision, self.device):
             out = self.model(image, hole.to(self.device)).float()

@@ -135,18 +135,33 @@ def _checked(mask: np.ndarray) -> np.ndarray:
     return mask
 
 
-def mask_from_png(data: bytes, shape: tuple[int, int], max_bytes: int | None = None) -> np.ndarray:
-    """A mask image (any decodable format, the image's size): white, or opaque where it has alpha,
-    marks the pixels to repair. -> (H, W) bool."""
+def read_mask(data: bytes, max_bytes: int | None = None) -> np.ndarray:
+    """A mask image (any decodable format): white, or opaque where it has alpha, marks the pixels
+    to repair. -> (H, W) bool, at the mask's own size; an empty mask is refused."""
     kwargs = {"max_bytes": max_bytes} if max_bytes else {}
     decoded = decode_image(data, **kwargs)
-    height, width = decoded.rgb.shape[:2]
-    if (height, width) != tuple(shape):
-        raise MaskError("mask_size_mismatch", f"the mask is {width}x{height}, the image {shape[1]}x{shape[0]}")
     mask = decoded.rgb.mean(axis=2) >= 128
     if decoded.alpha is not None:
         mask &= decoded.alpha >= 128
     return _checked(mask)
+
+
+def mask_from_png(data: bytes, shape: tuple[int, int], max_bytes: int | None = None) -> np.ndarray:
+    """A mask image the image's size (see read_mask) -> (H, W) bool."""
+    mask = read_mask(data, max_bytes)
+    height, width = mask.shape
+    if (height, width) != tuple(shape):
+        raise MaskError("mask_size_mismatch", f"the mask is {width}x{height}, the image {shape[1]}x{shape[0]}")
+    return mask
+
+
+def mask_resized(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """One mask for images of every size: (h, w) bool -> (H, W) bool, nearest neighbour (pixel
+    centres), so a mask drawn for one photo covers the same parts of another's frame."""
+    height, width = shape
+    rows = np.minimum(((np.arange(height) + 0.5) * mask.shape[0] / height).astype(int), mask.shape[0] - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * mask.shape[1] / width).astype(int), mask.shape[1] - 1)
+    return _checked(mask[rows[:, None], cols[None, :]])
 
 
 def mask_from_rects(rects, shape: tuple[int, int]) -> np.ndarray:

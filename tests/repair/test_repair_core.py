@@ -83,6 +83,16 @@ def test_the_network_returns_the_input_exactly_outside_the_mask():
     assert not torch.allclose(out * mask, image * mask)
 
 
+def test_a_hole_at_the_border_of_an_image_padded_to_the_network_takes_nothing_from_the_padding():
+    # 30 px is padded to 32 by mirroring: the mirrored hole (black here) must count as hole too.
+    flat = np.full((30, 30, 3), 200, np.uint8)
+    hole = np.zeros((30, 30), bool)
+    hole[18:, 18:] = True
+    damaged = np.where(hole[..., None], np.uint8(0), flat)
+    untrained = Repairer(RepairNet(channels=8, blocks=1), {}, precision="fp32")  # = the push-pull fill
+    assert np.abs(untrained.network(damaged, hole).astype(int) - 200).max() <= 1
+
+
 def test_far_apart_regions_are_planned_apart_and_near_ones_together():
     mask = np.zeros((400, 900), bool)
     mask[50:60, 40:80] = True
