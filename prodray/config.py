@@ -555,6 +555,10 @@ class ReplicaConfig(Strict):
     max_ongoing_requests: int = Field(16, ge=1, description="requests one replica runs at once")
     max_queued_requests: int = Field(64, ge=-1, description="requests waiting beyond those, after which callers "
                                      "get 503 at once (-1: no bound)")
+    upscale_delay_s: float = Field(30.0, ge=0, description="autoscaling: seconds of high load before adding "
+                                   "replicas")
+    downscale_delay_s: float = Field(600.0, ge=0, description="autoscaling: seconds of low load before "
+                                     "removing replicas")
 
     @field_validator("max_replicas")
     @classmethod

@@ -281,7 +281,9 @@ def deployment_options(replicas: ReplicaConfig) -> dict:
     """`Deployment.options(...)` for one replica section of ServeConfig."""
     return {"ray_actor_options": {"num_cpus": replicas.num_cpus, "num_gpus": replicas.num_gpus},
             "autoscaling_config": {"min_replicas": replicas.min_replicas, "max_replicas": replicas.max_replicas,
-                                   "target_ongoing_requests": replicas.target_ongoing_requests},
+                                   "target_ongoing_requests": replicas.target_ongoing_requests,
+                                   "upscale_delay_s": replicas.upscale_delay_s,
+                                   "downscale_delay_s": replicas.downscale_delay_s},
             "max_ongoing_requests": replicas.max_ongoing_requests,
             "max_queued_requests": replicas.max_queued_requests}
 

@@ -1251,6 +1251,9 @@ def test_app_builder_builds_from_args():
     assert enhancer.init_args == ("enhancer-x4", "cpu", "fp32")  # model, device, precision
     scaling = enhancer._deployment_config.autoscaling_config
     assert (scaling.min_replicas, scaling.max_replicas) == (1, 2)
+    assert (scaling.upscale_delay_s, scaling.downscale_delay_s) == (30.0, 600.0)  # Serve's own defaults
+    quick = _deployments(app_builder({"generator": "none", "enhancer_replicas": {"downscale_delay_s": 15}}))
+    assert quick["EnhancerDeployment"]._deployment_config.autoscaling_config.downscale_delay_s == 15
     assert deployments["Ingress"].init_kwargs == {"max_bytes": 1234, "max_pixels": 4096 * 4096,
                                                   "max_output_pixels": 64_000_000, "votes": None,
                                                   "vote_secret": None, "repairer": None}  # no A/B page, no repair
