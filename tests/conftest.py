@@ -184,3 +184,14 @@ def images(tmp_path_factory):
         noise = rng.integers(0, 20, (64, 64, 3))
         Image.fromarray((base + noise).clip(0, 255).astype(np.uint8)).save(folder / f"img{i}.png")
     return folder
+
+
+@pytest.fixture
+def local_ray(s3_env):
+    """A fresh local Ray with 4 logical CPUs, started after the AWS_* variables are set, so the
+    workers inherit them. Modules that need another Ray (fewer CPUs, crash injection) define their
+    own `local_ray`, which takes precedence."""
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()

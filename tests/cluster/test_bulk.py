@@ -20,14 +20,6 @@ from prodray.io.artifacts import export_model
 ray = pytest.importorskip("ray")
 
 
-@pytest.fixture
-def local_ray(s3_env):
-    # Started after the AWS_* variables are set, so the workers inherit them.
-    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
-
-
 def test_actors_that_leave_no_cpu_for_ray_data_fail_before_work():
     # 2 actors x 0.75 CPU on 2 CPUs: Ray Data's 1-CPU file-listing task would wait forever.
     options = BulkConfig(input="s3://b/in", output="s3://b/out", actors=2, actor_cpus=0.75)

@@ -17,13 +17,6 @@ from prodray.io.artifacts import export_model
 ray = pytest.importorskip("ray")
 
 
-@pytest.fixture
-def local_ray(s3_env):
-    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
-
-
 def repair_export(uri: str) -> str:
     import torch
 
