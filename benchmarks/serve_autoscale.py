@@ -8,7 +8,8 @@ up/down-scale delays so that a run takes minutes, not the production 30 s / 600 
 
 1. `--warm` s at one client;
 2. `--load` s at `--clients` closed-loop clients (each posts its next image when its answer
-   arrives); at half of it, one running enhancer replica is killed (`ray.kill`, no restart);
+   arrives); at half of it, the replica that served from the start is killed (`ray.kill`, no
+   restart: Serve's controller must replace it);
 3. `--cool` s without load, while the deployment scales back down.
 
 Prints a timeline (every `--every` s: phase, enhancer replicas by state, answers by status in that
@@ -101,16 +102,19 @@ def replica_states() -> dict:
             for state, count in status.replica_states.items() if count}
 
 
-def kill_one_replica() -> str:
-    import ray
+def replica_actor_names() -> list[str]:
+    """The enhancer's live replica actors (starting ones too: their actor is up before the model)."""
     from ray.util.state import list_actors
 
     alive = list_actors(filters=[("class_name", "=", f"ServeReplica:{APP}:{ENHANCER}"), ("state", "=", "ALIVE")])
-    if not alive:
-        return "no running replica to kill"
-    victim = alive[0]
-    ray.kill(ray.get_actor(victim.name, namespace="serve"), no_restart=True)
-    return f"killed {victim.name}"
+    return sorted(actor.name for actor in alive)
+
+
+def kill_replica(name: str) -> str:
+    import ray
+
+    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+    return f"killed {name}"
 
 
 def main() -> None:
@@ -145,6 +149,7 @@ def main() -> None:
     serve.run(build_app(config), name=APP, route_prefix="/", blocking=False)
     while replica_states().get("RUNNING", 0) < 1:
         time.sleep(1)
+    first = replica_actor_names()[0]  # the one replica that serves from the start: killed mid-load
     load = Load(port, photos(args.size, 8))
     phases = [("warm", args.warm, 1), ("load", args.load, args.clients), ("cool", args.cool, 0)]
     print(f"Serve on 127.0.0.1:{port}; enhancer {args.model}, 1..{args.max_replicas} replicas of 1 CPU "
@@ -158,7 +163,7 @@ def main() -> None:
         while time.perf_counter() - phase_start < seconds:
             time.sleep(args.every)
             if not killed and time.perf_counter() - phase_start >= seconds / 2:
-                events.append(f"t={time.perf_counter() - started:.0f}s {kill_one_replica()}")
+                events.append(f"t={time.perf_counter() - started:.0f}s {kill_replica(first)} (the first replica)")
                 print(f"# {events[-1]}", flush=True)
                 killed = True
             states = replica_states()
