@@ -608,7 +608,7 @@ class ServeConfig(Strict):
     max_pixels: int = Field(SERVE_MAX_PIXELS, ge=1, description="pixel limit of an upload, checked on its header")
     max_output_pixels: int = Field(SERVE_MAX_OUTPUT_PIXELS, ge=1, description="pixel limit of a result "
                                    "(upload x scale^2), checked before the model runs")
-    repair: str = Field(NO_GENERATOR, description="repair (inpainting) model for POST /v1/repair: export folder, "
+    repair: str = Field("repair", description="repair (inpainting) model for POST /v1/repair: export folder, "
                         f"s3:// URI or shipped name; '{NO_GENERATOR}' serves no repair model")
     votes: Optional[str] = Field(None, description="s3:// prefix (or local folder) where the blind A/B page "
                                  "(GET /ab) stores one JSONL object per vote; unset: no A/B page")

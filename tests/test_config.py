@@ -165,8 +165,8 @@ def test_serve_config_defaults_and_the_job_part():
     # Together they fit a 2-CPU head (the local demo).
     assert {name: r.num_cpus for name, r in replicas.items()} == {
         "ingress_replicas": 0.5, "enhancer_replicas": 1.0, "generator_replicas": 0.25, "repair_replicas": 0.25}
-    assert not config.serves_repair and replicas["repair_replicas"].max_batch_size == 1
-    assert ServeConfig(repair="repair").serves_repair and not ServeConfig(repair="NONE").serves_repair
+    assert config.repair == "repair" and config.serves_repair and replicas["repair_replicas"].max_batch_size == 1
+    assert not ServeConfig(repair="none").serves_repair and not ServeConfig(repair="NONE").serves_repair
     assert replicas["ingress_replicas"].max_ongoing_requests == 32
     assert replicas["enhancer_replicas"].max_ongoing_requests >= replicas["enhancer_replicas"].max_batch_size
     assert ServeConfig(generator="None").generator == "none" and not ServeConfig(generator="none").serves_generator

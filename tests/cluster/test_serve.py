@@ -135,7 +135,7 @@ def server(tmp_path_factory):
         yield {"url": f"http://127.0.0.1:{port}", "votes": root / "votes",
                "model_a": model_a, "id_a": id_a, "model_b": model_b, "id_b": id_b,
                "gen_a": gen_a, "gen_id_a": gen_id_a, "gen_b": gen_b, "gen_id_b": gen_id_b,
-               "repair_id": repair_id}
+               "repair": repairer, "repair_id": repair_id}
     finally:
         try:
             serve.shutdown()
@@ -1073,8 +1073,8 @@ def test_enhancer_overload_gives_json_503(server):
 
     tight = {**ONE_REPLICA, "max_ongoing_requests": 1, "max_queued_requests": 1}
     wide = {**INGRESS_REPLICAS, "max_ongoing_requests": 32, "max_queued_requests": 32}
-    config = ServeConfig(model=server["model_a"], generator="none", max_bytes=MAX_BYTES, enhancer_replicas=tight,
-                         ingress_replicas=wide)
+    config = ServeConfig(model=server["model_a"], generator="none", repair="none", max_bytes=MAX_BYTES,
+                         enhancer_replicas=tight, ingress_replicas=wide)
     serve.run(build_app(config), name="tight", route_prefix="/tight")
     try:
         # Also the enhancer-only app (generator "none"): no generator replica, /v1/generate is a 404.
@@ -1143,10 +1143,10 @@ def test_serve_deploy_config_reconfigures_in_place(server):
         del doc["http_options"], doc["proxy_location"]  # Serve already runs on the test port
         (app,) = doc["applications"]
         # The fixture's limits, so the tests after this one still talk to the app they expect.
-        app["args"].update(model=server["model_a"], generator=server["gen_a"], max_bytes=MAX_BYTES,
-                           max_output_pixels=MAX_OUTPUT_PIXELS, votes=str(server["votes"]))
-        for section in ("ingress_replicas", "enhancer_replicas", "generator_replicas"):
-            app["args"][section].update(ONE_REPLICA)
+        app["args"].update(model=server["model_a"], generator=server["gen_a"], repair=server["repair"],
+                           max_bytes=MAX_BYTES, max_output_pixels=MAX_OUTPUT_PIXELS, votes=str(server["votes"]))
+        for section in ("ingress_replicas", "enhancer_replicas", "generator_replicas", "repair_replicas"):
+            app["args"].setdefault(section, {}).update(ONE_REPLICA)
         app["deployments"] = [{"name": "EnhancerDeployment", "user_config": {"model": model}},
                               {"name": "GeneratorDeployment", "user_config": {"model": generator}}]
         return ServeDeploySchema.model_validate(doc)
@@ -1222,8 +1222,8 @@ def test_serve_config_is_valid_and_calls_the_typed_builder():
     (app,) = doc["applications"]
     assert import_attr(app["import_path"]) is app_builder
     config = validate(ServeConfig, app["args"])
-    assert (config.model, config.generator) == ("enhancer-x2", "gan-fashion-products")
-    for name in ("model", "generator"):  # shipped models, so the file deploys as it is
+    assert (config.model, config.generator, config.repair) == ("enhancer-x2", "gan-fashion-products", "repair")
+    for name in ("model", "generator", "repair"):  # shipped models, so the file deploys as it is
         assert (ROOT / "prodray" / "weights" / getattr(config, name) / "config.json").is_file(), name
     # What Serve does with import_path + args when it deploys the file.
     built = call_user_app_builder_with_args_if_necessary(import_attr(app["import_path"]), app["args"])
@@ -1240,11 +1240,10 @@ def _deployments(app) -> dict:
 def test_app_builder_builds_from_args():
     from prodray.cluster.serve import app_builder
 
-    deployments = _deployments(app_builder({"model": "enhancer-x4", "generator": "none", "device": "cpu",
-                                            "precision": "fp32", "max_bytes": 1234,
-                                            "enhancer_replicas": {"num_gpus": 1,
-                                                                                      "max_replicas": 2}}))
-    assert set(deployments) == {"Ingress", "EnhancerDeployment"}  # generator none: no generator replica
+    deployments = _deployments(app_builder({"model": "enhancer-x4", "generator": "none", "repair": "none",
+                                            "device": "cpu", "precision": "fp32", "max_bytes": 1234,
+                                            "enhancer_replicas": {"num_gpus": 1, "max_replicas": 2}}))
+    assert set(deployments) == {"Ingress", "EnhancerDeployment"}  # none: no generator or repair replica
     enhancer = deployments["EnhancerDeployment"]
     assert enhancer.ray_actor_options == {"num_cpus": 1.0, "num_gpus": 1.0}  # the unnamed ones keep defaults
     assert enhancer.user_config == {"model": "enhancer-x4", "max_batch_size": 8, "batch_wait_timeout_s": 0.01}
@@ -1264,8 +1263,9 @@ def test_app_builder_builds_from_args():
     assert _deployments(app_builder({"votes": "s3://bucket/votes"}))["Ingress"].init_kwargs["votes"] \
         == "s3://bucket/votes"
     defaults = _deployments(app_builder({}))
-    assert set(defaults) == {"Ingress", "EnhancerDeployment", "GeneratorDeployment"}
+    assert set(defaults) == {"Ingress", "EnhancerDeployment", "GeneratorDeployment", "RepairDeployment"}
     assert defaults["GeneratorDeployment"].user_config["model"] == "gan-fashion-products"
+    assert defaults["RepairDeployment"].user_config["model"] == "repair"  # the shipped repair model
 
 
 @pytest.mark.parametrize("args,named", [
