@@ -54,6 +54,19 @@ with urllib.request.urlopen(request, timeout=120) as response:
     body = response.read()
     open(f"{out}/endpoint-generated-red-tshirt.png", "wb").write(body)
     print(f"POST /v1/generate -> {response.status}, {len(body)} bytes, model {response.headers.get('x-model-id')}")
+# Repair: a sticker-sized rectangle over the coffee photo, filled by the shipped repair model.
+boundary = "prodray-demo"
+body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"coffee.jpg\"\r\n"
+        "Content-Type: image/jpeg\r\n\r\n").encode() + image + (
+        f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"mask\"\r\n\r\n[[40, 30, 60, 24]]"
+        f"\r\n--{boundary}--\r\n").encode()
+request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/repair", data=body, method="POST",
+                                 headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+with urllib.request.urlopen(request, timeout=120) as response:
+    body = response.read()
+    open(f"{out}/endpoint-coffee-repaired.png", "wb").write(body)
+    print(f"POST /v1/repair -> {response.status}, {len(body)} bytes, model {response.headers.get('x-model-id')}, "
+          f"{response.headers.get('x-repaired-pixels')} pixels repaired")
 PY
 
 step "report: supplier copies before / after"
@@ -65,8 +78,8 @@ cat <<TXT
   training run:   s3://prodray/runs/demo-enhancer (config.json, stats.jsonl, samples/, export/)
   supplier JPEGs: s3://prodray/supplier (the photos at JPEG quality 40)
   restored:       s3://prodray/restored (results, _manifest/, _SUCCESS)
-  endpoint:       http://127.0.0.1:$PORT/  (POST /v1/enhance, GET /v1/models, GET /healthz)
-  endpoint reply: $OUT/endpoint-coffee-restored-x2.png
+  endpoint:       http://127.0.0.1:$PORT/  (POST /v1/enhance, /v1/generate, /v1/repair, GET /v1/models, GET /healthz)
+  endpoint reply: $OUT/endpoint-coffee-restored-x2.png, $OUT/endpoint-coffee-repaired.png
   gallery:        $OUT/report.html
   dashboard:      $RAY_ADDRESS
   S3 endpoint:    $AWS_ENDPOINT_URL  (eval "\$(prodray env)" for credentials)
