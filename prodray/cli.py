@@ -155,6 +155,34 @@ def cmd_eval_repair(args) -> None:
                                        for method in ("model", "telea", "ns", "blur")))
 
 
+def cmd_eval_recolour(args) -> None:
+    from prodray.enhancer.evaluation import list_images
+    from prodray.io.codec import decode_image
+    from prodray.recolour.baseline import lab_shift
+    from prodray.recolour.evaluation import evaluate_recolour
+    from prodray.recolour.segmentation import product_mask
+
+    def images():
+        for path in list_images(args.data)[:args.limit]:
+            decoded = decode_image(path.read_bytes())
+            yield path.name, decoded.rgb, decoded.alpha
+
+    colours = [c.strip() for c in args.colours.split(",")] if args.colours else None
+    result = evaluate_recolour(images(), {"baseline": lab_shift}, product_mask,
+                               **({"colours": colours} if colours else {}),
+                               log=None if args.json else lambda msg: print(msg, file=sys.stderr, flush=True))
+    if args.json:
+        _print_json(result)
+        return
+    scores = result["baseline"]
+    print(f"{result['images']} images x {len(result['colours'])} colours, baseline: named colour accuracy "
+          f"{scores['named_colour_acc']:.3f}, dE00 {scores['de00']:.2f}, detail SSIM {scores['detail_ssim']:.3f}, "
+          f"background kept {scores['background_kept']:.4f}")
+    for group, figures in scores["by_source"].items():
+        print(f"  {group:<9} ({figures['n']} results): accuracy {figures['named_colour_acc']:.3f}, "
+              f"dE00 {figures['de00']:.2f}")
+
+
 def cmd_repair(args) -> None:
     from pathlib import Path
 
@@ -360,6 +388,15 @@ def build_parser() -> argparse.ArgumentParser:
     repair_eval.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     repair_eval.add_argument("--json", action="store_true")
     repair_eval.set_defaults(func=cmd_eval_repair)
+    recolour_eval = evaluate.add_parser("recolour", help="recolouring: colour accuracy (named, dE00), detail "
+                                        "SSIM and background kept per target colour, by source group; today the "
+                                        "classical Lab-shift baseline (no recolour model has shipped yet)")
+    recolour_eval.add_argument("--data", required=True, help="folder of product photos (searched recursively)")
+    recolour_eval.add_argument("--colours", help="comma-separated targets (vocabulary names or #rrggbb; "
+                               "default: the suite's ten)")
+    recolour_eval.add_argument("--limit", type=int, default=200, help="score the first N images (sorted by path)")
+    recolour_eval.add_argument("--json", action="store_true")
+    recolour_eval.set_defaults(func=cmd_eval_recolour)
     preference = evaluate.add_parser("preference", help="blind A/B votes (GET /ab): win rates with 95% intervals "
                                      "per pair of arms")
     preference.add_argument("uri", help="the serve app's votes prefix (s3:// or local folder) or a part of it")

@@ -37,8 +37,9 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     return (g[:, None] * g[None, :])[None, None]
 
 
-def ssim(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
-    """Mean SSIM of two 2-D float arrays, 'valid' filtering as in the reference MATLAB code."""
+def ssim(a: np.ndarray, b: np.ndarray, peak: float = 255.0, where: np.ndarray | None = None) -> float:
+    """Mean SSIM of two 2-D float arrays, 'valid' filtering as in the reference MATLAB code; with
+    `where` (a (H, W) bool), the mean over the windows centred on its True pixels only."""
     window = _gaussian_window()
     x = torch.from_numpy(a.astype(np.float64))[None, None]
     y = torch.from_numpy(b.astype(np.float64))[None, None]
@@ -48,7 +49,11 @@ def ssim(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
     sigma_y = F.conv2d(y * y, window) - mu_y**2
     sigma_xy = F.conv2d(x * y, window) - mu_x * mu_y
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * sigma_xy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sigma_x + sigma_y + c2))
-    return float(ssim_map.mean())
+    if where is None:
+        return float(ssim_map.mean())
+    half = window.shape[-1] // 2
+    centres = torch.from_numpy(where[half:where.shape[0] - half, half:where.shape[1] - half])
+    return float(ssim_map[0, 0][centres].mean()) if centres.any() else float("nan")
 
 
 def psnr_ssim_y(output: np.ndarray, reference: np.ndarray, shave: int) -> tuple[float, float]:

@@ -16,7 +16,7 @@ def shirt_on_white(colour=(40, 60, 160), size=96, seed=0) -> tuple[np.ndarray, n
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size]
     inside = (yy - size / 2) ** 2 / 0.3 + (xx - size / 2) ** 2 / 0.2 < (size / 2) ** 2 * 0.9
-    shade = 0.75 + 0.25 * np.cos(xx / 6.0)  # folds
+    shade = 0.75 + 0.25 * np.cos(xx / 6.0) + rng.uniform(-0.08, 0.08, (size, size))  # folds and weave
     image = np.where(inside[..., None], np.clip(np.array(colour) * shade[..., None], 0, 255), 255.0)
     image[~inside] -= rng.integers(0, 3, (int((~inside).sum()), 3))  # 253-255: what JPEG leaves
     logo = inside & (abs(yy - size / 2) < 4) & (abs(xx - size / 2) < 8)
@@ -64,3 +64,37 @@ def test_the_baseline_reaches_the_target_keeps_shading_and_the_background(target
     body = mask & ~(image == 255).all(axis=2)
     source_l, out_l = srgb_to_lab(image[body])[:, 0], srgb_to_lab(out[body])[:, 0]
     assert np.corrcoef(source_l, out_l)[0, 1] > 0.95
+
+
+def test_the_evaluation_scores_methods_by_source_group_and_catches_a_bad_one(tmp_path):
+    from prodray.recolour.evaluation import evaluate_recolour
+
+    images = [("blue", shirt_on_white((70, 100, 230))[0], None),
+              ("black", shirt_on_white((25, 25, 28), seed=1)[0], None)]
+
+    def paint_everything(rgb, target, mask):  # reaches the colour but repaints the background too
+        return np.broadcast_to(target, rgb.shape).copy()
+
+    result = evaluate_recolour(images, {"baseline": lab_shift, "paint": paint_everything}, product_mask,
+                               colours=("Red", "Green", "Yellow"))
+    assert result["images"] == 2 and result["colours"] == ["Red", "Green", "Yellow"]
+    baseline, paint = result["baseline"], result["paint"]
+    assert baseline["named_colour_acc"] == 1.0 and baseline["de00"] < 6 and baseline["background_kept"] == 1.0
+    assert baseline["detail_ssim"] > 0.7  # the weave survives (its contrast changes with lightness)
+    assert paint["named_colour_acc"] == 1.0 and paint["de00"] < 1  # on colour alone it looks perfect...
+    assert paint["background_kept"] == 0.0 and paint["detail_ssim"] < 0.3  # ...the other figures catch it
+    assert set(baseline["by_source"]) == {"chromatic", "dark"}
+    assert baseline["by_source"]["dark"]["n"] == 3
+
+
+def test_eval_recolour_from_the_command_line(tmp_path, capsys):
+    from PIL import Image
+
+    from prodray.cli import main
+    for seed, colour in enumerate([(40, 60, 160), (200, 40, 40)]):
+        Image.fromarray(shirt_on_white(colour, seed=seed)[0]).save(tmp_path / f"{seed}.png")
+    main(["eval", "recolour", "--data", str(tmp_path), "--colours", "Red,#2e8b57", "--json"])
+    import json
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 2 and result["colours"] == ["Red", "#2e8b57"]
+    assert result["baseline"]["background_kept"] == 1.0

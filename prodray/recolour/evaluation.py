@@ -1,0 +1,96 @@
+"""Recolouring quality on held-out product photos: every image to each of a fixed list of target
+colours, scored per method (a callable `(rgb, target_rgb, mask) -> rgb`) on the product's mask:
+- de00: CIEDE2000 between the result's mean product colour and the target's reference;
+- named_colour_acc: the nearest reference colour (CIEDE2000) of that mean is the one asked for;
+- detail_ssim: SSIM of the luminance detail (Y minus its Gaussian blur) of source and result,
+  over the windows centred on the product's pixels, with 4 standard deviations of the source's detail as SSIM's
+  peak (so the score does not depend on how much contrast the source has): texture, folds and
+  prints kept;
+- background_kept: share of the source's pure-white pixels outside the product still exactly 255;
+and the first two again by source group (dark / light / chromatic, from the source's mean Lab).
+Owns the protocol; methods and the product mask come in.
+"""
+
+import numpy as np
+from scipy import ndimage
+
+from prodray.metrics import ciede2000, rgb_to_y, srgb_to_lab, ssim
+from prodray.recolour.colours import nearest_colour_name, parse_colour
+
+# Named colours of the vocabulary that a shopper tells apart; the suite's fixed targets.
+SUITE_COLOURS = ("Red", "Navy Blue", "Green", "Yellow", "Pink", "Black", "White", "Grey", "Brown", "Purple")
+DARK_MAX_L, LIGHT_MIN_L, LIGHT_MAX_CHROMA = 35.0, 75.0, 15.0
+
+
+def source_group(lab_mean: np.ndarray) -> str:
+    """dark (little lightness to shade with), light (near-white, little chroma) or chromatic."""
+    if lab_mean[0] < DARK_MAX_L:
+        return "dark"
+    if lab_mean[0] > LIGHT_MIN_L and np.hypot(lab_mean[1], lab_mean[2]) < LIGHT_MAX_CHROMA:
+        return "light"
+    return "chromatic"
+
+
+def detail(y: np.ndarray) -> np.ndarray:
+    """Luminance detail: Y minus its Gaussian blur (sigma 2 px)."""
+    return y - ndimage.gaussian_filter(y, 2.0)
+
+
+def _detail_peak(source_detail: np.ndarray) -> float:
+    return max(4.0 * float(source_detail.std()), 1.0)
+
+
+def score_one(source: np.ndarray, result: np.ndarray, mask: np.ndarray, name: str, target: np.ndarray) -> dict:
+    if not np.array_equal(result.shape, source.shape):
+        raise AssertionError(f"result {result.shape} is not the source's shape {source.shape}")
+    mean = srgb_to_lab(result[mask]).mean(axis=0)
+    goal = srgb_to_lab(target[None])[0]
+    rows, cols = np.nonzero(mask)
+    box = slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1)
+    source_detail, result_detail = detail(rgb_to_y(source[box])), detail(rgb_to_y(result[box]))
+    small = min(source_detail.shape) < 11  # SSIM's window
+    white = (source == 255).all(axis=2) & ~mask
+    return {"de00": float(ciede2000(mean, goal)),
+            "named_colour_acc": float(nearest_colour_name(mean) == name),
+            "detail_ssim": 1.0 if small else ssim(source_detail, result_detail, peak=_detail_peak(source_detail[
+                mask[box]]), where=mask[box]),
+            "background_kept": float((result[white] == 255).all(axis=1).mean()) if white.any() else 1.0}
+
+
+def evaluate_recolour(images, methods: dict, product_mask, colours=SUITE_COLOURS, log=None) -> dict:
+    """`images`: (name, (H, W, 3) uint8, alpha or None) triples; `product_mask(rgb, alpha)` -> bool.
+    -> {"images": N, "colours": [...], "<method>": {metric: mean, "by_source": {group: {...}}}}.
+    A target that names the source's own colour group is still scored (a no-op recolour)."""
+    targets = [parse_colour(colour) for colour in colours]
+    sums = {method: {} for method in methods}
+    count = 0
+    for index, (name, rgb, alpha) in enumerate(images):
+        mask = product_mask(rgb, alpha)
+        if mask.sum() < 16:
+            if log:
+                log(f"{name}: no product found, skipped")
+            continue
+        count += 1
+        group = source_group(srgb_to_lab(rgb[mask]).mean(axis=0))
+        for method, recolour in methods.items():
+            for colour_name, target in targets:
+                scores = score_one(rgb, recolour(rgb, target, mask), mask, colour_name, target)
+                for key in (("all",), ("by_source", group)):
+                    bucket = sums[method].setdefault(key, {})
+                    for metric, value in scores.items():
+                        bucket[metric] = bucket.get(metric, 0.0) + value
+                    bucket["n"] = bucket.get("n", 0) + 1
+        if log:
+            log(f"{index + 1} {name} ({group})")
+    out = {"images": count, "colours": [name for name, _ in targets]}
+    for method, buckets in sums.items():
+        summary = _means(buckets.get(("all",), {}))
+        summary["by_source"] = {key[1]: {**_means(bucket, ("named_colour_acc", "de00")), "n": bucket["n"]}
+                                for key, bucket in sorted(buckets.items()) if key[0] == "by_source"}
+        out[method] = summary
+    return out
+
+
+def _means(bucket: dict, metrics=("named_colour_acc", "de00", "detail_ssim", "background_kept")) -> dict:
+    n = max(bucket.get("n", 0), 1)
+    return {metric: round(bucket.get(metric, 0.0) / n, 4) for metric in metrics}
