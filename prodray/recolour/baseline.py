@@ -7,8 +7,7 @@ chroma to keep, lightness far from the target) are where it is weakest.
 
 import numpy as np
 
-from prodray.metrics import srgb_to_lab
-from prodray.recolour.colours import lab_to_srgb
+from prodray.metrics import lab_to_srgb, srgb_to_lab
 
 
 def lab_shift(rgb: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarray:

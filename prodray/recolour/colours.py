@@ -1,6 +1,6 @@
 """Target colours for recolouring: the products vocabulary's colour names with one reference sRGB
-value each, any `#rrggbb`, sRGB <-> CIELAB (D65) both ways, and the nearest named colour of a Lab
-value. Pure numpy; owns colour naming and conversion, not images or masks.
+value each, any `#rrggbb`, and the nearest named colour of a Lab value. Pure numpy; owns colour
+naming, not images or masks (sRGB <-> Lab is prodray/metrics.py's).
 """
 
 import numpy as np
@@ -14,10 +14,6 @@ REFERENCE_HEX = {
     "Red": "#c8102e", "Green": "#2e8b57", "Pink": "#f4a7b9", "Navy Blue": "#1f2a4d", "Purple": "#6a3d9a",
     "Silver": "#c0c0c4", "Yellow": "#f2c500", "Beige": "#d9c3a0", "Gold": "#c9a227", "Maroon": "#7b1e2b",
 }
-_WHITE = np.array([0.95047, 1.0, 1.08883])
-_XYZ_TO_RGB = np.linalg.inv(np.array([[0.4124564, 0.3575761, 0.1804375],
-                                      [0.2126729, 0.7151522, 0.0721750],
-                                      [0.0193339, 0.1191920, 0.9503041]]))
 
 
 def hex_to_rgb(text: str) -> np.ndarray:
@@ -35,16 +31,6 @@ def parse_colour(text: str) -> tuple[str, np.ndarray]:
     if text.strip().startswith("#"):
         return text.strip().lower(), hex_to_rgb(text)
     raise ValueError(f"unknown colour {text!r}: use #rrggbb or one of {', '.join(REFERENCE_HEX)}")
-
-
-def lab_to_srgb(lab: np.ndarray) -> np.ndarray:
-    """(..., 3) CIELAB (D65) -> (..., 3) uint8 sRGB, out-of-gamut values clipped."""
-    fy = (lab[..., 0] + 16) / 116
-    f = np.stack([fy + lab[..., 1] / 500, fy, fy - lab[..., 2] / 200], axis=-1)
-    xyz = np.where(f > 6 / 29, f ** 3, 3 * (6 / 29) ** 2 * (f - 4 / 29)) * _WHITE
-    linear = np.clip(xyz @ _XYZ_TO_RGB.T, 0, 1)
-    rgb = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
-    return np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8)
 
 
 def reference_lab() -> tuple[list[str], np.ndarray]:

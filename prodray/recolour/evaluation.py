@@ -41,7 +41,7 @@ def _detail_peak(source_detail: np.ndarray) -> float:
 
 
 def score_one(source: np.ndarray, result: np.ndarray, mask: np.ndarray, name: str, target: np.ndarray) -> dict:
-    if not np.array_equal(result.shape, source.shape):
+    if result.shape != source.shape:
         raise AssertionError(f"result {result.shape} is not the source's shape {source.shape}")
     mean = srgb_to_lab(result[mask]).mean(axis=0)
     goal = srgb_to_lab(target[None])[0]

@@ -135,24 +135,29 @@ def _checked(mask: np.ndarray) -> np.ndarray:
     return mask
 
 
-def read_mask(data: bytes, max_bytes: int | None = None) -> np.ndarray:
+def _decoded_mask(data: bytes, max_bytes: int | None) -> np.ndarray:
     """A mask image (any decodable format): white, or opaque where it has alpha, marks the pixels
-    to repair. -> (H, W) bool, at the mask's own size; an empty mask is refused."""
+    to repair. -> (H, W) bool, at the mask's own size, not checked."""
     kwargs = {"max_bytes": max_bytes} if max_bytes else {}
     decoded = decode_image(data, **kwargs)
     mask = decoded.rgb.mean(axis=2) >= 128
     if decoded.alpha is not None:
         mask &= decoded.alpha >= 128
-    return _checked(mask)
+    return mask
+
+
+def read_mask(data: bytes, max_bytes: int | None = None) -> np.ndarray:
+    """A mask image at its own size -> (H, W) bool; an empty mask is refused."""
+    return _checked(_decoded_mask(data, max_bytes))
 
 
 def mask_from_png(data: bytes, shape: tuple[int, int], max_bytes: int | None = None) -> np.ndarray:
-    """A mask image the image's size (see read_mask) -> (H, W) bool."""
-    mask = read_mask(data, max_bytes)
+    """A mask image the image's size -> (H, W) bool; another size, then an empty mask, is refused."""
+    mask = _decoded_mask(data, max_bytes)
     height, width = mask.shape
     if (height, width) != tuple(shape):
         raise MaskError("mask_size_mismatch", f"the mask is {width}x{height}, the image {shape[1]}x{shape[0]}")
-    return mask
+    return _checked(mask)
 
 
 def mask_resized(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

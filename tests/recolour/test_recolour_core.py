@@ -5,9 +5,9 @@ byte for byte)."""
 import numpy as np
 import pytest
 
-from prodray.metrics import ciede2000, srgb_to_lab
+from prodray.metrics import ciede2000, lab_to_srgb, srgb_to_lab
 from prodray.recolour.baseline import lab_shift
-from prodray.recolour.colours import REFERENCE_HEX, lab_to_srgb, nearest_colour_name, parse_colour
+from prodray.recolour.colours import REFERENCE_HEX, nearest_colour_name, parse_colour
 from prodray.recolour.segmentation import product_mask
 
 
