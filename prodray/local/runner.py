@@ -2,13 +2,14 @@
 no Ray, or a quick experiment. Same config, same `Training`, same run folder as jobs/train.py
 (config.json, stats.jsonl, samples/, export/), plus `checkpoint/` (the full state, rewritten each
 time). Stops at optim.total_images or after --minutes, whichever comes first, then checkpoints
-and exports; run again and it resumes from `checkpoint/`. With `--decay-last F` (kinds whose lr
-decays from optim.lr_decay_from_images, such as the GAN) the schedule is fitted to the time: after
-every tick, optim.total_images becomes what the mean rate so far reaches by the deadline, and the
-lr falls over its last F (once the fall has begun, its start stays put).
+and exports; run again and it resumes from `checkpoint/`. With `--fit` the schedule is fitted to
+the time: after every tick, optim.total_images becomes what the mean rate so far reaches by the
+deadline (a cosine lr ends at the deadline); with `--decay-last F` (kinds whose lr decays from
+optim.lr_decay_from_images, such as the GAN) the lr also falls over its last F (once the fall has
+begun, its start stays put). On a GPU the next batch is drawn on a thread while one trains.
 
     python -m prodray.local.runner --config prodray/configs/gan_fashion_mnist.yaml \\
-        [--minutes M [--decay-last F]] [--device cuda|cpu] [key=value ...]
+        [--minutes M [--fit | --decay-last F]] [--device cuda|cpu] [key=value ...]
 """
 
 import argparse
@@ -63,12 +64,15 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return next((p for p in (run_dir / "checkpoint", run_dir / "checkpoint.old") if p.is_dir()), None)
 
 
-def fit_schedule(cfg, images_seen: int, images_per_s: float, seconds_left: float, decay_last: float,
+def fit_schedule(cfg, images_seen: int, images_per_s: float, seconds_left: float, decay_last: float | None,
                  decay_began_at: int | None = None):
     """The config with optim.total_images set to what `images_per_s` reaches in `seconds_left`
-    (95 %: ticks cost time too) and the lr decaying over the last `decay_last` of the run, or from
-    `decay_began_at` when the decay is already under way (so the lr never jumps back up)."""
+    (95 %: ticks cost time too) and, unless `decay_last` is None, the lr decaying over the last
+    `decay_last` of the run, or from `decay_began_at` when the decay is already under way (so the lr
+    never jumps back up)."""
     total = images_seen + max(1, int(0.95 * images_per_s * seconds_left))
+    if decay_last is None:
+        return cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"total_images": total})})
     if decay_began_at is not None:
         decay_from = decay_began_at
     else:
@@ -78,7 +82,7 @@ def fit_schedule(cfg, images_seen: int, images_per_s: float, seconds_left: float
 
 
 def train(cfg, device: torch.device, minutes: float | None = None, decay_last: float | None = None,
-          log=print) -> dict:
+          log=print, fit_time: bool = False) -> dict:
     """Run (or resume) the run folder run.storage_path/run.name; returns the last tick's metrics
     plus `export` (the model id) and `stopped` ("total_images" or "minutes")."""
     if storage.is_s3(cfg.run.storage_path):
@@ -106,9 +110,14 @@ def train(cfg, device: torch.device, minutes: float | None = None, decay_last: f
     started, images_at_start = time.perf_counter(), training.images_seen
     deadline = started + minutes * 60 if minutes else None
     ticks, stopped, metrics = Ticks(cfg.run.tick_images, training.images_seen), None, {}
-    fit, fitted = decay_last is not None and deadline is not None, False
+    fit, fitted = (fit_time or decay_last is not None) and deadline is not None, False
+    prefetch = ThreadPoolExecutor(1) if device.type == "cuda" else None  # keeps a fast GPU fed
+    upcoming = prefetch.submit(training.next_batch) if prefetch else None
     while stopped is None:
-        ticks.add(training.train_step(*training.next_batch()), cfg.data.batch_size)
+        batch = upcoming.result() if prefetch else training.next_batch()
+        if prefetch:
+            upcoming = prefetch.submit(training.next_batch)
+        ticks.add(training.train_step(*batch), cfg.data.batch_size)
         if training.images_seen >= cfg.optim.total_images:
             stopped = "total_images"
         elif deadline and time.perf_counter() >= deadline:
@@ -124,7 +133,7 @@ def train(cfg, device: torch.device, minutes: float | None = None, decay_last: f
         if stopped or checkpoint_due(cfg, tick_index, training.images_seen):
             save_checkpoint(training, run_dir)
         if fit and stopped is None:  # every tick, on the mean rate so far: the rate drifts over a run
-            now, decay_from = time.perf_counter(), cfg.optim.lr_decay_from_images
+            now, decay_from = time.perf_counter(), getattr(cfg.optim, "lr_decay_from_images", None)
             began = decay_from if fitted and decay_from is not None and training.images_seen >= decay_from else None
             rate = (training.images_seen - images_at_start) / (now - started)
             refit = fit_schedule(cfg, training.images_seen, rate, deadline - now, decay_last, began)
@@ -135,6 +144,8 @@ def train(cfg, device: torch.device, minutes: float | None = None, decay_last: f
             files.write_config(cfg)
             fitted = True
 
+    if prefetch:
+        prefetch.shutdown(cancel_futures=True)
     model_id = training.export(str(run_dir / "export"))
     log(f"stopped at {training.images_seen} images ({stopped}) after {time.perf_counter() - started:.0f} s; "
         f"exported {model_id} to {run_dir / 'export'}")
@@ -162,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decay-last", type=float, metavar="F",
                         help="with --minutes: fit optim.total_images to the time after every tick and "
                              "decay the lr over the last F (0-1) of it")
+    parser.add_argument("--fit", action="store_true",
+                        help="with --minutes: fit optim.total_images to the time after every tick")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. optim.total_images=1000000")
     args = parser.parse_args(argv)
@@ -169,11 +182,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--minutes must be positive")
     if args.decay_last is not None and (args.minutes is None or not 0 <= args.decay_last < 1):
         parser.error("--decay-last needs --minutes and a fraction in [0, 1)")
+    if args.fit and args.minutes is None:
+        parser.error("--fit needs --minutes")
     try:
         cfg = load_train_config(args.config, args.overrides).resolved()
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         train(cfg, device, args.minutes, args.decay_last,
-              log=lambda msg: print(f"[{TRAININGS[cfg.kind].name}] {msg}", flush=True))
+              log=lambda msg: print(f"[{TRAININGS[cfg.kind].name}] {msg}", flush=True), fit_time=args.fit)
     except (ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
