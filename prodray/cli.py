@@ -159,7 +159,8 @@ def cmd_eval_recolour(args) -> None:
     from prodray.enhancer.evaluation import list_images
     from prodray.io.codec import decode_image
     from prodray.recolour.baseline import lab_shift
-    from prodray.recolour.evaluation import evaluate_recolour
+    from prodray.recolour.evaluation import colour_classifier, evaluate_recolour
+    from prodray.recolour.inference import load_recolourer
     from prodray.recolour.segmentation import product_mask
 
     def images():
@@ -167,20 +168,21 @@ def cmd_eval_recolour(args) -> None:
             decoded = decode_image(path.read_bytes())
             yield path.name, decoded.rgb, decoded.alpha
 
+    methods = {"model": load_recolourer(args.model).recolour, "baseline": lab_shift}
+    classify = None if args.classifier == "none" else colour_classifier(args.classifier)
     colours = [c.strip() for c in args.colours.split(",")] if args.colours else None
-    result = evaluate_recolour(images(), {"baseline": lab_shift}, product_mask,
-                               **({"colours": colours} if colours else {}),
-                               log=None if args.json else lambda msg: print(msg, file=sys.stderr, flush=True))
+    result = evaluate_recolour(images(), methods, product_mask, **({"colours": colours} if colours else {}),
+                               log=None if args.json else lambda msg: print(msg, file=sys.stderr, flush=True),
+                               classify=classify)
     if args.json:
         _print_json(result)
         return
-    scores = result["baseline"]
-    print(f"{result['images']} images x {len(result['colours'])} colours, baseline: named colour accuracy "
-          f"{scores['named_colour_acc']:.3f}, dE00 {scores['de00']:.2f}, detail SSIM {scores['detail_ssim']:.3f}, "
-          f"background kept {scores['background_kept']:.4f}")
-    for group, figures in scores["by_source"].items():
-        print(f"  {group:<9} ({figures['n']} results): accuracy {figures['named_colour_acc']:.3f}, "
-              f"dE00 {figures['de00']:.2f}")
+    print(f"{result['images']} images x {len(result['colours'])} colours")
+    for method in methods:
+        scores = result[method]
+        print(f"{method:<9} named colour accuracy {scores['named_colour_acc']:.3f}, dE00 {scores['de00']:.2f}, "
+              f"classifier {scores.get('classifier_acc', float('nan')):.3f}, detail SSIM "
+              f"{scores['detail_ssim']:.3f}, background kept {scores['background_kept']:.4f}")
 
 
 def cmd_repair(args) -> None:
@@ -388,13 +390,17 @@ def build_parser() -> argparse.ArgumentParser:
     repair_eval.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     repair_eval.add_argument("--json", action="store_true")
     repair_eval.set_defaults(func=cmd_eval_repair)
-    recolour_eval = evaluate.add_parser("recolour", help="recolouring: colour accuracy (named, dE00), detail "
-                                        "SSIM and background kept per target colour, by source group; today the "
-                                        "classical Lab-shift baseline (no recolour model has shipped yet)")
+    recolour_eval = evaluate.add_parser("recolour", help="recolouring: colour accuracy (named, dE00, the products "
+                                        "classifier), detail SSIM and background kept per target colour, by source "
+                                        "group, for the model beside the classical Lab-shift baseline")
     recolour_eval.add_argument("--data", required=True, help="folder of product photos (searched recursively)")
     recolour_eval.add_argument("--colours", help="comma-separated targets (vocabulary names or #rrggbb; "
                                "default: the suite's ten)")
     recolour_eval.add_argument("--limit", type=int, default=200, help="score the first N images (sorted by path)")
+    recolour_eval.add_argument("--model", default="recolour", help="recolouring model: shipped name, export folder, "
+                               "s3:// URI or 'baseline' (default: the shipped recolour)")
+    recolour_eval.add_argument("--classifier", default="classifier-fashion-products",
+                               help="attribute classifier whose baseColour head judges the results ('none': skip)")
     recolour_eval.add_argument("--json", action="store_true")
     recolour_eval.set_defaults(func=cmd_eval_recolour)
     preference = evaluate.add_parser("preference", help="blind A/B votes (GET /ab): win rates with 95% intervals "

@@ -321,6 +321,67 @@ class RepairTrainConfig(Strict):
         return self.model_copy(update={"data": data, "loss": loss, "run": self.run.resolved()})
 
 
+# ---------------------------------------------------------------- recolour
+
+class RecolourModelConfig(Strict):
+    arch: Literal["bilateral-grid"] = "bilateral-grid"
+    channels: int = Field(16, ge=8, le=256)  # width of the low-resolution view's first layer
+    grid_depth: int = Field(8, ge=2, le=32)  # lightness levels of the bilateral grid
+    grid_size: int = Field(16, ge=4, le=64)  # spatial cells per side
+    input_size: int = Field(64, ge=16, le=512)  # side of the low-resolution view; grid_size x 1, 2, 4 or 8
+
+
+class RecolourDataConfig(Strict):
+    sources: list[str] = Field(min_length=1)  # local folders or s3:// prefixes of photos (no labels needed)
+    patch_size: int = Field(128, ge=32)
+    patches_per_image: int = Field(2, ge=1)
+    batch_size: int = Field(16, ge=1)  # per worker
+    named_share: float = Field(0.5, ge=0, le=1)  # targets drawn from the named references (else any sRGB)
+    val_folder: Optional[str] = None  # product photos scored each tick (evaluation.py's protocol)
+    val_max_images: int = Field(8, ge=1)
+    hr_scales: list[Annotated[float, Field(gt=0, le=1)]] = Field(default_factory=lambda: [1.0], min_length=1)
+    mask_kinds: list[Literal["narrow", "thick", "blobs", "rect", "text", "large"]] = Field(
+        default_factory=lambda: ["blobs", "rect", "large"], min_length=1)
+
+
+class RecolourLossConfig(Strict):
+    """Generator loss = detail_weight x (1 - detail SSIM) + colour_weight x CIELAB distance of the
+    mean product colour to the target + naming_weight x cross-entropy of its nearest named colour +
+    gamut_weight x linear RGB outside [0, 1] + adversarial_weight x GAN loss (patch discriminator)."""
+
+    detail_weight: float = Field(1.0, ge=0)
+    colour_weight: float = Field(0.02, ge=0)
+    naming_weight: float = Field(0.1, ge=0)
+    gamut_weight: float = Field(1.0, ge=0)
+    adversarial_weight: float = Field(0.01, ge=0)
+    d_channels: int = Field(32, ge=4, le=256)
+    d_input_size: int = Field(64, ge=16)  # the discriminator judges crops downscaled to this side
+    gan_loss: Literal["hinge", "nonsaturating"] = "hinge"
+
+
+class RecolourTrainConfig(Strict):
+    kind: Literal["recolour"] = "recolour"
+    model: RecolourModelConfig = RecolourModelConfig()
+    data: RecolourDataConfig
+    loss: RecolourLossConfig = RecolourLossConfig()
+    optim: OptimConfig = OptimConfig()
+    run: RunConfig = RunConfig(name="recolour")
+    export_name: str = Field("recolour", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # model id = <name>-<hash>
+
+    def check(self):
+        model = self.model
+        if model.input_size % model.grid_size or model.input_size // model.grid_size not in (1, 2, 4, 8):
+            raise ConfigError(f"config field model.input_size: {model.input_size} must be model.grid_size "
+                              f"({model.grid_size}) times 1, 2, 4 or 8")
+        return self
+
+    def resolved(self):
+        data = self.data.model_copy(update={
+            "sources": [resolve_local(s, f"data.sources[{i}]") for i, s in enumerate(self.data.sources)],
+            "val_folder": resolve_local(self.data.val_folder, "data.val_folder") if self.data.val_folder else None})
+        return self.model_copy(update={"data": data, "run": self.run.resolved()})
+
+
 # ---------------------------------------------------------------- loading
 
 def _set_dotted(tree: dict, dotted: str, value) -> None:
@@ -381,7 +442,8 @@ def load_config(cls, path=None, overrides=None):
 
 
 TRAIN_CONFIGS = {"enhancer": EnhancerTrainConfig, "enhancer-adversarial": AdversarialTrainConfig,
-                 "gan": GanTrainConfig, "repair": RepairTrainConfig}
+                 "gan": GanTrainConfig, "repair": RepairTrainConfig,
+                 "recolour": RecolourTrainConfig}
 
 
 def load_train_config(path=None, overrides=None, default_kind: str | None = None):
@@ -430,7 +492,17 @@ def _checked_uri(uri: str) -> str:
 BULK_MAX_OUTPUT_PIXELS = 160_000_000
 
 
-BulkTask = Literal["enhance", "repair"]
+BulkTask = Literal["enhance", "repair", "recolour"]
+SAME_SIZE_TASKS = ("repair", "recolour")
+
+
+def canonical_colours(text: str) -> str:
+    """`red,navy,#2E8B57` -> `Red,Navy Blue,#2e8b57`: each colour parsed (a name of the vocabulary
+    in any case, an alias, or #rrggbb), repeats dropped, order kept; an unknown one raises."""
+    from prodray.recolour.colours import parse_colour  # numpy + torch: only when recolouring
+
+    names = [parse_colour(part)[0] for part in text.split(",") if part.strip()]
+    return ",".join(dict.fromkeys(names))
 
 
 class BulkConfig(Strict):
@@ -439,14 +511,19 @@ class BulkConfig(Strict):
 
     input: str = Field(description="s3:// prefix, local folder, or a .parquet manifest of keys")
     output: str = Field(description="s3:// prefix or local folder for results + manifest (not the input)")
-    task: BulkTask = Field("enhance", description="enhance (super-resolution / restoration) or repair "
-                           "(inpainting of masked regions; needs --masks or --mask)")
+    task: BulkTask = Field("enhance", description="enhance (super-resolution / restoration), repair "
+                           "(inpainting of masked regions; needs --masks or --mask) or recolour (the "
+                           "product in each target colour; needs --colours)")
     masks: Optional[str] = Field(None, description="repair: s3:// prefix or folder of per-image PNG masks at "
                                  "the input's key with .png as its suffix (white = repair)")
     mask: Optional[str] = Field(None, validate_default=True, description="repair: one mask file (local path or "
                                 "s3:// URI) for every image, scaled to each (white = repair)")
+    colours: Optional[str] = Field(None, validate_default=True, description="recolour: target colours, "
+                                   "comma-separated vocabulary names (any case) or #rrggbb; one result per "
+                                   "image and colour (repeats count once)")
     model: Optional[str] = Field(None, description="export folder, s3:// URI or shipped name "
-                                 "(default: the shipped enhancer-x<scale>; for repair, the shipped repair)")
+                                 "(default: the shipped enhancer-x<scale>; for repair, the shipped repair; "
+                                 "for recolour, the shipped recolour, or baseline: the classical Lab shift)")
     scale: Literal[1, 2, 4] = Field(2, description="upscaling factor; must be the model's (repair: 1)")
     format: OutputFormat = Field("png", description="output image format")
     quality: int = Field(90, ge=1, le=100, description="JPEG/WebP quality, 1-100")
@@ -484,8 +561,8 @@ class BulkConfig(Strict):
     @model_validator(mode="before")
     @classmethod
     def _repair_keeps_the_size(cls, data):
-        # Repair returns the image at its own size: the scale a repair run leaves unset is 1.
-        if isinstance(data, dict) and data.get("task") == "repair" and data.get("scale") is None:
+        # Repair and recolour return the image at its own size: the scale such a run leaves unset is 1.
+        if isinstance(data, dict) and data.get("task") in SAME_SIZE_TASKS and data.get("scale") is None:
             return {**data, "scale": 1}
         return data
 
@@ -506,17 +583,30 @@ class BulkConfig(Strict):
             raise ValueError("masks are for --task repair")
         return mask
 
+    @field_validator("colours")
+    @classmethod
+    def _colours(cls, colours: Optional[str], info: ValidationInfo) -> Optional[str]:
+        if info.data.get("task") != "recolour":
+            if colours is not None:
+                raise ValueError("colours are for --task recolour")
+            return None
+        canonical = canonical_colours(colours or "")
+        if not canonical:
+            raise ValueError("recolour needs --colours (e.g. red,navy,#2e8b57)")
+        return canonical
+
     @field_validator("scale")
     @classmethod
     def _repair_scale(cls, scale: int, info: ValidationInfo) -> int:
-        if info.data.get("task") == "repair" and scale != 1:
-            raise ValueError(f"repair keeps the image's size; leave --scale out (or set 1), not {scale}")
+        task = info.data.get("task")
+        if task in SAME_SIZE_TASKS and scale != 1:
+            raise ValueError(f"{task} keeps the image's size; leave --scale out (or set 1), not {scale}")
         return scale
 
     @field_validator("self_ensemble")
     @classmethod
     def _enhance_only(cls, on: bool, info: ValidationInfo) -> bool:
-        if on and info.data.get("task") == "repair":
+        if on and info.data.get("task", "enhance") != "enhance":
             raise ValueError("self-ensemble is for --task enhance")
         return on
 
@@ -530,7 +620,7 @@ class BulkConfig(Strict):
     @field_validator("strength")
     @classmethod
     def _strength(cls, strength: Optional[str], info: ValidationInfo) -> Optional[str]:
-        if strength is not None and info.data.get("task") == "repair":
+        if strength is not None and info.data.get("task", "enhance") != "enhance":
             raise ValueError("strength is for restoration models (--task enhance)")
         parsed = parse_strength(strength)
         return None if parsed is None else str(parsed)  # "auto" or "0.5": the form the output key carries
@@ -585,6 +675,12 @@ class RepairReplicaConfig(GeneratorReplicaConfig):
     max_batch_size: int = Field(1, ge=1, description="requests batched into one model call (1: no batching)")
 
 
+class RecolourReplicaConfig(RepairReplicaConfig):
+    # A small network (or the classical baseline): it reserves no CPU, so the 2-CPU demo head, whose
+    # CPUs the other deployments reserve, still places it. Give it CPUs when it serves real traffic.
+    num_cpus: float = Field(0.0, ge=0, description="CPUs reserved per replica")
+
+
 class IngressReplicaConfig(ReplicaConfig):
     # The ingress decodes and encodes in threads, so one replica admits more than a model replica.
     num_cpus: float = Field(0.5, ge=0, description="CPUs reserved per replica")
@@ -610,12 +706,16 @@ class ServeConfig(Strict):
                                    "(upload x scale^2), checked before the model runs")
     repair: str = Field("repair", description="repair (inpainting) model for POST /v1/repair: export folder, "
                         f"s3:// URI or shipped name; '{NO_GENERATOR}' serves no repair model")
+    recolour: str = Field("recolour", description="recolouring model for POST /v1/recolour: export folder, "
+                          f"s3:// URI, shipped name or 'baseline' (the classical Lab shift); '{NO_GENERATOR}' "
+                          "serves no recolouring")
     votes: Optional[str] = Field(None, description="s3:// prefix (or local folder) where the blind A/B page "
                                  "(GET /ab) stores one JSONL object per vote; unset: no A/B page")
     ingress_replicas: IngressReplicaConfig = IngressReplicaConfig()
     enhancer_replicas: ModelReplicaConfig = ModelReplicaConfig()
     generator_replicas: GeneratorReplicaConfig = GeneratorReplicaConfig()
     repair_replicas: RepairReplicaConfig = RepairReplicaConfig()
+    recolour_replicas: RecolourReplicaConfig = RecolourReplicaConfig()
 
     @field_validator("votes")
     @classmethod
@@ -623,7 +723,7 @@ class ServeConfig(Strict):
         # Absolute, since the ingress replicas do not run in the deployer's working directory.
         return None if votes is None else resolve_local(_checked_uri(votes), "votes", must_exist=False)
 
-    @field_validator("generator", "repair")
+    @field_validator("generator", "repair", "recolour")
     @classmethod
     def _none_spelling(cls, reference: str) -> str:
         return NO_GENERATOR if reference.lower() == NO_GENERATOR else reference
@@ -635,6 +735,10 @@ class ServeConfig(Strict):
     @property
     def serves_repair(self) -> bool:
         return self.repair != NO_GENERATOR
+
+    @property
+    def serves_recolour(self) -> bool:
+        return self.recolour != NO_GENERATOR
 
 
 class ServeJobConfig(ServeConfig):

@@ -69,16 +69,16 @@ def mean_ciede2000(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(ciede2000(srgb_to_lab(a), srgb_to_lab(b))))
 
 
-_SRGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
+SRGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
                          [0.2126729, 0.7151522, 0.0721750],
                          [0.0193339, 0.1191920, 0.9503041]])
-_D65_WHITE = np.array([0.95047, 1.0, 1.08883])
+D65_WHITE = np.array([0.95047, 1.0, 1.08883])
 
 
 def srgb_to_lab(image: np.ndarray) -> np.ndarray:
     rgb = image.astype(np.float64) / 255.0
     linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
-    xyz = linear @ _SRGB_TO_XYZ.T / _D65_WHITE
+    xyz = linear @ SRGB_TO_XYZ.T / D65_WHITE
     f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
     return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
 
@@ -87,8 +87,8 @@ def lab_to_srgb(lab: np.ndarray) -> np.ndarray:
     """(..., 3) CIELAB (D65) -> (..., 3) uint8 sRGB, the inverse of srgb_to_lab; out-of-gamut values clipped."""
     fy = (lab[..., 0] + 16) / 116
     f = np.stack([fy + lab[..., 1] / 500, fy, fy - lab[..., 2] / 200], axis=-1)
-    xyz = np.where(f > 6 / 29, f ** 3, 3 * (6 / 29) ** 2 * (f - 4 / 29)) * _D65_WHITE
-    linear = np.clip(xyz @ np.linalg.inv(_SRGB_TO_XYZ).T, 0, 1)
+    xyz = np.where(f > 6 / 29, f ** 3, 3 * (6 / 29) ** 2 * (f - 4 / 29)) * D65_WHITE
+    linear = np.clip(xyz @ np.linalg.inv(SRGB_TO_XYZ).T, 0, 1)
     rgb = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
     return np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8)
 

@@ -23,7 +23,7 @@ BULK_ARGS = ["--input", "s3://bucket/in", "--output", "s3://bucket/out"]
 BULK_FLAGS = {"--input", "--output", "--model", "--scale", "--format", "--quality", "--batch-size", "--actors",
               "--actor-cpus", "--actor-gpus", "--actor-memory-gib", "--max-error-fraction", "--min-longest-side",
               "--pad-square", "--max-output-bytes", "--self-ensemble", "--max-output-pixels", "--strength",
-              "--task", "--mask", "--masks"}
+              "--task", "--mask", "--masks", "--colours"}
 
 
 def load_job(name: str):

@@ -117,7 +117,8 @@ def test_bulk_defaults_are_the_jobs():
         "max_pixels": DEFAULT_MAX_PIXELS, "batch_size": 8, "actors": 1, "actor_cpus": 1.0, "actor_gpus": None,
         "actor_memory_gib": 2.0, "max_error_fraction": None, "progress_every_s": 10.0, "min_longest_side": None,
         "pad_square": False, "max_output_bytes": None, "self_ensemble": False, "precision": "auto",
-        "max_output_pixels": 160_000_000, "strength": None, "task": "enhance", "mask": None, "masks": None}
+        "max_output_pixels": 160_000_000, "strength": None, "task": "enhance", "mask": None, "masks": None,
+        "colours": None}
 
 
 @pytest.mark.parametrize("update,field", [

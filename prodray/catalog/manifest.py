@@ -37,13 +37,16 @@ def check_key(key: str) -> str:
     return key
 
 
-def output_key(input_key: str, model_id: str, config: BulkConfig, mask_tag: str = "") -> str:
+def output_key(input_key: str, model_id: str, config: BulkConfig, mask_tag: str = "", colour: str = "") -> str:
     """The result's key under the output prefix: a pure function of input key, model and parameters
-    (for repair, `mask_tag` names the masks: see mask_tag). It is also what a rerun checks its done
-    set against, so another model or other parameters (another key) process the input again."""
+    (for repair, `mask_tag` names the masks: see mask_tag; for recolour, `colour` is one of
+    config.colours). It is also what a rerun checks its done set against, so another model or other
+    parameters (another key) process the input again."""
     check_key(input_key)
     if config.task == "repair":
         params = f"repair-m{mask_tag}-{config.format}-q{config.quality}"
+    elif config.task == "recolour":
+        params = f"recolour-{colour_slug(colour)}-{config.format}-q{config.quality}"
     else:
         params = f"x{config.scale}-{config.format}-q{config.quality}"
     # Constraints change the bytes, so they are part of the key (only when set: old keys stay valid).
@@ -58,6 +61,20 @@ def output_key(input_key: str, model_id: str, config: BulkConfig, mask_tag: str 
     if config.strength is not None:
         params += f"-s{config.strength}"
     return f"{model_id}/{params}/{result_name(input_key, config.format)}"
+
+
+def colour_slug(colour: str) -> str:
+    """A canonical colour as a key part: `Navy Blue` -> `navy-blue`, `#2e8b57` -> `2e8b57`."""
+    if not colour:
+        raise ValueError("a recolour result key needs its colour")
+    return colour.lstrip("#").lower().replace(" ", "-")
+
+
+def result_keys(input_key: str, model_id: str, config: BulkConfig, mask_tag: str = "") -> list[str]:
+    """Every result key of one input: one per colour for recolour (the input is done when all
+    are), else its one output_key."""
+    colours = config.colours.split(",") if config.task == "recolour" else [""]
+    return [output_key(input_key, model_id, config, mask_tag, colour) for colour in colours]
 
 
 def mask_tag(config: BulkConfig, mask_bytes: bytes | None = None) -> str:

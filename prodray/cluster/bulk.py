@@ -1,9 +1,10 @@
-"""Bulk catalog enhancement and repair on Ray Data: input prefix -> results + manifest + _SUCCESS.
+"""Bulk catalog enhancement, repair and recolouring on Ray Data: input prefix -> results + manifest
++ _SUCCESS.
 
 Stages: listing (Ray tasks per folder level, pending rows to parquet shards; see listing.py) ->
-fetch + decode, with each image's repair mask (CPU tasks, per-image failures recorded, never
-dropping neighbours) -> model + encode + create-only write (actor pool, model loaded once per
-actor: EnhanceWriter or RepairWriter) -> manifest
+fetch + decode, with each image's repair mask or product mask (CPU tasks, per-image failures
+recorded, never dropping neighbours) -> model + encode + create-only write (actor pool, model loaded
+once per actor: EnhanceWriter, RepairWriter or RecolourWriter, which makes a row per colour) -> manifest
 rows streamed back to the driver, which writes them in parquet shards and prints progress.
 Output keys are a pure function of (input key, model id, parameters), so reruns resume. The
 output layout is catalog/manifest.py's, the marketplace rules catalog/marketplace.py's.
@@ -26,10 +27,11 @@ from prodray.catalog.manifest import (
     mask_key,
     mask_tag,
     output_key,
+    result_keys,
     write_manifest_shard,
 )
 from prodray.catalog.marketplace import ConstraintFailed, encode_for_marketplace
-from prodray.cluster.listing import LISTING_DIR, done_hashes, list_pending
+from prodray.cluster.listing import LISTING_DIR, done_hashes, is_done, list_pending
 from prodray.config import BulkConfig
 from prodray.io import storage
 from prodray.io.codec import ImageRejected, decode_image
@@ -37,16 +39,20 @@ from prodray.io.images import CATALOG_SUFFIXES
 from prodray.repair.masks import MaskError, mask_from_png, mask_resized, read_mask
 
 log = logging.getLogger(__name__)
+BASELINE = "baseline"  # --model baseline: the classical Lab shift, no network
+BASELINE_MODEL_ID = "baseline-labshift"
+MIN_PRODUCT_PIXELS = 16  # fewer product pixels than this: nothing to recolour (a blank or white-only photo)
 
 
 # ---------------------------------------------------------------- stage 1: fetch + decode (tasks)
 
 def fetch_and_decode(batch: dict, max_bytes: int, max_pixels: int, max_output_pixels: int | None = None,
-                     scale: int = 1, masks: str | None = None, one_mask: bytes | None = None) -> dict:
+                     scale: int = 1, masks: str | None = None, one_mask: bytes | None = None,
+                     recolour: bool = False) -> dict:
     """Per row: get bytes, decode with limits (inputs whose x`scale` result would pass
     `max_output_pixels` are refused on their header, like too many input pixels); for repair, the
-    row's mask too (from the `masks` prefix, or `one_mask` scaled to the image). Failures become
-    rows with a status, not exceptions."""
+    row's mask too (from the `masks` prefix, or `one_mask` scaled to the image); for recolour, the
+    product's mask (no product: refused). Failures become rows with a status, not exceptions."""
     output_bound = max_output_pixels // scale**2 if max_output_pixels else max_pixels
     pixel_cap = min(max_pixels, output_bound)
     shared_mask = read_mask(one_mask) if one_mask is not None else None  # checked in the driver already
@@ -65,6 +71,8 @@ def fetch_and_decode(batch: dict, max_bytes: int, max_pixels: int, max_output_pi
                 mask = mask_resized(shared_mask, (decoded.height, decoded.width))
             elif masks is not None:
                 mask = _image_mask(masks, str(key), (decoded.height, decoded.width), max_bytes)
+            elif recolour:
+                mask = _product_mask(decoded)
         except ImageRejected as exc:
             status, reason = "rejected", f"{exc.reason}: {exc}"[:300]
             if exc.reason == "too_many_pixels" and pixel_cap < max_pixels:
@@ -108,6 +116,15 @@ def _image_mask(masks: str, key: str, shape: tuple[int, int], max_bytes: int):
         raise MaskError(f"mask_{exc.reason}", f"the mask {mask_key(key)}: {exc}") from None
 
 
+def _product_mask(decoded):
+    """The decoded image's product pixels -> (H, W) bool; refused when there is next to none."""
+    from prodray.recolour.segmentation import product_mask
+    mask = product_mask(decoded.rgb, decoded.alpha)
+    if mask.sum() < MIN_PRODUCT_PIXELS:
+        raise ImageRejected("no_product", f"{int(mask.sum())} product pixels found (a blank or white-only photo)")
+    return mask
+
+
 # ---------------------------------------------------------------- stage 2: model + write (actors)
 
 class ResultWriter:
@@ -139,7 +156,7 @@ class ResultWriter:
         todo = []
         for i in range(count):
             try:  # every row answers for (input, output key), refusals too (see manifest.done_key)
-                out["result_key"][i] = output_key(batch["input_key"][i], self.model_id, config, self.mask_tag)
+                out["result_key"][i] = self._result_key(batch, i)
             except UnsafeKey:
                 continue  # already refused by fetch_and_decode
             if status[i] != "pending":
@@ -178,6 +195,9 @@ class ResultWriter:
                 "input_size": list(batch["input_size"]), "status": status, "reason": reason,
                 "width_in": list(batch["width"]), "height_in": list(batch["height"]),
                 "decode_ms": list(batch["decode_ms"]), **out}
+
+    def _result_key(self, batch: dict, i: int) -> str:
+        return output_key(batch["input_key"][i], self.model_id, self.config, self.mask_tag)
 
     def _alpha(self, alpha: np.ndarray) -> np.ndarray:
         """The input's alpha for the result (same size here; the enhancer upscales it)."""
@@ -257,21 +277,81 @@ class RepairWriter(ResultWriter):
         return results
 
 
-WRITERS = {"enhance": EnhanceWriter, "repair": RepairWriter}
+class RecolourWriter(ResultWriter):
+    """Recolouring: a row per (image, colour) not done yet, each its own result and manifest row;
+    the product's pixels move to the colour, every other pixel is written back as it was read.
+    `done` is the run's done hashes (an object ref): a rerun with a colour added drops the colours
+    already done here, since the listing can only keep or drop a whole image."""
+
+    def __init__(self, model_ref: str, config: BulkConfig, mask_tag: str = "", done=None):
+        super().__init__(config, mask_tag)
+        from prodray.recolour.colours import parse_colour
+        self.targets = {name: parse_colour(name)[1] for name in config.colours.split(",")}
+        self.done = _resolved(done) if done is not None else np.zeros(0, np.uint64)
+        if model_ref == BASELINE:
+            from prodray.recolour.baseline import lab_shift
+            self.method, self.model_id = lab_shift, BASELINE_MODEL_ID
+        else:
+            from prodray.recolour.inference import Recolourer
+            recolourer = Recolourer.load(model_ref, device=self.device)
+            self.method, self.model_id = recolourer.recolour, recolourer.model_id
+
+    def __call__(self, batch: dict) -> dict:
+        expanded = self._per_colour(batch)
+        return {**super().__call__(expanded), "colour": expanded["colour"]}
+
+    def _per_colour(self, batch: dict) -> dict:
+        """Each input row repeated once per colour whose result is not in the done set."""
+        rows, colours = [], []
+        for i, key in enumerate(batch["input_key"]):
+            for colour in self.targets:
+                try:
+                    result = output_key(str(key), self.model_id, self.config, colour=colour)
+                except UnsafeKey:
+                    result = None  # refused in its row below, once per colour
+                if result is None or not is_done([result], self.done)[0]:
+                    rows.append(i)
+                    colours.append(colour)
+        return {**{name: [column[i] for i in rows] for name, column in batch.items()}, "colour": colours}
+
+    def _result_key(self, batch: dict, i: int) -> str:
+        return output_key(batch["input_key"][i], self.model_id, self.config, colour=batch["colour"][i])
+
+    def _run(self, batch: dict, todo: list[int], images: list[np.ndarray]) -> list[tuple]:
+        results = []
+        for i, image in zip(todo, images):
+            try:
+                mask = np.frombuffer(batch["mask"][i], np.bool_).reshape(image.shape[:2])
+                results.append((self.method(image, self.targets[batch["colour"][i]], mask), "", None))
+            except Exception as exc:  # noqa: BLE001 - this image fails alone
+                results.append((None, f"recolour failed: {type(exc).__name__}: {exc}"[:300], None))
+        return results
+
+
+def _resolved(value):
+    import ray
+    return ray.get(value) if isinstance(value, ray.ObjectRef) else value
+
+
+WRITERS = {"enhance": EnhanceWriter, "repair": RepairWriter, "recolour": RecolourWriter}
+DEFAULT_MODELS = {"repair": "repair", "recolour": "recolour"}  # enhance: enhancer-x<scale>
 
 
 # ---------------------------------------------------------------- driver
 
 def resolve_model(config: BulkConfig) -> tuple[str, dict]:
     from prodray.io.artifacts import resolve_export, shipped_name_of
-    reference = config.model or ("repair" if config.task == "repair" else f"enhancer-x{config.scale}")
+    reference = config.model or DEFAULT_MODELS.get(config.task, f"enhancer-x{config.scale}")
+    if config.task == "recolour" and reference == BASELINE:
+        return reference, {"model_id": BASELINE_MODEL_ID, "kind": "recolour"}
     _, config_uri = resolve_export(reference)
     exported = json.loads(storage.get_bytes(config_uri))
     kind = exported.get("kind", "enhancer")
-    if (kind == "repair") != (config.task == "repair"):
+    if (kind if kind in DEFAULT_MODELS else "enhance") != config.task:
+        needed = {"repair": "a repair", "recolour": "a recolour"}.get(config.task, "an enhancer")
         raise ValueError(f"model {exported.get('model_id')} is a {kind!r} model; --task {config.task} needs "
-                         f"{'a repair' if config.task == 'repair' else 'an enhancer'} model")
-    if config.task == "repair":
+                         f"{needed} model")
+    if config.task in DEFAULT_MODELS:
         return reference, exported
     if int(exported["scale"]) != config.scale:
         raise ValueError(f"model {exported.get('model_id')} is x{exported['scale']}, but --scale is {config.scale}")
@@ -353,9 +433,10 @@ def _run_listed(config: BulkConfig, model_ref: str, model_id: str, run_id: str, 
     check_reservations(config, cluster)
     tag = mask_tag(config, one_mask) if config.task == "repair" else ""
     done = done_hashes(storage.join(config.output, MANIFEST_DIR), DONE_STATUSES)
+    # Recolour: an image is done when the result of every colour is.
+    keys = result_keys if config.task == "recolour" else output_key
     listing = list_pending(config.input, CATALOG_SUFFIXES, done, listing_uri, echo,
-                           result_key=functools.partial(output_key, model_id=model_id, config=config,
-                                                        mask_tag=tag))
+                           result_key=functools.partial(keys, model_id=model_id, config=config, mask_tag=tag))
     if not listing.listed:
         raise FileNotFoundError(f"no images found under {config.input}")
     echo(f"{listing.listed} inputs, {listing.listed - listing.pending} already done, "
@@ -369,13 +450,18 @@ def _run_listed(config: BulkConfig, model_ref: str, model_id: str, run_id: str, 
     dataset = dataset.map_batches(fetch_and_decode, batch_size=16, num_cpus=0.25,
                                   fn_kwargs={"max_bytes": config.max_bytes, "max_pixels": config.max_pixels,
                                              "max_output_pixels": config.max_output_pixels, "scale": config.scale,
-                                             "masks": config.masks, "one_mask": one_mask})
+                                             "masks": config.masks, "one_mask": one_mask,
+                                             "recolour": config.task == "recolour"})
+    writer_kwargs = {"done": ray.put(done)} if config.task == "recolour" else {}
     dataset = dataset.map_batches(WRITERS[config.task], fn_constructor_args=(model_ref, config, tag),
+                                  fn_constructor_kwargs=writer_kwargs,
                                   batch_size=config.batch_size, num_cpus=config.actor_cpus,
                                   num_gpus=config.actor_gpus or None,
                                   memory=int(config.actor_memory_gib * 2**30) or None,
                                   compute=ray.data.ActorPoolStrategy(size=config.actors))
     counts: dict = {}
+    # At most: recolour makes a row per colour (fewer for images with some colours done).
+    expected = listing.pending * (len(config.colours.split(",")) if config.task == "recolour" else 1)
     buffer, shard_index, processed = [], 0, 0
     last_print = time.perf_counter()
     for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -390,8 +476,8 @@ def _run_listed(config: BulkConfig, model_ref: str, model_id: str, run_id: str, 
         now = time.perf_counter()
         if now - last_print >= config.progress_every_s:
             rate = processed / (now - started)
-            eta = (listing.pending - processed) / rate if rate else float("inf")
-            echo(f"progress: {processed}/{listing.pending} images, {rate:.1f} images/s, ETA {eta:.0f}s, {counts}")
+            eta = (expected - processed) / rate if rate else float("inf")
+            echo(f"progress: {processed}/{expected} results, {rate:.1f} results/s, ETA {eta:.0f}s, {counts}")
             last_print = now
     if buffer:
         write_manifest_shard(config.output, buffer, run_id, shard_index)

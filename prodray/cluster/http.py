@@ -127,25 +127,47 @@ async def multipart_fields(request: Request, body: bytes, names: tuple[str, ...]
         await form.close()
 
 
-async def read_repair_upload(request: Request, max_bytes: int) -> tuple[bytes, bytes | str]:
-    """POST /v1/repair's multipart fields: `image` (file) and `mask` (a file, or a JSON list of
-    [x, y, width, height] rectangles as text), each at most `max_bytes`."""
+async def read_image_upload(request: Request, max_bytes: int, required: tuple[str, ...],
+                            optional: tuple[str, ...] = ()) -> dict[str, bytes | str]:
+    """A multipart upload with the file `image` among `required` fields and maybe `optional` ones,
+    each at most `max_bytes`."""
+    names = required + optional
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise Refused(415, "multipart_required", 'send multipart/form-data with the fields "image" and "mask"')
-    message = f"the image and the mask are limited to {max_bytes} bytes each"
-    body = await read_capped(request, 2 * max_bytes + MULTIPART_SLACK, message)
+        quoted = ", ".join(f'"{name}"' for name in required)
+        raise Refused(415, "multipart_required", f"send multipart/form-data with the fields {quoted}")
+    message = f"each field is limited to {max_bytes} bytes"
+    body = await read_capped(request, len(names) * max_bytes + MULTIPART_SLACK, message)
     try:
-        fields = await multipart_fields(request, body, ("image", "mask"))
+        fields = await multipart_fields(request, body, names)
     except Exception:  # noqa: BLE001 - malformed multipart is the client's error
         raise Refused(422, "bad_multipart") from None
-    for name in ("image", "mask"):
+    for name in required:
         if name not in fields:
             raise Refused(422, f"missing_{name}", f'send the {name} in the multipart field "{name}"')
-        if len(fields[name]) > max_bytes:
-            raise Refused(413, "too_many_bytes", message)
+    if any(len(value) > max_bytes for value in fields.values()):
+        raise Refused(413, "too_many_bytes", message)
     if not isinstance(fields["image"], bytes):
         raise Refused(422, "missing_image", 'the field "image" must be a file')
+    return fields
+
+
+async def read_repair_upload(request: Request, max_bytes: int) -> tuple[bytes, bytes | str]:
+    """POST /v1/repair's multipart fields: `image` (file) and `mask` (a file, or a JSON list of
+    [x, y, width, height] rectangles as text)."""
+    fields = await read_image_upload(request, max_bytes, ("image", "mask"))
     return fields["image"], fields["mask"]
+
+
+def parse_colour_field(value: bytes | str | None):
+    """POST /v1/recolour's `colour` (a vocabulary name or #rrggbb) -> (name, (3,) uint8 sRGB); 422 otherwise."""
+    from prodray.recolour.colours import parse_colour
+    if value is None:
+        raise Refused(422, "missing_colour", 'send the target colour in the field "colour" (a name or #rrggbb)')
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    try:
+        return parse_colour(text[:64])
+    except ValueError as exc:
+        raise Refused(422, "bad_colour", str(exc)) from None
 
 
 def parse_repair_mask(mask: bytes | str, shape: tuple[int, int], max_bytes: int):

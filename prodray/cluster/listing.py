@@ -45,13 +45,20 @@ def key_hashes(keys) -> np.ndarray:
 def is_done(keys, done: np.ndarray, result_key=None) -> np.ndarray:
     """Boolean mask: which keys are in the sorted hash array `done`, each looked up as
     `result_key(key)` (the output key it would get: the done set is keyed by what the output
-    depends on) or as itself. A key `result_key` refuses is never done (the job refuses it)."""
+    depends on) or as itself. `result_key` may give a list (recolour: a result per colour): then
+    the key is done when every one is. A key `result_key` refuses is never done (the job refuses it)."""
     if len(done) == 0 or len(keys) == 0:
         return np.zeros(len(keys), dtype=bool)
-    if result_key is not None:
-        keys = [_result_key_or_none(result_key, key) for key in keys]
-    hashes = key_hashes(keys)
-    hashes[[key is None for key in keys]] = 0  # no done row hashes to 0 by chance (2**-64)
+    if result_key is None:
+        return _in_done(key_hashes(keys), done)
+    answers = [_result_key_or_none(result_key, key) for key in keys]
+    groups = [[] if answer is None else [answer] if isinstance(answer, str) else list(answer) for answer in answers]
+    found = _in_done(key_hashes([result for group in groups for result in group]), done)
+    ends = np.cumsum([len(group) for group in groups])
+    return np.array([len(group) > 0 and bool(found[end - len(group):end].all()) for group, end in zip(groups, ends)])
+
+
+def _in_done(hashes: np.ndarray, done: np.ndarray) -> np.ndarray:
     where = np.minimum(np.searchsorted(done, hashes), len(done) - 1)
     return done[where] == hashes
 

@@ -28,7 +28,7 @@ from ray.serve.handle import DeploymentHandle
 
 from prodray.catalog import preference
 from prodray.cluster import http
-from prodray.cluster.serve_models import EnhancerDeployment, GeneratorDeployment, RepairDeployment
+from prodray.cluster.serve_models import EnhancerDeployment, GeneratorDeployment, RecolourDeployment, RepairDeployment
 from prodray.config import (
     SERVE_MAX_BYTES,
     SERVE_MAX_OUTPUT_PIXELS,
@@ -43,6 +43,7 @@ from prodray.config import (
 from prodray.gan.limits import MAX_SEED
 from prodray.io import storage
 from prodray.io.codec import content_type
+from prodray.recolour.colours import REFERENCE_HEX
 
 logger = logging.getLogger("ray.serve")  # Serve routes it into each replica's log file
 api = FastAPI(title="prodray", docs_url=None, redoc_url=None)
@@ -110,9 +111,11 @@ class Ingress:
     def __init__(self, enhancer: DeploymentHandle, generator: DeploymentHandle | None = None,
                  max_bytes: int = SERVE_MAX_BYTES, max_pixels: int = SERVE_MAX_PIXELS,
                  max_output_pixels: int = SERVE_MAX_OUTPUT_PIXELS, votes: str | None = None,
-                 vote_secret: str | None = None, repairer: DeploymentHandle | None = None):
+                 vote_secret: str | None = None, repairer: DeploymentHandle | None = None,
+                 recolourer: DeploymentHandle | None = None):
         self.enhancer, self.generator = enhancer, generator  # generator None: enhancer-only app
         self.repairer = repairer  # None: no /v1/repair
+        self.recolourer = recolourer  # None: no /v1/recolour
         self.max_bytes, self.max_pixels = int(max_bytes), int(max_pixels)
         self.max_output_pixels = int(max_output_pixels)
         self.votes, self.vote_secret = votes, vote_secret  # votes None: no A/B page
@@ -175,9 +178,9 @@ class Ingress:
     @api.get("/healthz")
     async def healthz(self):
         """200 when every configured model answers; 503 (with each one's state) otherwise."""
-        enhancer, generator, repair = await asyncio.gather(probe(self.enhancer), probe(self.generator),
-                                                           probe(self.repairer))
-        parts = {"enhancer": enhancer, "generator": generator, "repair": repair}
+        enhancer, generator, repair, recolour = await asyncio.gather(
+            probe(self.enhancer), probe(self.generator), probe(self.repairer), probe(self.recolourer))
+        parts = {"enhancer": enhancer, "generator": generator, "repair": repair, "recolour": recolour}
         down = [name for name, part in parts.items() if part["status"] == "unavailable"]
         if down:
             return JSONResponse({"error": f"{down[0]}_unavailable", "status": "unavailable", **parts},
@@ -193,6 +196,9 @@ class Ingress:
                     "attributes": info["attributes"], "max_n": http.MAX_GENERATE_N} for info in generators]
         if self.repairer is not None:
             models.append({"id": (await call(self.repairer.info))["id"], "task": "repair"})
+        if self.recolourer is not None:
+            models.append({"id": (await call(self.recolourer.info))["id"], "task": "recolour",
+                           "colours": REFERENCE_HEX})
         return {"models": models}
 
     @api.post("/v1/repair")
@@ -222,6 +228,41 @@ class Ingress:
             "x-model-id": result["model_id"], "x-repaired-pixels": str(int(mask.sum())),
             **http.timing_headers(decode=(start, decoded), repair=(decoded, repaired),
                              encode=(repaired, time.perf_counter()))})
+
+    @api.post("/v1/recolour")
+    async def recolour(
+        self,
+        request: Request,
+        fmt: OutputFormat = Query("png", alias="format"),
+        quality: int = Query(90, ge=1, le=100),
+    ):
+        """multipart `image` + `colour` (a name of GET /v1/models' colours, or #rrggbb) + optional
+        `mask` (a PNG the image's size, white = the product; or a JSON list of [x, y, width, height]
+        rectangles; default: the product found on its background) -> the image with the product in
+        that colour, equal to the upload outside the product."""
+        if self.recolourer is None:
+            raise http.Refused(404, "no_recolour_model", "this deployment serves no recolouring model")
+        fields = await http.read_image_upload(request, self.max_bytes, ("image", "colour"), ("mask",))
+        name, target = http.parse_colour_field(fields.get("colour"))
+        start = time.perf_counter()
+        image = await asyncio.to_thread(http.decode_upload, fields["image"], self.max_bytes, self.max_pixels)
+        mask = None
+        if "mask" in fields:
+            mask = await asyncio.to_thread(http.parse_repair_mask, fields["mask"], image.rgb.shape[:2],
+                                           self.max_bytes)
+        decoded = time.perf_counter()
+        result = await call(self.recolourer.recolour, image.rgb, image.alpha, mask, target)
+        recoloured = time.perf_counter()
+        if result.get("refused"):
+            raise http.Refused(422, result["refused"], "no product was found on a plain background; send a mask")
+        if result.get("failed"):
+            raise http.Refused(500, "recolour_failed", result["failed"])
+        answer = {"rgb": result["rgb"], "alpha": image.alpha, "scale": 1}
+        payload = await asyncio.to_thread(http.encode_enhanced, answer, image, fmt, quality)
+        return Response(payload, media_type=content_type(fmt), headers={
+            "x-model-id": result["model_id"], "x-colour": name, "x-product-pixels": str(result["product_pixels"]),
+            **http.timing_headers(decode=(start, decoded), recolour=(decoded, recoloured),
+                                  encode=(recoloured, time.perf_counter()))})
 
     @api.post("/v1/generate")
     async def generate(self, request: Request):
@@ -305,6 +346,8 @@ def build_app(config: ServeConfig | None = None) -> Application:
                  if config.serves_generator else None)
     repairer = (_model_deployment(RepairDeployment, config.repair, config.repair_replicas, config)
                 if config.serves_repair else None)
+    recolourer = (_model_deployment(RecolourDeployment, config.recolour, config.recolour_replicas, config)
+                  if config.serves_recolour else None)
     ingress = Ingress.options(**deployment_options(config.ingress_replicas))
     # Every ingress replica gets the same init kwargs, so all of them verify each other's trial
     # tokens. The secret is drawn per build: Serve keeps it in its controller's checkpoint (readable
@@ -313,7 +356,7 @@ def build_app(config: ServeConfig | None = None) -> Application:
     vote_secret = secrets.token_hex(32) if config.votes else None
     return ingress.bind(enhancer, generator, max_bytes=config.max_bytes, max_pixels=config.max_pixels,
                         max_output_pixels=config.max_output_pixels, votes=config.votes, vote_secret=vote_secret,
-                        repairer=repairer)
+                        repairer=repairer, recolourer=recolourer)
 
 
 def app_builder(args: dict) -> Application:

@@ -287,3 +287,55 @@ def _repair_one(repairer, rgb: np.ndarray, mask: np.ndarray):
         return repairer.repair(rgb, mask)
     except Exception as exc:  # noqa: BLE001 - handed back to its own request
         return exc
+
+
+@serve.deployment(graceful_shutdown_timeout_s=30, backpressure_config=BACKPRESSURE)
+class RecolourDeployment(SwappableModel):
+    """Holds one loaded recolouring model (recolour/inference.py, or `baseline`); each call
+    recolours one image to one colour, finding the product itself when no mask is given."""
+
+    default_model = ServeConfig.model_fields["recolour"].default
+
+    def _batched(self):
+        return self._recolour_batch
+
+    @staticmethod
+    def _load(reference: str, device: str, precision: str):
+        from prodray.recolour.inference import load_recolourer  # torch is imported by model replicas only
+        return load_recolourer(reference, device=device)
+
+    async def info(self) -> dict:
+        await self._ensure_loaded(self._reference)
+        return {"id": self._model.model_id}
+
+    async def recolour(self, rgb: np.ndarray, alpha: np.ndarray | None, mask: np.ndarray | None,
+                       target: np.ndarray) -> dict:
+        """-> {"rgb", "model_id", "product_pixels"}, {"refused": reason} when no product is found,
+        or {"failed": message} when the model fails on this image."""
+        if self._model is None:  # only when deployed without any user_config
+            await self._ensure_loaded()
+        out, recolourer = await self._recolour_batch((rgb, alpha, mask, target))
+        if isinstance(out, Exception):
+            return {"failed": f"{type(out).__name__}: {out}"[:300], "model_id": recolourer.model_id}
+        return {**out, "model_id": recolourer.model_id}
+
+    @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)
+    async def _recolour_batch(self, requests: list[tuple]) -> list[tuple]:
+        recolourer = self._model
+        return [(await asyncio.to_thread(_recolour_one, recolourer, *request), recolourer) for request in requests]
+
+
+MIN_PRODUCT_PIXELS = 16
+
+
+def _recolour_one(recolourer, rgb: np.ndarray, alpha, mask, target: np.ndarray):
+    """{"rgb", "product_pixels"} or {"refused": ...}, or the exception this image alone raised."""
+    try:
+        if mask is None:
+            from prodray.recolour.segmentation import product_mask
+            mask = product_mask(rgb, alpha)
+        if int(mask.sum()) < MIN_PRODUCT_PIXELS:
+            return {"refused": "no_product"}
+        return {"rgb": recolourer.recolour(rgb, target, mask), "product_pixels": int(mask.sum())}
+    except Exception as exc:  # noqa: BLE001 - handed back to its own request
+        return exc

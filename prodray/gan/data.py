@@ -187,6 +187,11 @@ def grouped_vocab(values: list[str], min_count: int) -> list[str]:
     return kept + ([OTHER] if len(kept) < len(counts) else [])
 
 
+def is_held_out(product_id: str, test_fraction: float = 0.1) -> bool:
+    """The products' test split: a stable hash of the product id."""
+    return zlib.crc32(product_id.encode()) % 1000 < test_fraction * 1000
+
+
 def prepare_fashion_products(out: str, source: Path = FASHION_PRODUCTS_DIR, resolution: int = 64,
                              min_count: int = 500, test_fraction: float = 0.1, limit: int | None = None,
                              echo=print) -> dict:
@@ -216,7 +221,7 @@ def prepare_fashion_products(out: str, source: Path = FASHION_PRODUCTS_DIR, reso
             except ValueError:
                 unreadable += 1
                 continue
-            split = "test" if zlib.crc32(product_id.encode()) % 1000 < test_fraction * 1000 else "train"
+            split = "test" if is_held_out(product_id, test_fraction) else "train"
             records.append({"id": product_id, "split": split, **described[product_id]})
             images.append(pad_square_resize(rgb, resolution))
             if len(records) % 10_000 == 0:

@@ -138,8 +138,9 @@ def train(cfg, device: torch.device, minutes: float | None = None, decay_last: f
             rate = (training.images_seen - images_at_start) / (now - started)
             refit = fit_schedule(cfg, training.images_seen, rate, deadline - now, decay_last, began)
             if not fitted or abs(refit.optim.total_images - cfg.optim.total_images) > 0.01 * cfg.optim.total_images:
-                log(f"schedule fitted to the time left: optim.total_images={refit.optim.total_images} "
-                    f"optim.lr_decay_from_images={refit.optim.lr_decay_from_images}")
+                decay = getattr(refit.optim, "lr_decay_from_images", None)
+                log(f"schedule fitted to the time left: optim.total_images={refit.optim.total_images}"
+                    + (f" optim.lr_decay_from_images={decay}" if decay is not None else ""))
             cfg = training.cfg = refit
             files.write_config(cfg)
             fitted = True

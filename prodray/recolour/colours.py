@@ -1,11 +1,10 @@
 """Target colours for recolouring: the products vocabulary's colour names with one reference sRGB
 value each, any `#rrggbb`, and the nearest named colour of a Lab value. Pure numpy; owns colour
-naming, not images or masks (sRGB <-> Lab is prodray/metrics.py's).
+naming, not images or masks (sRGB <-> Lab is prodray/metrics.py's, imported where it is needed, so
+that the HTTP ingress parses colours without importing torch).
 """
 
 import numpy as np
-
-from prodray.metrics import ciede2000, srgb_to_lab
 
 # One reference per baseColour of the products vocabulary (prodray/weights/gan-fashion-products),
 # "other" left out: a catalogue swatch of each, not a measured mean of the photos.
@@ -16,6 +15,10 @@ REFERENCE_HEX = {
 }
 
 
+# Short names people type for a vocabulary colour (its own names match in any case).
+ALIASES = {"navy": "Navy Blue", "gray": "Grey"}
+
+
 def hex_to_rgb(text: str) -> np.ndarray:
     digits = text.strip().lstrip("#")
     if len(digits) != 6 or any(c not in "0123456789abcdefABCDEF" for c in digits):
@@ -24,9 +27,11 @@ def hex_to_rgb(text: str) -> np.ndarray:
 
 
 def parse_colour(text: str) -> tuple[str, np.ndarray]:
-    """A colour name of the vocabulary (any case) or `#rrggbb` -> (name or the hex, (3,) uint8 sRGB)."""
+    """A colour name of the vocabulary or an alias (any case) or `#rrggbb` -> (name or the hex,
+    (3,) uint8 sRGB)."""
+    wanted = ALIASES.get(text.strip().lower(), text.strip()).lower()
     for name, value in REFERENCE_HEX.items():
-        if text.strip().lower() == name.lower():
+        if wanted == name.lower():
             return name, hex_to_rgb(value)
     if text.strip().startswith("#"):
         return text.strip().lower(), hex_to_rgb(text)
@@ -35,11 +40,15 @@ def parse_colour(text: str) -> tuple[str, np.ndarray]:
 
 def reference_lab() -> tuple[list[str], np.ndarray]:
     """(names, (K, 3) Lab) of the vocabulary's reference colours."""
+    from prodray.metrics import srgb_to_lab
+
     names = list(REFERENCE_HEX)
     return names, srgb_to_lab(np.stack([hex_to_rgb(REFERENCE_HEX[n]) for n in names]))
 
 
 def nearest_colour_name(lab: np.ndarray) -> str:
     """The vocabulary name whose reference is nearest to one (3,) Lab value (CIEDE2000)."""
+    from prodray.metrics import ciede2000
+
     names, references = reference_lab()
     return names[int(np.argmin(ciede2000(np.broadcast_to(lab, references.shape), references)))]

@@ -7,7 +7,9 @@ colours, scored per method (a callable `(rgb, target_rgb, mask) -> rgb`) on the 
   peak (so the score does not depend on how much contrast the source has): texture, folds and
   prints kept;
 - background_kept: share of the source's pure-white pixels outside the product still exactly 255;
-and the first two again by source group (dark / light / chromatic, from the source's mean Lab).
+- classifier_acc (with a `classify` callable, e.g. the shipped products classifier's baseColour
+  head, see `colour_classifier`): the classifier names the colour asked for (named targets only);
+and the colour scores again by source group (dark / light / chromatic, from the source's mean Lab).
 Owns the protocol; methods and the product mask come in.
 """
 
@@ -15,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from prodray.metrics import ciede2000, rgb_to_y, srgb_to_lab, ssim
-from prodray.recolour.colours import nearest_colour_name, parse_colour
+from prodray.recolour.colours import REFERENCE_HEX, nearest_colour_name, parse_colour
 
 # Named colours of the vocabulary that a shopper tells apart; the suite's fixed targets.
 SUITE_COLOURS = ("Red", "Navy Blue", "Green", "Yellow", "Pink", "Black", "White", "Grey", "Brown", "Purple")
@@ -57,7 +59,22 @@ def score_one(source: np.ndarray, result: np.ndarray, mask: np.ndarray, name: st
             "background_kept": float((result[white] == 255).all(axis=1).mean()) if white.any() else 1.0}
 
 
-def evaluate_recolour(images, methods: dict, product_mask, colours=SUITE_COLOURS, log=None) -> dict:
+def colour_classifier(reference: str = "classifier-fashion-products"):
+    """The shipped products classifier's baseColour head as `(H, W, 3) uint8 -> colour name`: the
+    photo padded on white to a square and resized to the classifier's resolution, as it was trained."""
+    from prodray.gan.classifier import load_classifier, predict
+    from prodray.gan.data import pad_square_resize
+
+    model, config = load_classifier(reference)
+    names, resolution = config["attributes"]["baseColour"], int(config["resolution"])
+
+    def classify(rgb: np.ndarray) -> str:
+        index = predict(model, pad_square_resize(rgb, resolution)[None], threads=1)["baseColour"][0]
+        return names[int(index)]
+    return classify
+
+
+def evaluate_recolour(images, methods: dict, product_mask, colours=SUITE_COLOURS, log=None, classify=None) -> dict:
     """`images`: (name, (H, W, 3) uint8, alpha or None) triples; `product_mask(rgb, alpha)` -> bool.
     -> {"images": N, "colours": [...], "<method>": {metric: mean, "by_source": {group: {...}}}}.
     A target that names the source's own colour group is still scored (a no-op recolour)."""
@@ -74,23 +91,30 @@ def evaluate_recolour(images, methods: dict, product_mask, colours=SUITE_COLOURS
         group = source_group(srgb_to_lab(rgb[mask]).mean(axis=0))
         for method, recolour in methods.items():
             for colour_name, target in targets:
-                scores = score_one(rgb, recolour(rgb, target, mask), mask, colour_name, target)
+                result = recolour(rgb, target, mask)
+                scores = score_one(rgb, result, mask, colour_name, target)
+                if classify is not None and colour_name in REFERENCE_HEX:
+                    scores["classifier_acc"] = float(classify(result) == colour_name)
                 for key in (("all",), ("by_source", group)):
                     bucket = sums[method].setdefault(key, {})
                     for metric, value in scores.items():
                         bucket[metric] = bucket.get(metric, 0.0) + value
+                        bucket[f"n_{metric}"] = bucket.get(f"n_{metric}", 0) + 1
                     bucket["n"] = bucket.get("n", 0) + 1
         if log:
             log(f"{index + 1} {name} ({group})")
     out = {"images": count, "colours": [name for name, _ in targets]}
     for method, buckets in sums.items():
         summary = _means(buckets.get(("all",), {}))
-        summary["by_source"] = {key[1]: {**_means(bucket, ("named_colour_acc", "de00")), "n": bucket["n"]}
+        summary["by_source"] = {key[1]: {**_means(bucket, COLOUR_METRICS), "n": bucket["n"]}
                                 for key, bucket in sorted(buckets.items()) if key[0] == "by_source"}
         out[method] = summary
     return out
 
 
-def _means(bucket: dict, metrics=("named_colour_acc", "de00", "detail_ssim", "background_kept")) -> dict:
-    n = max(bucket.get("n", 0), 1)
-    return {metric: round(bucket.get(metric, 0.0) / n, 4) for metric in metrics}
+COLOUR_METRICS = ("named_colour_acc", "de00", "classifier_acc")
+
+
+def _means(bucket: dict, metrics=COLOUR_METRICS + ("detail_ssim", "background_kept")) -> dict:
+    """Mean of each metric over the results that have it (classifier_acc: named targets, with a classifier)."""
+    return {metric: round(bucket[metric] / bucket[f"n_{metric}"], 4) for metric in metrics if bucket.get(f"n_{metric}")}

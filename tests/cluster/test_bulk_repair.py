@@ -165,7 +165,7 @@ def run(config: BulkConfig) -> dict:
     ({"task": "repair", "mask": "m.png", "strength": "auto"}, "config field strength: Value error, strength is for"),
     ({"task": "repair", "mask": "m.png", "self_ensemble": True}, "config field self_ensemble: Value error"),
     ({"task": "repair", "masks": "gs://b/m"}, "config field masks: Value error, unsupported URI scheme 'gs'"),
-    ({"task": "inpaint"}, "config field task: Input should be 'enhance' or 'repair'"),
+    ({"task": "inpaint"}, "config field task: Input should be 'enhance', 'repair' or 'recolour'"),
 ])
 def test_repair_flags_that_do_not_fit_fail_naming_the_field(fields, named):
     with pytest.raises(ConfigError, match=named):

@@ -33,6 +33,7 @@ from PIL import Image
 from prodray.enhancer.model import build_model
 from prodray.io.artifacts import export_model
 from prodray.local.stack import free_port
+from prodray.recolour.colours import REFERENCE_HEX
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_BYTES = 1_000_000  # small byte cap for the test app
@@ -70,6 +71,14 @@ def _export_repairer(path: Path, seed: int) -> tuple[str, str]:
     torch.manual_seed(seed)
     config = {"arch": "fourier-unet", "channels": 8, "blocks": 1, "kind": "repair"}
     return str(path), export_model(str(path), "repair", build_repairer(config).eval(), config)
+
+
+def _export_recolourer(path: Path) -> tuple[str, str]:
+    from prodray.recolour.model import RecolourNet
+    config = {"arch": "bilateral-grid", "channels": 8, "grid_depth": 4, "grid_size": 8, "input_size": 32,
+              "kind": "recolour"}
+    net = RecolourNet(channels=8, grid_depth=4, grid_size=8, input_size=32).eval()
+    return str(path), export_model(str(path), "recolour", net, config)
 
 
 def _png(w=40, h=30, mode="RGB", fmt="PNG", **params) -> bytes:
@@ -122,6 +131,7 @@ def server(tmp_path_factory):
     gen_a, gen_id_a = _export_generator(root / "gen_a", seed=0)
     gen_b, gen_id_b = _export_generator(root / "gen_b", seed=1)
     repairer, repair_id = _export_repairer(root / "repair", seed=0)
+    recolourer, recolour_id = _export_recolourer(root / "recolour")
     assert id_a != id_b and gen_id_a != gen_id_b
     port = free_port()
     _start_local_ray(ray)
@@ -130,12 +140,13 @@ def server(tmp_path_factory):
         config = ServeConfig(model=model_a, generator=gen_a, max_bytes=MAX_BYTES, max_output_pixels=MAX_OUTPUT_PIXELS,
                              ingress_replicas=INGRESS_REPLICAS, votes=str(root / "votes"),
                              enhancer_replicas=ONE_REPLICA, generator_replicas=ONE_REPLICA,
-                             repair=repairer, repair_replicas=ONE_REPLICA)
+                             repair=repairer, repair_replicas=ONE_REPLICA,
+                             recolour=recolourer, recolour_replicas=ONE_REPLICA)
         serve.run(build_app(config), name="prodray", route_prefix="/")
         yield {"url": f"http://127.0.0.1:{port}", "votes": root / "votes",
                "model_a": model_a, "id_a": id_a, "model_b": model_b, "id_b": id_b,
                "gen_a": gen_a, "gen_id_a": gen_id_a, "gen_b": gen_b, "gen_id_b": gen_id_b,
-               "repair": repairer, "repair_id": repair_id}
+               "repair": repairer, "repair_id": repair_id, "recolour_id": recolour_id}
     finally:
         try:
             serve.shutdown()
@@ -227,13 +238,15 @@ def test_models_health_and_page(server):
         {"id": server["id_a"], "scale": 2, "task": "enhance"},
         {"id": server["gen_id_a"], "task": "generate", "resolution": 32, "attributes": GEN_VOCAB, "max_n": 16},
         {"id": server["repair_id"], "task": "repair"},
+        {"id": server["recolour_id"], "task": "recolour", "colours": REFERENCE_HEX},
     ]
     health = requests.get(server["url"] + "/healthz", timeout=30)
     assert health.status_code == 200, health.text
     assert health.json() == {"status": "ok", "model_id": server["id_a"],
                              "enhancer": {"status": "ok", "model_id": server["id_a"]},
                              "generator": {"status": "ok", "model_id": server["gen_id_a"]},
-                             "repair": {"status": "ok", "model_id": server["repair_id"]}}
+                             "repair": {"status": "ok", "model_id": server["repair_id"]},
+                             "recolour": {"status": "ok", "model_id": server["recolour_id"]}}
     page = requests.get(server["url"] + "/", timeout=30)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "<form" in page.text and "/v1/enhance" in page.text and "/v1/generate" in page.text
@@ -302,6 +315,69 @@ def test_repair_refuses_bad_images_and_bodies_as_enhance_does(server):
     assert raw.status_code == 415 and raw.json()["error"] == "multipart_required"
     no_image = requests.post(server["url"] + "/v1/repair", files={"mask": (None, rects)}, timeout=30)
     assert no_image.status_code == 422 and no_image.json()["error"] == "missing_image"
+
+
+# --- recolour ----------------------------------------------------------------------------------
+
+def _recolour(server, image: bytes, colour, mask=None, params=None) -> requests.Response:
+    files = {"image": ("photo.png", image, "image/png")}
+    if colour is not None:
+        files["colour"] = (None, colour)
+    if isinstance(mask, bytes):
+        files["mask"] = ("mask.png", mask, "image/png")
+    elif mask is not None:
+        files["mask"] = (None, mask)
+    return requests.post(server["url"] + "/v1/recolour", files=files, params=params, timeout=60)
+
+
+def _product_photo(w=64, h=48) -> tuple[bytes, np.ndarray]:
+    """A shaded green product on pure white, as PNG bytes and its pixels."""
+    rgb = np.full((h, w, 3), 255, np.uint8)
+    shade = np.linspace(0.7, 1.0, w - 24)[None, :, None]
+    rgb[12:h - 12, 12:w - 12] = (np.array([40, 140, 60]) * shade).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue(), rgb
+
+
+def test_recolour_moves_the_product_to_the_colour_and_keeps_the_background(server):
+    from prodray.metrics import srgb_to_lab
+    from prodray.recolour.colours import nearest_colour_name
+    image, rgb = _product_photo()
+    product = ~(rgb == 255).all(axis=2)
+    for colour, name in (("Red", "Red"), ("navy blue", "Navy Blue"), ("#f2c500", "Yellow")):
+        resp = _recolour(server, image, colour)
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["x-model-id"] == server["recolour_id"]
+        assert resp.headers["x-product-pixels"] == str(int(product.sum()))
+        out = np.asarray(_decode(resp).convert("RGB"))
+        assert np.array_equal(out[~product], rgb[~product])  # pure white stays 255
+        assert nearest_colour_name(srgb_to_lab(out[product]).mean(axis=0)) == name
+        assert out[product][:, 0].std() > 1  # the shading is still there
+    # An explicit mask recolours exactly its pixels.
+    resp = _recolour(server, image, "Red", mask=json.dumps([[12, 12, 10, 10]]))
+    out = np.asarray(_decode(resp).convert("RGB"))
+    inside = np.zeros(rgb.shape[:2], bool)
+    inside[12:22, 12:22] = True
+    assert np.array_equal(out[~inside], rgb[~inside]) and not np.array_equal(out[inside], rgb[inside])
+
+
+@pytest.mark.parametrize("colour,image,status,reason", [
+    ("mauve-ish", None, 422, "bad_colour"),
+    ("#12345", None, 422, "bad_colour"),
+    (None, None, 422, "missing_colour"),
+    ("Red", "white", 422, "no_product"),
+    ("Red", "gif", 415, "unsupported_format"),
+])
+def test_recolour_refuses_with_a_reason(server, colour, image, status, reason):
+    data = {None: _product_photo()[0], "gif": b"GIF89a" + bytes(64)}.get(image)
+    if image == "white":
+        buf = io.BytesIO()
+        Image.fromarray(np.full((32, 32, 3), 255, np.uint8)).save(buf, format="PNG")
+        data = buf.getvalue()
+    resp = _recolour(server, data, colour)
+    assert resp.status_code == status, resp.text
+    assert resp.json()["error"] == reason, resp.json()
 
 
 # --- generation --------------------------------------------------------------------------------
@@ -634,6 +710,46 @@ def test_web_page_in_headless_chromium(server, tmp_path):
         assert page.inner_text("#gen-status").startswith("failed: 422 invalid_parameter: seed"), \
             page.inner_text("#gen-status")
         assert page.eval_on_selector_all("#generated img", "imgs => imgs.length") == 0
+        assert not errors, errors
+
+
+VARIANT_PIXELS_JS = """async () => Promise.all([...document.querySelectorAll("#c-variants img")].map(async (img) => {
+    await img.decode();
+    const canvas = document.createElement("canvas");
+    canvas.width = img.naturalWidth;
+    canvas.height = img.naturalHeight;
+    const ctx = canvas.getContext("2d");
+    ctx.drawImage(img, 0, 0);
+    const at = (x, y) => [...ctx.getImageData(x, y, 1, 1).data.slice(0, 3)];
+    return {caption: img.parentElement.textContent, centre: at(img.naturalWidth >> 1, img.naturalHeight >> 1),
+            corner: at(1, 1)};
+}))"""
+
+
+def test_recolour_page_shows_the_picked_colours_side_by_side_in_headless_chromium(server, tmp_path):
+    """Upload a product photo, keep the preselected colours, add a custom one: the original and one
+    variant per colour show, each product in its colour on the untouched white background."""
+    image, _ = _product_photo()
+    (tmp_path / "product.png").write_bytes(image)
+    with _browser_page(server["url"] + "/") as (page, errors):
+        page.wait_for_selector("#c-button:not([disabled])", timeout=60_000)
+        names = page.eval_on_selector_all("#c-colours input", "boxes => boxes.map(b => b.value)")
+        assert names == list(REFERENCE_HEX)
+        page.set_input_files("#c-file", str(tmp_path / "product.png"))
+        page.check("#c-use-custom")
+        page.fill("#c-custom", "#f2c500")
+        page.click("#c-button")
+        page.wait_for_function("document.getElementById('c-status').textContent.startsWith('4 colours')",
+                               timeout=120_000)
+        variants = page.evaluate(VARIANT_PIXELS_JS)
+        assert [v["caption"] for v in variants] == ["original", "Red", "Navy Blue", "Green", "#f2c500"]
+        assert all(v["corner"] == [255, 255, 255] for v in variants)
+        red, navy, green, yellow = (v["centre"] for v in variants[1:])
+        assert red[0] > red[1] + 60 and red[0] > red[2] + 60, red
+        assert navy[2] > navy[0] and sum(navy) < 300, navy
+        assert green[1] > green[0] and green[1] > green[2], green
+        assert yellow[0] > 150 and yellow[1] > 120 and yellow[2] < 80, yellow
+        assert server["recolour_id"] in page.inner_text("#c-status")
         assert not errors, errors
 
 
