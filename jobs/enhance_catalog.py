@@ -1,4 +1,5 @@
-"""Ray Job: enhance a whole catalog with Ray Data (resumable; one result per input).
+"""Ray Job: enhance a whole catalog with Ray Data (resumable; one result per input; `--task repair`
+and `--task recolour --colours red,navy`, one result per input and colour, run the same way).
 
     ray job submit --working-dir . -- python jobs/enhance_catalog.py --input s3://prodray/catalog \
         --output s3://prodray/enhanced [--model URI_OR_NAME] [--scale 2] [--format png] [--quality 90]

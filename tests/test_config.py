@@ -42,8 +42,9 @@ def test_shipped_configs_load():
         cfg = load_train_config(path)  # every shipped config names its kind
         assert cfg.kind == ("enhancer-adversarial" if "adversarial" in path.name else "enhancer"), path.name
         assert cfg.data.patch_size % cfg.model.scale == 0, path.name
-        if path.name.startswith("restore"):  # a restoration model: from a clean one, on damaged inputs
-            assert cfg.init_from and cfg.degradation.jpeg_prob > 0, path.name
+        if path.name.startswith("restore"):  # a restoration model: on damaged inputs, from a clean one
+            assert cfg.degradation.jpeg_prob > 0, path.name  # (x1 has no clean partner: from scratch)
+            assert cfg.init_from or cfg.model.scale == 1, path.name
     gan_configs = sorted(folder.glob("gan_*.yaml"))
     assert gan_configs
     for path in gan_configs:
@@ -53,8 +54,11 @@ def test_shipped_configs_load():
     for path in repair_configs:
         cfg = load_train_config(path)
         assert cfg.kind == "repair" and cfg.data.patch_size % 8 == 0, path.name
+    recolour_configs = sorted(folder.glob("recolour*.yaml"))
+    for path in recolour_configs:
+        assert load_train_config(path).check().kind == "recolour", path.name
     assert {p.name for p in folder.glob("*.yaml")} == {p.name for p in [*enhancer_configs, *gan_configs,
-                                                                         *repair_configs]}
+                                                                         *repair_configs, *recolour_configs]}
 
 
 def test_unknown_field_is_named():

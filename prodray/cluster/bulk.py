@@ -39,8 +39,6 @@ from prodray.io.images import CATALOG_SUFFIXES
 from prodray.repair.masks import MaskError, mask_from_png, mask_resized, read_mask
 
 log = logging.getLogger(__name__)
-BASELINE = "baseline"  # --model baseline: the classical Lab shift, no network
-BASELINE_MODEL_ID = "baseline-labshift"
 MIN_PRODUCT_PIXELS = 16  # fewer product pixels than this: nothing to recolour (a blank or white-only photo)
 
 
@@ -286,15 +284,11 @@ class RecolourWriter(ResultWriter):
     def __init__(self, model_ref: str, config: BulkConfig, mask_tag: str = "", done=None):
         super().__init__(config, mask_tag)
         from prodray.recolour.colours import parse_colour
+        from prodray.recolour.inference import load_recolourer
         self.targets = {name: parse_colour(name)[1] for name in config.colours.split(",")}
         self.done = _resolved(done) if done is not None else np.zeros(0, np.uint64)
-        if model_ref == BASELINE:
-            from prodray.recolour.baseline import lab_shift
-            self.method, self.model_id = lab_shift, BASELINE_MODEL_ID
-        else:
-            from prodray.recolour.inference import Recolourer
-            recolourer = Recolourer.load(model_ref, device=self.device)
-            self.method, self.model_id = recolourer.recolour, recolourer.model_id
+        self.recolourer = load_recolourer(model_ref, device=self.device)  # or --model baseline's Lab shift
+        self.model_id = self.recolourer.model_id
 
     def __call__(self, batch: dict) -> dict:
         expanded = self._per_colour(batch)
@@ -322,7 +316,7 @@ class RecolourWriter(ResultWriter):
         for i, image in zip(todo, images):
             try:
                 mask = np.frombuffer(batch["mask"][i], np.bool_).reshape(image.shape[:2])
-                results.append((self.method(image, self.targets[batch["colour"][i]], mask), "", None))
+                results.append((self.recolourer.recolour(image, self.targets[batch["colour"][i]], mask), "", None))
             except Exception as exc:  # noqa: BLE001 - this image fails alone
                 results.append((None, f"recolour failed: {type(exc).__name__}: {exc}"[:300], None))
         return results
@@ -342,8 +336,10 @@ DEFAULT_MODELS = {"repair": "repair", "recolour": "recolour"}  # enhance: enhanc
 def resolve_model(config: BulkConfig) -> tuple[str, dict]:
     from prodray.io.artifacts import resolve_export, shipped_name_of
     reference = config.model or DEFAULT_MODELS.get(config.task, f"enhancer-x{config.scale}")
-    if config.task == "recolour" and reference == BASELINE:
-        return reference, {"model_id": BASELINE_MODEL_ID, "kind": "recolour"}
+    if config.task == "recolour":
+        from prodray.recolour.inference import BASELINE, BaselineRecolourer
+        if reference == BASELINE:  # no export: the classical Lab shift
+            return reference, {"model_id": BaselineRecolourer.model_id, "kind": "recolour"}
     _, config_uri = resolve_export(reference)
     exported = json.loads(storage.get_bytes(config_uri))
     kind = exported.get("kind", "enhancer")

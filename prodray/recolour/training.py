@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from prodray.enhancer import data
 from prodray.enhancer.discriminator import build_discriminator
 from prodray.enhancer.evaluation import list_images
+from prodray.gan.data import pad_square_resize
 from prodray.gan.losses import d_loss, g_loss
 from prodray.io import artifacts
 from prodray.io.codec import decode_image
@@ -29,6 +30,7 @@ from prodray.training import Training, count_parameters, lr_at, make_ema, set_lr
 
 VAL_COLOURS = ("Red", "Navy Blue", "Yellow", "Black", "White")
 GRID_COLOURS = ("Red", "Navy Blue", "Green", "Yellow", "Black", "White")
+GRID_TILE = 96
 
 
 class RecolourTraining(Training):
@@ -199,7 +201,8 @@ class RecolourTraining(Training):
         rows = []
         for _, rgb, alpha in self.val_images[:4]:
             mask = product_mask(rgb, alpha)
-            rows.append([rgb] + [recolourer.recolour(rgb, parse_colour(c)[1], mask) for c in GRID_COLOURS])
+            tiles = [rgb] + [recolourer.recolour(rgb, parse_colour(c)[1], mask) for c in GRID_COLOURS]
+            rows.append([pad_square_resize(tile, GRID_TILE) for tile in tiles])  # photos of any size
         return image_grid(rows)
 
     def export(self, export_uri: str) -> str:
