@@ -98,6 +98,8 @@ def evaluate_recolour(images, methods: dict, product_mask, colours=SUITE_COLOURS
                 for key in (("all",), ("by_source", group)):
                     bucket = sums[method].setdefault(key, {})
                     for metric, value in scores.items():
+                        if not np.isfinite(value):  # a product too thin for one SSIM window centre
+                            continue
                         bucket[metric] = bucket.get(metric, 0.0) + value
                         bucket[f"n_{metric}"] = bucket.get(f"n_{metric}", 0) + 1
                     bucket["n"] = bucket.get("n", 0) + 1

@@ -93,7 +93,7 @@ def test_eval_recolour_from_the_command_line(tmp_path, capsys):
     from prodray.cli import main
     for seed, colour in enumerate([(40, 60, 160), (200, 40, 40)]):
         Image.fromarray(shirt_on_white(colour, seed=seed)[0]).save(tmp_path / f"{seed}.png")
-    main(["eval", "recolour", "--data", str(tmp_path), "--colours", "Red,#2e8b57", "--json"])
+    main(["eval", "recolour", "--data", str(tmp_path), "--model", "baseline", "--colours", "Red,#2e8b57", "--json"])
     import json
     result = json.loads(capsys.readouterr().out)
     assert result["images"] == 2 and result["colours"] == ["Red", "#2e8b57"]
