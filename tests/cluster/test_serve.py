@@ -1191,7 +1191,7 @@ def test_enhancer_overload_gives_json_503(server):
 
     tight = {**ONE_REPLICA, "max_ongoing_requests": 1, "max_queued_requests": 1}
     wide = {**INGRESS_REPLICAS, "max_ongoing_requests": 32, "max_queued_requests": 32}
-    config = ServeConfig(model=server["model_a"], generator="none", repair="none", max_bytes=MAX_BYTES,
+    config = ServeConfig(model=server["model_a"], generator="none", repair="none", recolour="none", max_bytes=MAX_BYTES,
                          enhancer_replicas=tight, ingress_replicas=wide)
     serve.run(build_app(config), name="tight", route_prefix="/tight")
     try:
@@ -1359,7 +1359,7 @@ def test_app_builder_builds_from_args():
     from prodray.cluster.serve import app_builder
 
     deployments = _deployments(app_builder({"model": "enhancer-x4", "generator": "none", "repair": "none",
-                                            "device": "cpu", "precision": "fp32", "max_bytes": 1234,
+                                            "recolour": "none", "device": "cpu", "precision": "fp32", "max_bytes": 1234,
                                             "enhancer_replicas": {"num_gpus": 1, "max_replicas": 2}}))
     assert set(deployments) == {"Ingress", "EnhancerDeployment"}  # none: no generator or repair replica
     enhancer = deployments["EnhancerDeployment"]
@@ -1373,7 +1373,8 @@ def test_app_builder_builds_from_args():
     assert quick["EnhancerDeployment"]._deployment_config.autoscaling_config.downscale_delay_s == 15
     assert deployments["Ingress"].init_kwargs == {"max_bytes": 1234, "max_pixels": 4096 * 4096,
                                                   "max_output_pixels": 64_000_000, "votes": None,
-                                                  "vote_secret": None, "repairer": None}  # no A/B page, no repair
+                                                  "vote_secret": None, "repairer": None,
+                                                  "recolourer": None}  # no A/B page, no repair, no recolour
     assert deployments["Ingress"].ray_actor_options["num_cpus"] == 0.5
     voting = _deployments(app_builder({"votes": "relative/votes", "generator": "none"}))["Ingress"].init_kwargs
     assert voting["votes"] == str(Path("relative/votes").absolute())  # replicas run elsewhere
@@ -1381,7 +1382,10 @@ def test_app_builder_builds_from_args():
     assert _deployments(app_builder({"votes": "s3://bucket/votes"}))["Ingress"].init_kwargs["votes"] \
         == "s3://bucket/votes"
     defaults = _deployments(app_builder({}))
-    assert set(defaults) == {"Ingress", "EnhancerDeployment", "GeneratorDeployment", "RepairDeployment"}
+    assert set(defaults) == {"Ingress", "EnhancerDeployment", "GeneratorDeployment", "RepairDeployment",
+                             "RecolourDeployment"}
+    assert defaults["RecolourDeployment"].user_config["model"] == "baseline"  # no trained model has shipped
+    assert defaults["RecolourDeployment"].ray_actor_options["num_cpus"] == 0.0
     assert defaults["GeneratorDeployment"].user_config["model"] == "gan-fashion-products"
     assert defaults["RepairDeployment"].user_config["model"] == "repair"  # the shipped repair model
 
