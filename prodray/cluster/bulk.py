@@ -39,7 +39,6 @@ from prodray.io.images import CATALOG_SUFFIXES
 from prodray.repair.masks import MaskError, mask_from_png, mask_resized, read_mask
 
 log = logging.getLogger(__name__)
-MIN_PRODUCT_PIXELS = 16  # fewer product pixels than this: nothing to recolour (a blank or white-only photo)
 
 
 # ---------------------------------------------------------------- stage 1: fetch + decode (tasks)
@@ -116,7 +115,7 @@ def _image_mask(masks: str, key: str, shape: tuple[int, int], max_bytes: int):
 
 def _product_mask(decoded):
     """The decoded image's product pixels -> (H, W) bool; refused when there is next to none."""
-    from prodray.recolour.segmentation import product_mask
+    from prodray.recolour.segmentation import MIN_PRODUCT_PIXELS, product_mask
     mask = product_mask(decoded.rgb, decoded.alpha)
     if mask.sum() < MIN_PRODUCT_PIXELS:
         raise ImageRejected("no_product", f"{int(mask.sum())} product pixels found (a blank or white-only photo)")

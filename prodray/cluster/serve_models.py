@@ -325,14 +325,11 @@ class RecolourDeployment(SwappableModel):
         return [(await asyncio.to_thread(_recolour_one, recolourer, *request), recolourer) for request in requests]
 
 
-MIN_PRODUCT_PIXELS = 16
-
-
 def _recolour_one(recolourer, rgb: np.ndarray, alpha, mask, target: np.ndarray):
     """{"rgb", "product_pixels"} or {"refused": ...}, or the exception this image alone raised."""
+    from prodray.recolour.segmentation import MIN_PRODUCT_PIXELS, product_mask  # torch: model replicas only
     try:
         if mask is None:
-            from prodray.recolour.segmentation import product_mask
             mask = product_mask(rgb, alpha)
         if int(mask.sum()) < MIN_PRODUCT_PIXELS:
             return {"refused": "no_product"}

@@ -18,6 +18,7 @@ from scipy import ndimage
 
 from prodray.metrics import ciede2000, rgb_to_y, srgb_to_lab, ssim
 from prodray.recolour.colours import REFERENCE_HEX, nearest_colour_name, parse_colour
+from prodray.recolour.segmentation import MIN_PRODUCT_PIXELS
 
 # Named colours of the vocabulary that a shopper tells apart; the suite's fixed targets.
 SUITE_COLOURS = ("Red", "Navy Blue", "Green", "Yellow", "Pink", "Black", "White", "Grey", "Brown", "Purple")
@@ -83,7 +84,7 @@ def evaluate_recolour(images, methods: dict, product_mask, colours=SUITE_COLOURS
     count = 0
     for index, (name, rgb, alpha) in enumerate(images):
         mask = product_mask(rgb, alpha)
-        if mask.sum() < 16:
+        if mask.sum() < MIN_PRODUCT_PIXELS:
             if log:
                 log(f"{name}: no product found, skipped")
             continue

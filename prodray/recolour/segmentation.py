@@ -12,6 +12,8 @@ from prodray.metrics import srgb_to_lab
 # Near-white: lighter than L 94 and almost no chroma (JPEG leaves 250-254 around a 255 background).
 BACKGROUND_MIN_L = 94.0
 BACKGROUND_MAX_CHROMA = 4.0
+# Fewer product pixels than this: nothing to recolour (a blank or white-only photo).
+MIN_PRODUCT_PIXELS = 16
 
 
 def product_mask(rgb: np.ndarray, alpha: np.ndarray | None = None) -> np.ndarray:
