@@ -345,13 +345,16 @@ class RecolourDataConfig(Strict):
 
 
 class RecolourLossConfig(Strict):
-    """Generator loss = detail_weight x (1 - detail SSIM) + colour_weight x CIELAB distance of the
-    mean product colour to the target + naming_weight x cross-entropy of its nearest named colour +
-    gamut_weight x linear RGB outside [0, 1] + adversarial_weight x GAN loss (patch discriminator)."""
+    """Generator loss = detail_weight x (1 - detail SSIM) + colour_weight x the CIELAB distance of the
+    mean product colour to the target beyond colour_margin + naming_weight x cross-entropy of its
+    nearest named colour + gamut_weight x linear RGB outside [0, 1] + adversarial_weight x GAN loss
+    (patch discriminator). The margin lets the mean give way a little where keeping shading needs
+    room (a white or black target has none at the exact reference)."""
 
     detail_weight: float = Field(1.0, ge=0)
-    colour_weight: float = Field(0.02, ge=0)
-    naming_weight: float = Field(0.1, ge=0)
+    colour_weight: float = Field(0.05, ge=0)
+    colour_margin: float = Field(5.0, ge=0)
+    naming_weight: float = Field(1.0, ge=0)
     gamut_weight: float = Field(1.0, ge=0)
     adversarial_weight: float = Field(0.01, ge=0)
     d_channels: int = Field(32, ge=4, le=256)

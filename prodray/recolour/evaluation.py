@@ -2,10 +2,12 @@
 colours, scored per method (a callable `(rgb, target_rgb, mask) -> rgb`) on the product's mask:
 - de00: CIEDE2000 between the result's mean product colour and the target's reference;
 - named_colour_acc: the nearest reference colour (CIEDE2000) of that mean is the one asked for;
-- detail_ssim: SSIM of the luminance detail (Y minus its Gaussian blur) of source and result,
-  over the windows centred on the product's pixels, with 4 standard deviations of the source's detail as SSIM's
-  peak (so the score does not depend on how much contrast the source has): texture, folds and
-  prints kept;
+- detail_ssim: SSIM of the luminance detail of source and result over the windows centred on the
+  product's pixels, with 4 standard deviations of the source's detail as SSIM's peak (so the score
+  does not depend on how much contrast the source has): texture, folds and prints kept. Detail is Y
+  minus its Gaussian blur taken over the product's pixels only, and zero outside them: the
+  silhouette against the background is kept by construction (the mask does not move), and its
+  contrast must change with the colour, so it is not counted as detail;
 - background_kept: share of the source's pure-white pixels outside the product still exactly 255;
 - classifier_acc (with a `classify` callable, e.g. the shipped products classifier's baseColour
   head, see `colour_classifier`): the classifier names the colour asked for (named targets only);
@@ -23,6 +25,7 @@ from prodray.recolour.segmentation import MIN_PRODUCT_PIXELS
 # Named colours of the vocabulary that a shopper tells apart; the suite's fixed targets.
 SUITE_COLOURS = ("Red", "Navy Blue", "Green", "Yellow", "Pink", "Black", "White", "Grey", "Brown", "Purple")
 DARK_MAX_L, LIGHT_MIN_L, LIGHT_MAX_CHROMA = 35.0, 75.0, 15.0
+DETAIL_SIGMA = 2.0
 
 
 def source_group(lab_mean: np.ndarray) -> str:
@@ -34,9 +37,13 @@ def source_group(lab_mean: np.ndarray) -> str:
     return "chromatic"
 
 
-def detail(y: np.ndarray) -> np.ndarray:
-    """Luminance detail: Y minus its Gaussian blur (sigma 2 px)."""
-    return y - ndimage.gaussian_filter(y, 2.0)
+def detail(y: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Luminance detail inside the mask: Y minus its Gaussian blur (sigma 2 px) over the mask's pixels
+    (normalised convolution), zero outside the mask."""
+    inside = mask.astype(np.float64)
+    blur = ndimage.gaussian_filter(y * inside, DETAIL_SIGMA, mode="constant") / np.maximum(
+        ndimage.gaussian_filter(inside, DETAIL_SIGMA, mode="constant"), 1e-6)
+    return (y - blur) * inside
 
 
 def _detail_peak(source_detail: np.ndarray) -> float:
@@ -50,13 +57,14 @@ def score_one(source: np.ndarray, result: np.ndarray, mask: np.ndarray, name: st
     goal = srgb_to_lab(target[None])[0]
     rows, cols = np.nonzero(mask)
     box = slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1)
-    source_detail, result_detail = detail(rgb_to_y(source[box])), detail(rgb_to_y(result[box]))
+    inside = mask[box]
+    source_detail, result_detail = detail(rgb_to_y(source[box]), inside), detail(rgb_to_y(result[box]), inside)
     small = min(source_detail.shape) < 11  # SSIM's window
+    kept = 1.0 if small else ssim(source_detail, result_detail, peak=_detail_peak(source_detail[inside]), where=inside)
     white = (source == 255).all(axis=2) & ~mask
     return {"de00": float(ciede2000(mean, goal)),
             "named_colour_acc": float(nearest_colour_name(mean) == name),
-            "detail_ssim": 1.0 if small else ssim(source_detail, result_detail, peak=_detail_peak(source_detail[
-                mask[box]]), where=mask[box]),
+            "detail_ssim": kept,
             "background_kept": float((result[white] == 255).all(axis=1).mean()) if white.any() else 1.0}
 
 

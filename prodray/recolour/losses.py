@@ -27,15 +27,18 @@ def _separable(image: torch.Tensor, kernel: torch.Tensor, padding: str | None) -
     return F.conv2d(image, kernel.view(1, 1, -1, 1))
 
 
-def detail(y: torch.Tensor) -> torch.Tensor:
-    """(B, 1, H, W) luminance minus its Gaussian blur (evaluation.detail)."""
-    return y - _separable(y, _gaussian(DETAIL_SIGMA, int(4 * DETAIL_SIGMA + 0.5), y), "replicate")
+def detail(y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) luminance minus its Gaussian blur over the mask's pixels, zero outside the mask
+    (evaluation.detail)."""
+    kernel = _gaussian(DETAIL_SIGMA, int(4 * DETAIL_SIGMA + 0.5), y)
+    blur = _separable(y * mask, kernel, "constant") / _separable(mask, kernel, "constant").clamp_min(1e-6)
+    return (y - blur) * mask
 
 
 def detail_ssim(source: torch.Tensor, result: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per image: SSIM of the luminance detail of two sRGB batches over the windows centred on the
     mask, with 4 standard deviations of the source's detail as the peak -> (B,)."""
-    a, b = detail(colour_space.luminance(source)), detail(colour_space.luminance(result))
+    a, b = detail(colour_space.luminance(source), mask), detail(colour_space.luminance(result), mask)
     weight = mask.sum(dim=(2, 3)).clamp_min(1)
     mean_a = (a * mask).sum(dim=(2, 3)) / weight
     std_a = (((a - mean_a[..., None, None]) ** 2 * mask).sum(dim=(2, 3)) / weight).sqrt()

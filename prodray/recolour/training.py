@@ -154,7 +154,8 @@ class RecolourTraining(Training):
         with self.autocast():
             adversarial = (g_loss(self.discriminator(self.judged(recoloured)).float(), loss.gan_loss)
                            if self.adversarial else recoloured.new_zeros(()))
-        loss_g = (loss.detail_weight * (1 - detail) + loss.colour_weight * losses.smooth_distance(distance).mean()
+        beyond_margin = losses.smooth_distance(F.relu(distance - loss.colour_margin)).mean()
+        loss_g = (loss.detail_weight * (1 - detail) + loss.colour_weight * beyond_margin
                   + loss.naming_weight * naming + loss.gamut_weight * gamut + loss.adversarial_weight * adversarial)
         optimizers["g"].zero_grad(set_to_none=True)
         scalers["g"].scale(loss_g).backward()
