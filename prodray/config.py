@@ -342,6 +342,9 @@ class RecolourDataConfig(Strict):
     hr_scales: list[Annotated[float, Field(gt=0, le=1)]] = Field(default_factory=lambda: [1.0], min_length=1)
     mask_kinds: list[Literal["narrow", "thick", "blobs", "rect", "text", "large"]] = Field(
         default_factory=lambda: ["blobs", "rect", "large"], min_length=1)
+    # Outside the region the crop is made pure white: a product on a catalog's white background,
+    # as the photos it recolours are.
+    white_background: bool = True
 
 
 class RecolourLossConfig(Strict):
@@ -358,6 +361,7 @@ class RecolourLossConfig(Strict):
     gamut_weight: float = Field(1.0, ge=0)
     adversarial_weight: float = Field(0.01, ge=0)
     d_channels: int = Field(32, ge=4, le=256)
+    d_lr: Optional[float] = Field(None, gt=0)  # None: same as optim.lr
     d_input_size: int = Field(64, ge=16)  # the discriminator judges crops downscaled to this side
     gan_loss: Literal["hinge", "nonsaturating"] = "hinge"
 

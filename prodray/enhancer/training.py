@@ -19,10 +19,11 @@ from prodray.enhancer.evaluation import bicubic_upscale, list_images, load_bench
 from prodray.enhancer.losses import build_perceptual, charbonnier
 from prodray.enhancer.model import build_enhancer
 from prodray.gan.losses import d_loss, g_loss
+from prodray.image_training import PhotoCropTraining
 from prodray.io import artifacts, storage
 from prodray.io.codec import decode_image, encode_image
 from prodray.io.images import from_uint8_hwc, image_grid, imresize_uint8, to_uint8_hwc
-from prodray.training import Training, count_parameters, lr_at, make_ema, set_lr, update_ema
+from prodray.training import count_parameters, make_ema, set_lr
 
 INIT_MODEL_FIELDS = ("arch", "scale", "channels", "blocks")  # what an init model must share with model.*
 
@@ -71,11 +72,9 @@ def sample_grid(model, val_images, scale, device, crop: int = 96) -> np.ndarray:
     return image_grid(rows) if rows else np.full((8, 8, 3), 255, np.uint8)
 
 
-class EnhancerStage(Training):
+class EnhancerStage(PhotoCropTraining):
     """What both stages share: the HR patch pool and its degraded batches, the EMA model scored
     on the validation images with the SR protocol, and its sample grid."""
-
-    read_batch_size = 32
 
     def __init__(self, cfg, context: dict, device, rank: int = 0):
         super().__init__(cfg, context, device, rank)
@@ -84,37 +83,11 @@ class EnhancerStage(Training):
         if rank == 0 and cfg.data.val_folder:
             self.val_images = [load_benchmark_image(p)
                                for p in list_images(cfg.data.val_folder)[:cfg.data.val_max_images]]
-        self.pool: list[np.ndarray] = []
-
-    @classmethod
-    def source_rows(cls, cfg, context: dict) -> list[dict]:
-        return data.source_rows(cfg.data.sources)
-
-    @staticmethod
-    def read_rows(batch: dict, cfg: dict, context: dict) -> dict:
-        return data.read_rows(batch)
-
-    def load_pool(self, batches, log) -> None:
-        self.pool = data.load_pool(batches, self.cfg.data.patch_size, log, tuple(self.cfg.data.hr_scales))
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         lr, hr = data.make_batch(self.pool, self.cfg.data, self.cfg.model.scale, self.ranges, self.rng,
                                  self.torch_rng, self.device)
         return lr.contiguous(memory_format=torch.channels_last), hr.contiguous(memory_format=torch.channels_last)
-
-    def scheduled_lr(self) -> float:
-        optim = self.cfg.optim
-        return lr_at(self.images_seen, optim.lr, optim.warmup_images, optim.total_images)
-
-    def learning_rates(self) -> dict[str, float]:
-        return {"lr": self.scheduled_lr()}
-
-    def count(self, world: int) -> None:
-        """ema: after a step of `world` ranks' batches."""
-        global_batch = self.cfg.data.batch_size * world
-        self.images_seen += global_batch
-        update_ema(self.ema, self.model, global_batch, self.cfg.run.ema_half_life_images, self.images_seen)
-        self.step += 1
 
     def validate(self) -> dict[str, float]:
         if not self.val_images:

@@ -8,11 +8,10 @@ masks of the validation photos, beside the push-pull fill. Pure torch: the runne
 import numpy as np
 import torch
 
-from prodray.enhancer import data
-from prodray.enhancer.discriminator import build_discriminator
 from prodray.enhancer.evaluation import list_images
 from prodray.enhancer.losses import EdgeLoss, build_perceptual
-from prodray.gan.losses import d_loss, g_loss
+from prodray.gan.losses import g_loss
+from prodray.image_training import ImageToImageTraining
 from prodray.io import artifacts, storage
 from prodray.io.codec import decode_image
 from prodray.io.images import image_grid
@@ -20,7 +19,7 @@ from prodray.repair.evaluation import blur_fill, masked_scores, suite_mask
 from prodray.repair.inference import Repairer
 from prodray.repair.masks import training_mask
 from prodray.repair.model import build_repairer
-from prodray.training import Training, count_parameters, lr_at, make_ema, set_lr, update_ema
+from prodray.training import count_parameters
 
 VAL_KINDS = ("thick", "large")  # validation masks: where learning shows first
 
@@ -30,29 +29,12 @@ def show_mask(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(mask[..., None], np.array([255, 0, 255], np.uint8), rgb)
 
 
-class RepairTraining(Training):
+class RepairTraining(ImageToImageTraining):
     name = "repair"
-    read_batch_size = 32
 
     def __init__(self, cfg, context: dict, device, rank: int = 0):
-        super().__init__(cfg, context, device, rank)
+        super().__init__(cfg, context, device, rank, build_repairer(cfg.model.model_dump()), cfg.loss.discriminator)
         loss = cfg.loss
-        self.model = build_repairer(cfg.model.model_dump()).to(self.device, memory_format=torch.channels_last)
-        self.ema = make_ema(self.model)
-        self.g_train = self.model
-        self.networks = {"model": self.model, "ema": self.ema}
-        self.optimizers = {"g": torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr,
-                                                  weight_decay=cfg.optim.weight_decay, betas=(0.9, 0.99))}
-        self.scalers = {"g": self.grad_scaler()}
-        self.adversarial = loss.adversarial_weight > 0
-        if self.adversarial:
-            self.discriminator = build_discriminator(loss.discriminator, loss.d_channels).to(
-                self.device, memory_format=torch.channels_last)
-            self.d_train = self.discriminator
-            self.d_lr = loss.d_lr or cfg.optim.lr
-            self.networks["discriminator"] = self.discriminator
-            self.optimizers["d"] = torch.optim.AdamW(self.discriminator.parameters(), lr=self.d_lr, betas=(0.9, 0.99))
-            self.scalers["d"] = self.grad_scaler()
         self.edge = EdgeLoss().to(self.device)
         self.perceptual, self.perceptual_name = None, "none"
         if loss.perceptual_weight:
@@ -63,33 +45,11 @@ class RepairTraining(Training):
         if rank == 0 and cfg.data.val_folder:
             self.val_images = [decode_image(p.read_bytes()).rgb
                                for p in list_images(cfg.data.val_folder)[:cfg.data.val_max_images]]
-        self.pool: list[np.ndarray] = []
-
-    # ---- data
-    @classmethod
-    def source_rows(cls, cfg, context: dict) -> list[dict]:
-        return data.source_rows(cfg.data.sources)
-
-    @staticmethod
-    def read_rows(batch: dict, cfg: dict, context: dict) -> dict:
-        return data.read_rows(batch)
-
-    def load_pool(self, batches, log) -> None:
-        self.pool = data.load_pool(batches, self.cfg.data.patch_size, log, tuple(self.cfg.data.hr_scales))
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (images (B, 3, P, P) in [0, 1], masks (B, 1, P, P) in {0, 1})."""
-        cfg = self.cfg.data
-        crops = []
-        while len(crops) < cfg.batch_size:
-            image = self.pool[int(self.rng.integers(0, len(self.pool)))]
-            crops += data.random_crops(image, cfg.patch_size, min(cfg.patches_per_image, cfg.batch_size - len(crops)),
-                                       self.rng)
-        masks = np.stack([self.draw_mask() for _ in crops])
-        images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div_(255)
-        holes = torch.from_numpy(masks.astype(np.float32))[:, None]
-        return (images.to(self.device).contiguous(memory_format=torch.channels_last),
-                holes.to(self.device).contiguous(memory_format=torch.channels_last))
+        crops = self.random_crops()
+        return self.as_batch(np.stack(crops)), self.as_batch(np.stack([self.draw_mask() for _ in crops]))
 
     def draw_mask(self) -> np.ndarray:
         """A (P, P) training mask: drawn on a canvas data.mask_canvas x P wide, a P x P part of it kept."""
@@ -104,39 +64,15 @@ class RepairTraining(Training):
                 return mask
         return training_mask(size, size, self.rng, tuple(cfg.mask_kinds))
 
-    # ---- step
-    def wrap(self, prepare) -> None:
-        self.g_train = prepare(self.model)
-        if self.adversarial:
-            self.d_train = prepare(self.discriminator)
-
     def describe(self) -> str:
-        model, loss = self.cfg.model, self.cfg.loss
-        adversarial = (f"{loss.discriminator} discriminator ({count_parameters(self.discriminator):,} parameters), "
-                       f"weight {loss.adversarial_weight}") if self.adversarial else "no discriminator"
-        return (f"repair {model.arch}: {count_parameters(self.model):,} parameters, "
-                f"{self.model.flops_per_pixel() / 1e3:.0f} kFLOP per pixel; {adversarial}; "
+        return (f"repair {self.cfg.model.arch}: {count_parameters(self.model):,} parameters, "
+                f"{self.model.flops_per_pixel() / 1e3:.0f} kFLOP per pixel; {self.describe_discriminator()}; "
                 f"perceptual: {self.perceptual_name}")
 
-    def scheduled_lr(self) -> float:
-        optim = self.cfg.optim
-        return lr_at(self.images_seen, optim.lr, optim.warmup_images, optim.total_images)
-
-    def learning_rates(self) -> dict[str, float]:
-        return {"lr": self.scheduled_lr()}
-
-    def configured_hyperparameters(self) -> dict[str, dict]:
-        return {"g": {"weight_decay": self.cfg.optim.weight_decay}}
-
     def train_step(self, images: torch.Tensor, holes: torch.Tensor, world: int = 1) -> dict:
-        loss, optimizers, scalers = self.cfg.loss, self.optimizers, self.scalers
-        lr_now = self.scheduled_lr()
-        set_lr(optimizers["g"], lr_now)
+        loss = self.cfg.loss
+        lr_now = self.start_step()
         hole_share = holes.mean().clamp_min(1e-3)
-
-        # g_step
-        if self.adversarial:
-            self.discriminator.requires_grad_(False).eval()
         with self.autocast():
             repaired = self.g_train(images, holes).float()
             loss_hole = (repaired - images).abs().mean() / hole_share  # L1 over the hole's pixels
@@ -147,33 +83,11 @@ class RepairTraining(Training):
                                 else repaired.new_zeros(()))
             loss_g = (loss.hole_weight * loss_hole + loss.edge_weight * loss_edge
                       + loss.perceptual_weight * loss_perceptual + loss.adversarial_weight * loss_adversarial)
-        optimizers["g"].zero_grad(set_to_none=True)
-        scalers["g"].scale(loss_g).backward()
-        scalers["g"].unscale_(optimizers["g"])
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-        scalers["g"].step(optimizers["g"])
-        scalers["g"].update()
+        self.update_generator(loss_g)
         stats = {"loss_g": loss_g, "loss_hole": loss_hole, "loss_edge": loss_edge, "loss_adversarial": loss_adversarial}
-
-        # d_step: real crops against repaired ones, one forward for both halves
         if self.adversarial:
-            set_lr(optimizers["d"], lr_now * self.d_lr / self.cfg.optim.lr)
-            self.discriminator.requires_grad_(True).train()
-            with self.autocast():
-                real_logits, fake_logits = self.d_train(torch.cat([images, repaired.detach()])).float().chunk(2)
-                loss_d = d_loss(real_logits, fake_logits, loss.gan_loss)
-            optimizers["d"].zero_grad(set_to_none=True)
-            scalers["d"].scale(loss_d).backward()
-            scalers["d"].step(optimizers["d"])
-            scalers["d"].update()
-            stats.update(loss_d=loss_d, d_real=real_logits.mean(), d_fake=fake_logits.mean())
-
-        # ema
-        global_batch = self.cfg.data.batch_size * world
-        self.images_seen += global_batch
-        update_ema(self.ema, self.model, global_batch, self.cfg.run.ema_half_life_images, self.images_seen)
-        self.step += 1
-        return {name: value.detach() for name, value in stats.items()}
+            stats.update(self.update_discriminator(images, repaired, lr_now))
+        return self.finish_step(stats, world)
 
     # ---- maintenance
     def _val_cases(self):
