@@ -1,10 +1,10 @@
 """What the image families trained on photos share beyond the training contract.
 `PhotoCropTraining` (the enhancer, repair, recolour): photos from image folders held in memory at
-data.hr_scales, random crops of them, the cosine schedule and the step's count and EMA.
-`ImageToImageTraining` (repair, recolour) adds the generator with AdamW and its EMA, an optional
-spectral-norm discriminator (on when loss.adversarial_weight > 0, with loss.d_lr or optim.lr) and
-the generator / discriminator updates: a family builds its generator, draws its batch and writes
-its losses. Pure torch.
+data.hr_scales, random crops of them, the cosine schedule, an optimizer's update through its
+scaler, the discriminator's update, and the step's count and EMA.
+`ImageToImageTraining` (repair, recolour) adds the generator with AdamW and its EMA and an optional
+spectral-norm discriminator (on when loss.adversarial_weight > 0, with loss.d_lr or optim.lr): a
+family builds its generator, draws its batch and writes its losses. Pure torch.
 """
 
 import numpy as np
@@ -61,6 +61,29 @@ class PhotoCropTraining(Training):
     def learning_rates(self) -> dict[str, float]:
         return {"lr": self.scheduled_lr()}
 
+    def update(self, name: str, loss: torch.Tensor, clip: torch.nn.Module | None = None) -> None:
+        """One step of optimizer `name` on `loss` through its scaler; with `clip`, that network's
+        gradient norm is clipped to optim.grad_clip first."""
+        optimizer, scaler = self.optimizers[name], self.scalers[name]
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if clip is not None:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(clip.parameters(), self.cfg.optim.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+
+    def update_discriminator(self, real: torch.Tensor, fake: torch.Tensor, lr_now: float, gan_loss: str) -> dict:
+        """Optimizer `d` on real images against the generator's (detached) results, one forward for
+        both halves; needs `discriminator`, `d_train` and `d_lr`."""
+        set_lr(self.optimizers["d"], lr_now * self.d_lr / self.cfg.optim.lr)
+        self.discriminator.requires_grad_(True).train()
+        with self.autocast():
+            real_logits, fake_logits = self.d_train(torch.cat([real, fake.detach()])).float().chunk(2)
+            loss_d = d_loss(real_logits, fake_logits, gan_loss)
+        self.update("d", loss_d)
+        return {"loss_d": loss_d, "d_real": real_logits.mean(), "d_fake": fake_logits.mean()}
+
     def count(self, world: int) -> None:
         """After a step of `world` ranks' batches: images seen, step, EMA."""
         global_batch = self.cfg.data.batch_size * world
@@ -115,29 +138,6 @@ class ImageToImageTraining(PhotoCropTraining):
         if self.adversarial:
             self.discriminator.requires_grad_(False).eval()
         return lr_now
-
-    def update_generator(self, loss_g: torch.Tensor) -> None:
-        optimizer, scaler = self.optimizers["g"], self.scalers["g"]
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss_g).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-
-    def update_discriminator(self, real: torch.Tensor, fake: torch.Tensor, lr_now: float) -> dict:
-        """Real crops against the generator's (detached) results, one forward for both halves."""
-        optimizer, scaler = self.optimizers["d"], self.scalers["d"]
-        set_lr(optimizer, lr_now * self.d_lr / self.cfg.optim.lr)
-        self.discriminator.requires_grad_(True).train()
-        with self.autocast():
-            real_logits, fake_logits = self.d_train(torch.cat([real, fake.detach()])).float().chunk(2)
-            loss_d = d_loss(real_logits, fake_logits, self.cfg.loss.gan_loss)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss_d).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        return {"loss_d": loss_d, "d_real": real_logits.mean(), "d_fake": fake_logits.mean()}
 
     def finish_step(self, stats: dict, world: int) -> dict:
         """Counts the global batch, moves the EMA; -> the step's stats, detached."""

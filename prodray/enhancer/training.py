@@ -18,7 +18,7 @@ from prodray.enhancer.discriminator import build_discriminator
 from prodray.enhancer.evaluation import bicubic_upscale, list_images, load_benchmark_image, score_sr
 from prodray.enhancer.losses import build_perceptual, charbonnier
 from prodray.enhancer.model import build_enhancer
-from prodray.gan.losses import d_loss, g_loss
+from prodray.gan.losses import g_loss
 from prodray.image_training import PhotoCropTraining
 from prodray.io import artifacts, storage
 from prodray.io.codec import decode_image, encode_image
@@ -148,16 +148,10 @@ class PsnrTraining(EnhancerStage):
 
     def train_step(self, lr_batch: torch.Tensor, hr_batch: torch.Tensor, world: int = 1) -> dict:
         """One step on (B, 3, h, w) LR and (B, 3, H, W) HR batches in [0, 1]."""
-        optimizer, scaler = self.optimizers["enhancer"], self.scalers["enhancer"]
-        set_lr(optimizer, self.scheduled_lr())
+        set_lr(self.optimizers["enhancer"], self.scheduled_lr())
         with self.autocast():
             loss = charbonnier(self.train_model(lr_batch).float(), hr_batch)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        self.update("enhancer", loss, clip=self.model)
         self.count(world)
         return {"loss": loss.detach()}
 
@@ -219,10 +213,9 @@ class AdversarialTraining(EnhancerStage):
 
     def train_step(self, lr_batch: torch.Tensor, hr_batch: torch.Tensor, world: int = 1) -> dict:
         """One step on (B, 3, h, w) LR and (B, 3, H, W) HR batches in [0, 1]."""
-        adv, optimizers, scalers = self.cfg.adversarial, self.optimizers, self.scalers
+        adv = self.cfg.adversarial
         lr_now = self.scheduled_lr()
-        set_lr(optimizers["g"], lr_now)
-        set_lr(optimizers["d"], lr_now * self.d_lr / self.cfg.optim.lr)
+        set_lr(self.optimizers["g"], lr_now)
 
         # g_step: enhancer against the frozen discriminator
         self.discriminator.requires_grad_(False).eval()
@@ -233,28 +226,13 @@ class AdversarialTraining(EnhancerStage):
             loss_adversarial = g_loss(self.discriminator(sr).float(), adv.gan_loss)
             loss_g = (adv.pixel_weight * loss_pixel + adv.perceptual_weight * loss_perceptual
                       + adv.adversarial_weight * loss_adversarial)
-        optimizers["g"].zero_grad(set_to_none=True)
-        scalers["g"].scale(loss_g).backward()
-        scalers["g"].unscale_(optimizers["g"])
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-        scalers["g"].step(optimizers["g"])
-        scalers["g"].update()
-
-        # d_step: real HR against the enhancer's output, one DDP forward for both halves
-        self.discriminator.requires_grad_(True).train()
-        with self.autocast():
-            real_logits, fake_logits = self.d_train(torch.cat([hr_batch, sr.detach()])).float().chunk(2)
-            loss_d = d_loss(real_logits, fake_logits, adv.gan_loss)
-        optimizers["d"].zero_grad(set_to_none=True)
-        scalers["d"].scale(loss_d).backward()
-        scalers["d"].step(optimizers["d"])
-        scalers["d"].update()
-
+        self.update("g", loss_g, clip=self.model)
+        # d_step: real HR against the enhancer's output
+        stats = self.update_discriminator(hr_batch, sr, lr_now, adv.gan_loss)
         self.count(world)  # ema
-        return {name: value.detach() for name, value in (
-            ("loss_g", loss_g), ("loss_pixel", loss_pixel), ("loss_perceptual", loss_perceptual),
-            ("loss_adversarial", loss_adversarial), ("loss_d", loss_d),
-            ("d_real", real_logits.mean()), ("d_fake", fake_logits.mean()))}
+        stats.update(loss_g=loss_g, loss_pixel=loss_pixel, loss_perceptual=loss_perceptual,
+                     loss_adversarial=loss_adversarial)
+        return {name: value.detach() for name, value in stats.items()}
 
     def export(self, export_uri: str) -> str:
         adv = self.cfg.adversarial

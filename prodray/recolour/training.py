@@ -100,11 +100,11 @@ class RecolourTraining(ImageToImageTraining):
         beyond_margin = losses.smooth_distance(F.relu(distance - loss.colour_margin)).mean()
         loss_g = (loss.detail_weight * (1 - detail) + loss.colour_weight * beyond_margin
                   + loss.naming_weight * naming + loss.gamut_weight * gamut + loss.adversarial_weight * adversarial)
-        self.update_generator(loss_g)
+        self.update("g", loss_g, clip=self.model)
         stats = {"loss_g": loss_g, "detail_ssim": detail, "de76": distance.mean(), "naming": naming, "gamut": gamut,
                  "loss_adversarial": adversarial}
         if self.adversarial:
-            stats.update(self.update_discriminator(self.judged(images), self.judged(recoloured), lr_now))
+            stats.update(self.update_discriminator(self.judged(images), self.judged(recoloured), lr_now, loss.gan_loss))
         return self.finish_step(stats, world)
 
     # ---- maintenance

@@ -83,10 +83,10 @@ class RepairTraining(ImageToImageTraining):
                                 else repaired.new_zeros(()))
             loss_g = (loss.hole_weight * loss_hole + loss.edge_weight * loss_edge
                       + loss.perceptual_weight * loss_perceptual + loss.adversarial_weight * loss_adversarial)
-        self.update_generator(loss_g)
+        self.update("g", loss_g, clip=self.model)
         stats = {"loss_g": loss_g, "loss_hole": loss_hole, "loss_edge": loss_edge, "loss_adversarial": loss_adversarial}
         if self.adversarial:
-            stats.update(self.update_discriminator(images, repaired, lr_now))
+            stats.update(self.update_discriminator(images, repaired, lr_now, loss.gan_loss))
         return self.finish_step(stats, world)
 
     # ---- maintenance
