@@ -397,8 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     recolour_eval.add_argument("--colours", help="comma-separated targets (vocabulary names or #rrggbb; "
                                "default: the suite's ten)")
     recolour_eval.add_argument("--limit", type=int, default=200, help="score the first N images (sorted by path)")
-    recolour_eval.add_argument("--model", required=True, help="recolouring model: shipped name, export folder, "
-                               "s3:// URI or 'baseline'")
+    recolour_eval.add_argument("--model", default="recolour", help="recolouring model: shipped name, export "
+                               "folder, s3:// URI or 'baseline' (default: the shipped recolour)")
     recolour_eval.add_argument("--classifier", default="classifier-fashion-products",
                                help="attribute classifier whose baseColour head judges the results ('none': skip)")
     recolour_eval.add_argument("--json", action="store_true")

@@ -530,7 +530,7 @@ class BulkConfig(Strict):
                                    "image and colour (repeats count once)")
     model: Optional[str] = Field(None, description="export folder, s3:// URI or shipped name "
                                  "(default: the shipped enhancer-x<scale>; for repair, the shipped repair; "
-                                 "for recolour, baseline: the classical Lab shift)")
+                                 "for recolour, the shipped recolour; baseline: the classical Lab shift)")
     scale: Literal[1, 2, 4] = Field(2, description="upscaling factor; must be the model's (repair: 1)")
     format: OutputFormat = Field("png", description="output image format")
     quality: int = Field(90, ge=1, le=100, description="JPEG/WebP quality, 1-100")
@@ -713,8 +713,7 @@ class ServeConfig(Strict):
                                    "(upload x scale^2), checked before the model runs")
     repair: str = Field("repair", description="repair (inpainting) model for POST /v1/repair: export folder, "
                         f"s3:// URI or shipped name; '{NO_GENERATOR}' serves no repair model")
-    # The classical method until a trained model passes its shipping rule (MODEL_CARD.md).
-    recolour: str = Field("baseline", description="recolouring model for POST /v1/recolour: export folder, "
+    recolour: str = Field("recolour", description="recolouring model for POST /v1/recolour: export folder, "
                           f"s3:// URI, shipped name or 'baseline' (the classical Lab shift); '{NO_GENERATOR}' "
                           "serves no recolouring")
     votes: Optional[str] = Field(None, description="s3:// prefix (or local folder) where the blind A/B page "

@@ -327,7 +327,7 @@ def _resolved(value):
 
 
 WRITERS = {"enhance": EnhanceWriter, "repair": RepairWriter, "recolour": RecolourWriter}
-DEFAULT_MODELS = {"repair": "repair", "recolour": "baseline"}  # enhance: enhancer-x<scale>
+DEFAULT_MODELS = {"repair": "repair", "recolour": "recolour"}  # enhance: enhancer-x<scale>
 
 
 # ---------------------------------------------------------------- driver

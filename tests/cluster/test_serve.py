@@ -1384,7 +1384,7 @@ def test_app_builder_builds_from_args():
     defaults = _deployments(app_builder({}))
     assert set(defaults) == {"Ingress", "EnhancerDeployment", "GeneratorDeployment", "RepairDeployment",
                              "RecolourDeployment"}
-    assert defaults["RecolourDeployment"].user_config["model"] == "baseline"  # no trained model has shipped
+    assert defaults["RecolourDeployment"].user_config["model"] == "recolour"  # the shipped model
     assert defaults["RecolourDeployment"].ray_actor_options["num_cpus"] == 0.0
     assert defaults["GeneratorDeployment"].user_config["model"] == "gan-fashion-products"
     assert defaults["RepairDeployment"].user_config["model"] == "repair"  # the shipped repair model
