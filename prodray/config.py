@@ -354,9 +354,9 @@ class RecolourLossConfig(Strict):
     (patch discriminator). The margin lets the mean give way a little where keeping shading needs
     room (a white or black target has none at the exact reference)."""
 
-    detail_weight: float = Field(1.0, ge=0)
+    detail_weight: float = Field(1.5, ge=0)
     colour_weight: float = Field(0.05, ge=0)
-    colour_margin: float = Field(5.0, ge=0)
+    colour_margin: float = Field(7.0, ge=0)
     naming_weight: float = Field(1.0, ge=0)
     gamut_weight: float = Field(1.0, ge=0)
     adversarial_weight: float = Field(0.01, ge=0)
