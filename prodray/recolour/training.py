@@ -1,11 +1,11 @@
 """The recolouring model's `Training` (kind `recolour`): random crops of photos, a seeded region mask
 per crop (the repair module's blobs, rectangles and large shapes stand in for products, on white
 outside them, as on a catalog photo), a target per crop (a named reference colour, or any sRGB
-colour), and phases `g_step` (detail SSIM + colour
-distance + naming + gamut + adversarial), `d_step` (spectral-norm patch discriminator: real crops
-against recoloured ones; skipped when adversarial_weight is 0) and `ema`. No colour labels are
-needed: the target is what the loss measures against, so any licensed photos train it.
-Validation: the evaluation's own scores (evaluation.py) on a few product photos. Pure torch.
+colour), and phases `g_step` (detail SSIM + colour distance beyond a margin + naming + gamut +
+adversarial), `d_step` (spectral-norm patch discriminator: real crops against recoloured ones;
+skipped when adversarial_weight is 0) and `ema`. No colour labels are needed: the target is what
+the loss measures against, so any licensed photos train it. Validation: the evaluation's own scores
+(evaluation.py) on a few product photos. Pure torch.
 """
 
 import numpy as np
