@@ -15,7 +15,7 @@ from prodray.enhancer.evaluation import list_images
 from prodray.gan.data import pad_square_resize
 from prodray.io.codec import decode_image, encode_image
 from prodray.recolour.segmentation import product_mask
-from prodray.repair.masks import training_mask
+from prodray.recolour.training import product_region
 
 SIDE, CROP = 128, 96
 
@@ -24,10 +24,7 @@ def cut_out(rgb: np.ndarray, rng: np.random.Generator, quality: int) -> tuple[np
     """-> (the photo's centre inside a region, on white, through JPEG; the region)."""
     margin = (SIDE - CROP) // 2
     crop = pad_square_resize(rgb, SIDE)[margin:margin + CROP, margin:margin + CROP]
-    while True:
-        region = training_mask(CROP, CROP, rng, ("blobs", "rect", "large"))
-        if 0.1 <= region.mean() <= 0.9:
-            break
+    region = product_region(CROP, rng, ("blobs", "rect", "large"))
     composite = np.where(region[..., None], crop, np.uint8(255))
     return decode_image(encode_image(composite, fmt="jpeg", quality=quality)).rgb, region
 

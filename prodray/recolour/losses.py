@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from prodray.recolour import colour_space
+from prodray.recolour.evaluation import DETAIL_SIGMA
 from prodray.recolour.model import masked_mean
 
-DETAIL_SIGMA, SSIM_SIGMA, SSIM_WINDOW = 2.0, 1.5, 11
+SSIM_SIGMA, SSIM_WINDOW = 1.5, 11
 
 
 def _gaussian(sigma: float, radius: int, like: torch.Tensor) -> torch.Tensor:

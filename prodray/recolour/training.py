@@ -33,6 +33,18 @@ GRID_COLOURS = ("Red", "Navy Blue", "Green", "Yellow", "Black", "White")
 GRID_TILE = 96
 
 
+def product_region(size: int, rng: np.random.Generator, kinds: tuple[str, ...]) -> np.ndarray:
+    """A (size, size) region standing in for a product: one of the repair module's shapes, covering
+    10-90 % of the square (the centre half after 8 misses)."""
+    for _ in range(8):
+        mask = training_mask(size, size, rng, kinds)
+        if 0.1 <= mask.mean() <= 0.9:
+            return mask
+    mask = np.zeros((size, size), bool)
+    mask[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = True
+    return mask
+
+
 class RecolourTraining(ImageToImageTraining):
     name = "recolour"
 
@@ -62,15 +74,7 @@ class RecolourTraining(ImageToImageTraining):
                 torch.from_numpy(index).to(self.device))
 
     def draw_mask(self) -> np.ndarray:
-        """A (P, P) region: one of the repair module's shapes, covering 10-90 % of the crop."""
-        size = self.cfg.data.patch_size
-        for _ in range(8):
-            mask = training_mask(size, size, self.rng, tuple(self.cfg.data.mask_kinds))
-            if 0.1 <= mask.mean() <= 0.9:
-                return mask
-        mask = np.zeros((size, size), bool)
-        mask[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = True
-        return mask
+        return product_region(self.cfg.data.patch_size, self.rng, tuple(self.cfg.data.mask_kinds))
 
     def describe(self) -> str:
         model = self.cfg.model

@@ -23,15 +23,17 @@ from prodray.repair.training import RepairTraining  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-def repair_with(export: str, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    return Repairer.load(export, precision="fp32").repair(image, mask)
+def repair_with(export: str, image: np.ndarray, mask: np.ndarray) -> tuple[str, np.ndarray]:
+    repairer = Repairer.load(export, precision="fp32")
+    return repairer.model_id, repairer.repair(image, mask)
 
 
-def recolour_with(export: str, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    return Recolourer.load(export).recolour(image, parse_colour("Navy Blue")[1], mask)
+def recolour_with(export: str, image: np.ndarray, mask: np.ndarray) -> tuple[str, np.ndarray]:
+    recolourer = Recolourer.load(export)
+    return recolourer.model_id, recolourer.recolour(image, parse_colour("Navy Blue")[1], mask)
 
 
-# kind -> (config class, Training, its overrides, stats every tick must hold, export -> apply)
+# kind -> (config class, Training, its overrides, stats every tick must hold, export -> (model id, applied))
 FAMILIES = {
     "repair": (RepairTrainConfig, RepairTraining, ["model.channels=8", "model.blocks=1"],
                ("loss_hole", "loss_d", "val_psnr_masked"), repair_with),
@@ -89,5 +91,6 @@ def test_ddp_run_checkpoints_resumes_exactly_and_exports(kind, local_ray, images
     image = np.full((40, 40, 3), 200, np.uint8)
     mask = np.zeros((40, 40), bool)
     mask[10:30, 10:30] = True
-    out = apply_export(str(run / "export"), image, mask)
+    model_id, out = apply_export(str(run / "export"), image, mask)
+    assert model_id == exported["model_id"]
     assert np.array_equal(out[~mask], image[~mask])
