@@ -117,27 +117,27 @@ def evaluate_catalog(folder, scale: int, upscalers: dict, seed: int = 0, limit: 
 
 # A damage: (uint8 image, rng) -> (damaged image, JPEG quality its file would carry, or None).
 
-def _jpeg(quality: int):
+def jpeg_damage(quality: int):
     def damage(image: np.ndarray, rng: np.random.Generator):
         decoded = decode_image(encode_image(image, fmt="jpeg", quality=quality))
         return decoded.rgb, decoded.jpeg_quality
     return damage
 
 
-def _noise(sigma: float):
+def noise_damage(sigma: float):
     def damage(image: np.ndarray, rng: np.random.Generator):
         noisy = image.astype(np.float64) + rng.normal(0.0, sigma, image.shape)
         return noisy.round().clip(0, 255).astype(np.uint8), None
     return damage
 
 
-def _blur(sigma: float):
+def blur_damage(sigma: float):
     def damage(image: np.ndarray, rng: np.random.Generator):
         return gaussian_blur(image, sigma), None
     return damage
 
 
-def _chain(*damages):
+def chain_damages(*damages):
     def damage(image: np.ndarray, rng: np.random.Generator):
         quality = None
         for step in damages:
@@ -150,15 +150,15 @@ def _chain(*damages):
 # scale): sigma of noise in grey levels, of blur in input pixels. `chain` is a supplier's worst
 # day: slight blur, sensor noise, saved as JPEG twice.
 STANDARD_SUITE = {
-    "clean": _chain(),
-    "jpeg30": _jpeg(30),
-    "jpeg50": _jpeg(50),
-    "jpeg75": _jpeg(75),
-    "noise5": _noise(5.0),
-    "noise10": _noise(10.0),
-    "blur1.0": _blur(1.0),
-    "blur1.5": _blur(1.5),
-    "chain": _chain(_blur(0.8), _noise(4.0), _jpeg(60), _jpeg(85)),
+    "clean": chain_damages(),
+    "jpeg30": jpeg_damage(30),
+    "jpeg50": jpeg_damage(50),
+    "jpeg75": jpeg_damage(75),
+    "noise5": noise_damage(5.0),
+    "noise10": noise_damage(10.0),
+    "blur1.0": blur_damage(1.0),
+    "blur1.5": blur_damage(1.5),
+    "chain": chain_damages(blur_damage(0.8), noise_damage(4.0), jpeg_damage(60), jpeg_damage(85)),
 }
 SUITES = {"standard": STANDARD_SUITE}
 
@@ -174,13 +174,18 @@ def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
     return to_uint8_hwc(torch.nn.functional.conv2d(padded, kernel[None, None].repeat(3, 1, 1, 1), groups=3)[0])
 
 
+# An original pixel whose darkest channel is below this is product, not a JPEG-disturbed background:
+# "false white" counts every non-255 original pixel made 255, "product whitened" only these.
+PRODUCT_DARKEST = 235
+
+
 class _Tally:
     """Running sums of one (damage, method) cell: per-image means, pooled white-pixel counts."""
 
     def __init__(self):
         self.sums = np.zeros(3)
         self.images = 0
-        self.white = self.white_kept = self.other = self.false_white = 0
+        self.white = self.white_kept = self.other = self.false_white = self.product = self.product_whitened = 0
 
     def add(self, out: np.ndarray, hr: np.ndarray, shave: int) -> None:
         p, s = psnr_ssim_y(out, hr, shave=shave)
@@ -191,12 +196,16 @@ class _Tally:
         self.white_kept += int((was_white & is_white).sum())
         self.other += int((~was_white).sum())
         self.false_white += int((~was_white & is_white).sum())
+        product = hr.min(axis=2) < PRODUCT_DARKEST
+        self.product += int(product.sum())
+        self.product_whitened += int((product & is_white).sum())
 
     def result(self) -> dict:
         p, s, de = self.sums / max(1, self.images)
         return {"psnr_y": round(p, 4), "ssim_y": round(s, 5), "de00": round(de, 4),
                 "white_kept": round(self.white_kept / self.white, 5) if self.white else None,
-                "false_white": round(self.false_white / self.other, 6) if self.other else None}
+                "false_white": round(self.false_white / self.other, 6) if self.other else None,
+                "product_whitened": round(self.product_whitened / self.product, 6) if self.product else None}
 
 
 def _accepts_quality(upscale) -> bool:

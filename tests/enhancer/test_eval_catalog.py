@@ -77,7 +77,7 @@ def test_pure_white_background_stays_255(scale):
 
 
 SUITE_DAMAGES = ("clean", "jpeg30", "jpeg50", "jpeg75", "noise5", "noise10", "blur1.0", "blur1.5", "chain")
-SUITE_METRICS = {"psnr_y", "ssim_y", "de00", "white_kept", "false_white"}
+SUITE_METRICS = {"psnr_y", "ssim_y", "de00", "white_kept", "false_white", "product_whitened"}
 
 
 def test_eval_catalog_suite_json_has_every_damage_method_and_metric(photos, tmp_path):
@@ -96,6 +96,7 @@ def test_eval_catalog_suite_json_has_every_damage_method_and_metric(photos, tmp_
             assert 0 <= scores["white_kept"] <= 1 and 0 <= scores["false_white"] <= 1, (damage, method)
         # The white guard holds through every damage; bicubic has none.
         assert methods["model"]["white_kept"] >= 0.85 and methods["model"]["false_white"] <= 0.01, damage
+        assert methods["model"]["product_whitened"] == 0, damage
     assert result["suite"]["jpeg50"]["bicubic"]["white_kept"] < 0.5
     # `compare` is the same shipped model here: the same figures as `model`.
     assert all(m["compare"] == m["model"] for m in result["suite"].values())

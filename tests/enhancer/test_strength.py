@@ -1,14 +1,22 @@
 """Restoration strength: weight interpolation towards the clean partner, and `auto` from the JPEG
-quality and the noise in the pixels."""
+quality, the block edges and the noise in the pixels."""
 
 import numpy as np
 import pytest
 import torch
 
 from prodray.config import parse_strength
+from prodray.enhancer.evaluation import gaussian_blur
 from prodray.enhancer.inference import Enhancer
 from prodray.enhancer.model import build_enhancer
-from prodray.enhancer.strength import auto_strength, estimate_noise
+from prodray.enhancer.strength import (
+    FULL_AT_BLOCKS,
+    NONE_BELOW_BLOCKS,
+    auto_strength,
+    block_edges,
+    choose_strength,
+    estimate_noise,
+)
 from prodray.io.artifacts import export_model
 from prodray.io.codec import decode_image, encode_image
 
@@ -85,13 +93,43 @@ def test_noise_estimate_reads_the_added_noise(sigma):
     assert 0.6 * sigma <= estimate_noise(noisy) <= 1.4 * sigma
 
 
+def textured_image(size: int = 128) -> np.ndarray:
+    """A product-like surface: the smooth gradient under blurred seeded grain."""
+    grain = np.random.default_rng(0).normal(0, 40, (size, size, 3))
+    return gaussian_blur((smooth_image(size) + grain).clip(0, 255).astype(np.uint8), 1.5)
+
+
+def saved_as_jpeg(image: np.ndarray, *qualities: int) -> tuple[np.ndarray, int]:
+    for quality in qualities:
+        decoded = decode_image(encode_image(image, fmt="jpeg", quality=quality))
+        image = decoded.rgb
+    return image, decoded.jpeg_quality
+
+
 def test_auto_strength_follows_the_jpeg_quality_and_the_noise():
-    image = smooth_image(128)
-    quality_of = {q: decode_image(encode_image(image, fmt="jpeg", quality=q)).jpeg_quality for q in (30, 60, 80, 95)}
-    assert quality_of == {30: 30, 60: 60, 80: 80, 95: 95}
+    assert [choose_strength(q, noise=0.0, blocks=0.0) for q in (30, 60, 75, 90, 95, 100)] == [1, 1, 0.75, 0.5, 0.25, 0]
+    image = textured_image()
     assert auto_strength(image, None) == 0.0
-    assert auto_strength(image, 95) == 0.0
-    assert auto_strength(image, 30) == auto_strength(image, 60) == 1.0
-    assert 0.0 < auto_strength(image, 80) < 1.0
+    assert auto_strength(*saved_as_jpeg(image, 30)) == 1.0
+    assert auto_strength(*saved_as_jpeg(image, 95)) == 0.25
     noisy = (image + np.random.default_rng(0).normal(0, 10, image.shape)).round().clip(0, 255).astype(np.uint8)
     assert auto_strength(noisy, None) == 1.0
+    assert choose_strength(90, noise=3.0, blocks=0.0) > choose_strength(90, noise=0.0, blocks=0.0)
+
+
+def test_block_edges_reveal_a_coarse_save_that_a_fine_one_hides():
+    image = textured_image()
+    assert block_edges(image) < NONE_BELOW_BLOCKS
+    fine, quality = saved_as_jpeg(image, 95)
+    twice, quality_twice = saved_as_jpeg(image, 40, 95)
+    assert quality == quality_twice == 95
+    assert block_edges(fine) < FULL_AT_BLOCKS <= block_edges(twice)
+    assert auto_strength(twice, quality_twice) == 1.0 > auto_strength(fine, quality)
+
+
+def test_a_product_outline_on_the_block_grid_is_not_read_as_jpeg_blocks():
+    """A box shot straight on: long vertical and horizontal edges, all on one phase of the grid."""
+    shot = np.full((128, 128, 3), 255, np.uint8)
+    shot[23:103, 15:111] = textured_image()[23:103, 15:111]
+    assert block_edges(shot) < NONE_BELOW_BLOCKS
+    assert auto_strength(*saved_as_jpeg(shot, 95)) == 0.25
