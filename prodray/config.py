@@ -668,7 +668,8 @@ class ReplicaConfig(Strict):
 class ModelReplicaConfig(ReplicaConfig):
     # max_ongoing_requests stays >= max_batch_size so that a full batch can form.
     max_batch_size: int = Field(8, ge=1, description="requests batched into one model call (1: no batching)")
-    batch_wait_timeout_s: float = Field(0.01, ge=0, description="seconds a batch waits to fill")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, description="seconds a batch waits to fill (the enhancer's "
+                                        "requests skip it while it serves one request at a time)")
 
 
 class GeneratorReplicaConfig(ModelReplicaConfig):

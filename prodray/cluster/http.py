@@ -258,6 +258,13 @@ def timing_headers(**spans: tuple[float, float]) -> dict:
     return {f"x-{name}-ms": f"{(end - start) * 1000:.1f}" for name, (start, end) in spans.items()}
 
 
+def model_timing_headers(result: dict) -> dict:
+    """x-wait-ms (batching and queueing in the model replica) and x-forward-ms (the forward pass),
+    so a client can tell the model's time from Serve's."""
+    return {f"x-{name}-ms": f"{result[f'{name}_s'] * 1000:.1f}" for name in ("wait", "forward")
+            if result.get(f"{name}_s") is not None}
+
+
 def parse_strength_parameter(value: str | None):
     """The `strength` query parameter, parsed, or a 422 naming it."""
     from prodray.config import parse_strength

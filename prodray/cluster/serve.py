@@ -304,7 +304,7 @@ class Ingress:
         start = time.perf_counter()
         image = await asyncio.to_thread(http.decode_upload, data, self.max_bytes, self.max_pixels)
         decoded = time.perf_counter()
-        # x-enhance-ms: batching wait + model + transfer, not decode/encode
+        # x-enhance-ms: the whole model call (x-wait-ms + x-forward-ms + the hops), not decode/encode
         result = await call(self.enhancer.enhance, image.rgb, image.alpha, scale, strength, image.jpeg_quality,
                             self.max_output_pixels)
         enhanced = time.perf_counter()
@@ -315,7 +315,8 @@ class Ingress:
         return Response(payload, media_type=content_type(fmt), headers={
             "x-model-id": result["model_id"], "x-scale": str(result["scale"]), **strength_header,
             **http.timing_headers(decode=(start, decoded), enhance=(decoded, enhanced),
-                             encode=(enhanced, time.perf_counter()))})
+                                  encode=(enhanced, time.perf_counter())),
+            **http.model_timing_headers(result)})
 
 
 def deployment_options(replicas: ReplicaConfig) -> dict:

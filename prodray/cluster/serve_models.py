@@ -9,6 +9,7 @@ weights and no torch.
 import asyncio
 import logging
 import random
+import time
 
 import numpy as np
 from ray import serve
@@ -89,6 +90,15 @@ class EnhancerDeployment(SwappableModel):
     """Holds one loaded Enhancer; `enhance` calls from many requests are batched together."""
 
     default_model = ServeConfig.model_fields["model"].default
+    # A request that finds the model idle, with no sign of concurrent load, runs at once instead of
+    # waiting batch_wait_timeout_s for company (the latency benchmark turns this off to compare).
+    run_alone_when_idle = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._in_model = 0  # enhance requests between batching and their answer
+        self._last_batch = 1  # requests in the last forward: more than one means clients arrive together
+        self._forward_lock = asyncio.Lock()  # one forward at a time: alone or batched, they share the cores
 
     def _batched(self):
         return self._enhance_batch
@@ -121,14 +131,26 @@ class EnhancerDeployment(SwappableModel):
         if max_output_pixels and rgb.shape[0] * rgb.shape[1] * enhancer.scale**2 > max_output_pixels:
             return {"rejected": "too_many_output_pixels", "scale": enhancer.scale}
         chosen = enhancer.strength_for(rgb, jpeg_quality, requested=strength)
-        out, enhancer = await self._enhance_batch((rgb, chosen))
+        queued = time.perf_counter()
+        out, enhancer, (started, forward_s) = await self._batch_or_alone((rgb, chosen))
         if isinstance(out, Exception):
             return {"failed": f"{type(out).__name__}: {out}"[:300], "model_id": enhancer.model_id}
         if alpha is not None:
             from prodray.enhancer.inference import upscale_alpha
             alpha = await asyncio.to_thread(upscale_alpha, alpha, enhancer.scale)
         return {"rgb": out, "alpha": alpha, "model_id": enhancer.model_id, "scale": enhancer.scale,
-                "strength": chosen}
+                "strength": chosen, "wait_s": started - queued, "forward_s": forward_s}
+
+    async def _batch_or_alone(self, request: tuple) -> tuple:
+        """One request through @serve.batch, or at once when no other request is in the model stage
+        and the last forward ran one request: at low load the batch wait only adds latency. After a
+        forward of several, the batch wait lets closed-loop clients, answered together, batch again."""
+        alone = self.run_alone_when_idle and self._in_model == 0 and self._last_batch <= 1
+        self._in_model += 1
+        try:
+            return (await self._enhance_requests([request]))[0] if alone else await self._enhance_batch(request)
+        finally:
+            self._in_model -= 1
 
     async def enhance_ab(self, rgb: np.ndarray, alpha: np.ndarray | None = None, jpeg_quality: int | None = None,
                          max_output_pixels: int | None = None) -> dict:
@@ -160,18 +182,25 @@ class EnhancerDeployment(SwappableModel):
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _enhance_batch(self, requests: list[tuple]) -> list[tuple]:
+        return await self._enhance_requests(requests)
+
+    async def _enhance_requests(self, requests: list[tuple]) -> list[tuple]:
+        """[(rgb, strength)] -> [(enhanced rgb or this image's exception, the Enhancer that ran it,
+        (perf_counter when the forward began, its seconds))]."""
         # One model for the whole batch, even if a swap lands mid-batch. enhance_many runs
         # same-shape images (and tiles) through the network together; the thread keeps this
         # replica's event loop free to queue the next batch and answer health checks.
-        enhancer = self._model
         images, strengths = [r[0] for r in requests], [r[1] for r in requests]
-        try:
-            outputs = await asyncio.to_thread(enhancer.enhance_many, images, strengths)
-        except Exception:  # noqa: BLE001 - one request's image must not fail the others: each alone
-            logger.warning("a batch of %d failed in the model; answering each request alone", len(images))
-            outputs = [await asyncio.to_thread(_enhance_one, enhancer, image, strength)
-                       for image, strength in zip(images, strengths)]
-        return [(out, enhancer) for out in outputs]
+        async with self._forward_lock:
+            enhancer, started, self._last_batch = self._model, time.perf_counter(), len(requests)
+            try:
+                outputs = await asyncio.to_thread(enhancer.enhance_many, images, strengths)
+            except Exception:  # noqa: BLE001 - one request's image must not fail the others: each alone
+                logger.warning("a batch of %d failed in the model; answering each request alone", len(images))
+                outputs = [await asyncio.to_thread(_enhance_one, enhancer, image, strength)
+                           for image, strength in zip(images, strengths)]
+            timing = (started, time.perf_counter() - started)
+        return [(out, enhancer, timing) for out in outputs]
 
 
 def _enhance_one(enhancer, image: np.ndarray, strength):

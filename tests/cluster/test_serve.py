@@ -173,7 +173,7 @@ def test_png_in_png_out_at_twice_the_size(server):
     assert resp.headers["content-type"] == "image/png"
     assert resp.headers["x-model-id"] == server["id_a"]
     assert resp.headers["x-scale"] == "2"
-    for timing in ("x-decode-ms", "x-enhance-ms", "x-encode-ms"):
+    for timing in ("x-decode-ms", "x-enhance-ms", "x-encode-ms", "x-wait-ms", "x-forward-ms"):
         assert float(resp.headers[timing]) >= 0
     im = _decode(resp)
     assert im.format == "PNG" and im.size == (80, 60) and im.mode == "RGB"
@@ -1087,6 +1087,45 @@ def test_one_failing_image_does_not_fail_its_batch_neighbours(server):
     expected, answers = asyncio.run(run())
     assert np.array_equal(answers[0][0], expected[0]) and np.array_equal(answers[2][0], expected[1])
     assert isinstance(answers[1][0], RuntimeError) and "poisoned" in str(answers[1][0])
+
+
+@pytest.mark.parametrize("alone_when_idle", [True, False])
+def test_a_request_that_finds_the_model_idle_skips_the_batch_queue(server, alone_when_idle):
+    """The replica class alone: a request with no other in the model stage (after a forward of one)
+    runs at once; those arriving meanwhile, and a lone one after a forward of several, go through
+    @serve.batch (here a stand-in that records them). Each answer is its own image's, either way."""
+    from prodray.cluster.serve import EnhancerDeployment
+
+    replica = EnhancerDeployment.func_or_class()
+    replica.run_alone_when_idle = alone_when_idle
+    batched = []
+
+    async def through_batch(request):  # @serve.batch needs a replica context; its body does not
+        batched.append(request[0].shape)
+        return (await EnhancerDeployment.func_or_class._enhance_batch.__wrapped__(replica, [request]))[0]
+    replica._enhance_batch = through_batch
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, (8 + i, 10, 3), dtype=np.uint8) for i in range(3)]
+
+    async def run():
+        await replica.reconfigure({"model": server["model_a"]})
+        lone = await replica.enhance(images[0])
+        together = await asyncio.gather(*(replica.enhance(image) for image in images))
+        await replica._enhance_requests([(image, None) for image in images[:2]])  # a forward of two
+        after_two = await replica.enhance(images[2])
+        return lone, together, after_two
+
+    lone, together, after_two = asyncio.run(run())
+    expected = replica._model.enhance_many(images)
+    assert np.array_equal(lone["rgb"], expected[0]) and np.array_equal(after_two["rgb"], expected[2])
+    for answer, image in zip(together, expected):
+        assert np.array_equal(answer["rgb"], image) and answer["wait_s"] >= 0 and answer["forward_s"] >= 0
+    shapes = [image.shape for image in images]
+    if alone_when_idle:
+        assert batched == shapes[1:] + [shapes[2]]  # the first of the three found it idle
+    else:
+        assert batched == [shapes[0]] + shapes + [shapes[2]]
+    assert replica._in_model == 0
 
 
 def test_a_restoration_model_answers_with_the_strength_it_chose(server, tmp_path):
