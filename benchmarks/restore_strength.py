@@ -7,7 +7,7 @@ estimate), with bicubic beside, on the damages of the catalog suite (prodray eva
 strength there (the claim: within 0.2 dB on every JPEG level).
 
     .venv/bin/python benchmarks/restore_strength.py [--model restore-x2] \\
-        [--data ../shared/data/grocery-store/val] [--limit 30] [--threads 1]
+        [--data ../shared/data/grocery-store/val] [--limit 30] [--skip 0] [--threads 1]
 """
 
 import argparse
@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--model", default="restore-x2")
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/grocery-store/val"))
     parser.add_argument("--limit", type=int, default=30)
+    parser.add_argument("--skip", type=int, default=0, help="leave out the first N images")
     parser.add_argument("--damages", default=",".join(STANDARD_SUITE))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", help="also write the full result here")
@@ -47,7 +48,8 @@ def main() -> None:
     if not enhancer.restores:
         parser.error(f"{args.model} has no clean partner: not a restoration model")
     methods = upscalers(enhancer)
-    result = evaluate_suite(args.data, enhancer.scale, methods, limit=args.limit, only=args.damages.split(","))
+    result = evaluate_suite(args.data, enhancer.scale, methods, limit=args.limit, only=args.damages.split(","),
+                             skip=args.skip)
     fixed = [f"s{v:g}" for v in STRENGTHS]
     print(f"{enhancer.model_id} x{enhancer.scale}, {result['images']} images of {args.data}; PSNR-Y dB")
     print(f"{'damage':<9}" + "".join(f"{m:>9}" for m in methods) + f"{'best':>7}{'auto gap':>10}")

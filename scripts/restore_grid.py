@@ -7,15 +7,13 @@ Tiles are crops at full resolution, so JPEG blocks and noise stay visible.
         --out docs/restore-grid.jpg [--images 3,11,25,60] [--damages jpeg30,jpeg50,noise10,chain]
 """
 
-import argparse
-from pathlib import Path
-
 import numpy as np
+from card_grid import grid_parser, indices, write_grid
 
 from prodray.enhancer.evaluation import STANDARD_SUITE, bicubic_upscale, list_images
 from prodray.enhancer.inference import Enhancer
-from prodray.io.codec import decode_image, encode_image
-from prodray.io.images import image_grid, imresize_uint8
+from prodray.io.codec import decode_image
+from prodray.io.images import imresize_uint8
 
 
 def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
@@ -24,11 +22,7 @@ def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--model", default="restore-x2")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--images", default="3,11,25,60", help="indices into the sorted image list")
+    parser = grid_parser(__doc__, model="restore-x2", images="3,11,25,60")
     parser.add_argument("--damages", default="jpeg30,jpeg50,noise10,chain", help="one suite damage per row")
     parser.add_argument("--crop", type=int, default=192, help="tile size in output pixels")
     args = parser.parse_args()
@@ -37,7 +31,7 @@ def main() -> None:
         parser.error(f"{args.model} has no clean partner: not a restoration model")
     scale, numbers = restore.scale, {name: number for number, name in enumerate(STANDARD_SUITE)}
     rows = []
-    for index, damage in zip((int(i) for i in args.images.split(",")), args.damages.split(",")):
+    for index, damage in zip(indices(args.images), args.damages.split(",")):
         original = decode_image(paths[index].read_bytes()).rgb
         height, width = original.shape[0] - original.shape[0] % scale, original.shape[1] - original.shape[1] % scale
         original = original[:height, :width]
@@ -49,7 +43,7 @@ def main() -> None:
         rows.append([centre_crop(tile, args.crop) for tile in tiles])
         print(f"{paths[index].name}: {damage}, file quality {quality}, strength "
               f"{restore.strength_for(damaged, quality)}")
-    Path(args.out).write_bytes(encode_image(image_grid(rows), fmt="jpeg", quality=92))
+    write_grid(rows, args.out, quality=92)
     print(f"wrote {args.out}")
 
 

@@ -216,17 +216,18 @@ def _accepts_quality(upscale) -> bool:
 
 
 def evaluate_suite(folder, scale: int, upscalers: dict, suite: str = "standard", seed: int = 0,
-                   limit: int = 50, log=None, only: list[str] | None = None) -> dict:
+                   limit: int = 50, log=None, only: list[str] | None = None, skip: int = 0) -> dict:
     """Every image of `folder`, downscaled by `scale` (MATLAB bicubic), then damaged each way of the
     suite (seeded per image and damage; `only` some of them), restored by each upscaler and scored
     against the original: PSNR-Y / SSIM-Y (`scale` pixels shaved), mean CIEDE2000, and the pure-white
-    pixels kept / made. An upscaler with a `jpeg_quality` parameter is told the damaged file's quality."""
+    pixels kept / made. An upscaler with a `jpeg_quality` parameter is told the damaged file's quality.
+    `skip` leaves out the first images (each image keeps its seeds)."""
     numbers = {name: number for number, name in enumerate(SUITES[suite])}  # seeds stay per damage under `only`
     damages = {name: SUITES[suite][name] for name in (only or SUITES[suite])}
     informed = {name for name, upscale in upscalers.items() if _accepts_quality(upscale)}
-    paths = list_images(folder)[:limit]
+    paths = list_images(folder)[skip:skip + limit]
     tallies = {damage: {name: _Tally() for name in upscalers} for damage in damages}
-    for index, path in enumerate(paths):
+    for index, path in enumerate(paths, start=skip):
         hr = decode_image(path.read_bytes()).rgb
         hr = hr[:hr.shape[0] - hr.shape[0] % scale, :hr.shape[1] - hr.shape[1] % scale]
         clean = imresize_uint8(hr, 1.0 / scale) if scale > 1 else hr
@@ -236,6 +237,6 @@ def evaluate_suite(folder, scale: int, upscalers: dict, suite: str = "standard",
                 out = upscale(lr, scale, jpeg_quality=quality) if name in informed else upscale(lr, scale)
                 tallies[damage][name].add(out, hr, shave=scale)
         if log:
-            log(f"{index + 1}/{len(paths)} images scored")
+            log(f"{index + 1 - skip}/{len(paths)} images scored")
     return {"images": len(paths), "scale": scale, "suite_name": suite, "seed": seed,
             "suite": {damage: {name: t.result() for name, t in row.items()} for damage, row in tallies.items()}}

@@ -72,16 +72,19 @@ def block_edges(rgb: np.ndarray) -> float:
     return float(np.mean(excess))
 
 
-def choose_strength(jpeg_quality: int | None, noise: float, blocks: float) -> float:
-    """The strength for an image's measurements, on the STEP grid. Block edges count only in JPEG
-    files: downscaled camera photos carry some at random. A JPEG save hides part of the noise from
-    the estimate, so compression and noise add instead of the larger one winning."""
+def choose_strength(jpeg_quality: int | None, noise: float, blocks: float,
+                    blocks_range: tuple = (NONE_BELOW_BLOCKS, FULL_AT_BLOCKS),
+                    noise_range: tuple = (NONE_BELOW_NOISE, FULL_AT_NOISE)) -> float:
+    """The strength for an image's measurements, on the STEP grid (the ranges: none below, full at;
+    other values only for calibration). Block edges count only in JPEG files: downscaled camera
+    photos carry some at random. A JPEG save hides part of the noise from the estimate, so
+    compression and noise add instead of the larger one winning."""
     compression = 0.0
     if jpeg_quality is not None:
         points, strengths = zip(*QUALITY_POINTS)
         compression = max(float(np.interp(jpeg_quality, points, strengths)),
-                          _ramp(blocks, FULL_AT_BLOCKS, NONE_BELOW_BLOCKS))
-    return snap(min(1.0, compression + _ramp(noise, FULL_AT_NOISE, NONE_BELOW_NOISE)))
+                          _ramp(blocks, blocks_range[1], blocks_range[0]))
+    return snap(min(1.0, compression + _ramp(noise, noise_range[1], noise_range[0])))
 
 
 def auto_strength(rgb: np.ndarray, jpeg_quality: int | None) -> float:
