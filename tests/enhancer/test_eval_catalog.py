@@ -128,3 +128,13 @@ def test_eval_suite_tells_quality_aware_upscalers_the_file_quality(photos):
         return bicubic_upscale(lr, scale)
     evaluate_suite(photos, 2, {"informed": informed}, limit=1)
     assert seen == {None: 5, 30: 1, 50: 1, 75: 1, 85: 1}
+
+
+def test_eval_suite_skip_scores_the_later_images_with_their_own_seeds(photos):
+    from prodray.enhancer.evaluation import bicubic_upscale, evaluate_suite
+    upscalers, only = {"bicubic": bicubic_upscale}, ["noise5"]
+    both = evaluate_suite(photos, 2, upscalers, limit=2, only=only)["suite"]["noise5"]["bicubic"]["psnr_y"]
+    first = evaluate_suite(photos, 2, upscalers, limit=1, only=only)["suite"]["noise5"]["bicubic"]["psnr_y"]
+    second = evaluate_suite(photos, 2, upscalers, limit=1, skip=1, only=only)
+    assert second["images"] == 1 and second["suite"]["noise5"]["bicubic"]["psnr_y"] != first
+    assert abs((first + second["suite"]["noise5"]["bicubic"]["psnr_y"]) / 2 - both) < 1e-3
