@@ -79,9 +79,10 @@ def report(path: str) -> None:
 
 
 def fit(path: str) -> None:
-    """The block and noise ranges with the best worst-case gap to the best fixed strength (blur left
-    out: `auto` has no blur measure), then the best mean gap; prints the five best."""
-    by_damage = {damage: records for damage, records in read_records(path).items() if not damage.startswith("blur")}
+    """The block and noise ranges with the best worst-case gap to the best fixed strength (blur alone
+    left out: `auto` has no blur measure), then the best mean gap; prints the five best."""
+    by_damage = {damage: records for damage, records in read_records(path).items() if "+" in damage
+                 or not damage.startswith("blur")}
     best_fixed = {damage: max(fixed_psnr(records).values()) for damage, records in by_damage.items()}
     scored = []
     for blocks_range in itertools.combinations((0.0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.16, 0.2, 0.25, 0.3), 2):

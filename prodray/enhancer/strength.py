@@ -19,10 +19,10 @@ import torch.nn.functional as F
 STEP = 0.25  # strengths are rounded to this grid, so `auto` batches share a few weight sets
 # The file's JPEG quality -> strength, linear between the points.
 QUALITY_POINTS = ((60, 1.0), (75, 0.75), (90, 0.5), (95, 0.25), (100, 0.0))
-NONE_BELOW_BLOCKS, FULL_AT_BLOCKS = 0.08, 0.10  # block_edges of a JPEG file
+NONE_BELOW_BLOCKS, FULL_AT_BLOCKS = 0.06, 0.08  # block_edges of a JPEG file
 STEP_CLIP = 8.0  # grey levels: a block edge is a small step; texture edges must not outweigh it
 STEP_FLOOR = 1.0  # grey levels added to the typical step: smooth gradients and flat white have almost none
-NONE_BELOW_NOISE, FULL_AT_NOISE = 1.4, 5.0  # estimated noise sigma in grey levels
+NONE_BELOW_NOISE, FULL_AT_NOISE = 1.2, 5.5  # estimated noise sigma in grey levels
 
 
 def _ramp(value: float, full_at: float, none_at: float) -> float:
