@@ -348,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (sr, catalog_eval):
         command.add_argument("--model", help="export folder, s3:// URI or shipped name (default: shipped)")
         command.add_argument("--data", required=True)
-        command.add_argument("--scale", type=int, default=2, choices=[2, 4])
+        command.add_argument("--scale", type=int, default=2, choices=[1, 2, 4] if command is catalog_eval else [2, 4],
+                             help="1: same-size restoration (restore-x1)" if command is catalog_eval else None)
         command.add_argument("--device", default="cpu")
         command.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
         command.add_argument("--json", action="store_true")

@@ -47,6 +47,7 @@ class EnhancerModelConfig(Strict):
     scale: Literal[1, 2, 4] = 2
     channels: int = Field(48, ge=4, le=512)
     blocks: int = Field(8, ge=1, le=64)
+    unshuffle: Literal[1, 2, 4] = 1  # fold u x u input pixels into channels: the body runs on 1/u^2 of them
 
 
 class DegradationConfig(Strict):

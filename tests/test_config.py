@@ -76,6 +76,8 @@ def test_wrong_type_is_named():
         load_config(EnhancerTrainConfig, overrides=[*BASE, "data.batch_size=lots"])
     with pytest.raises(ConfigError, match=r"model\.scale"):
         load_config(EnhancerTrainConfig, overrides=[*BASE, "model.scale=3"])
+    with pytest.raises(ConfigError, match=r"model\.unshuffle"):
+        load_config(EnhancerTrainConfig, overrides=[*BASE, "model.unshuffle=3"])
 
 
 def test_missing_sources_is_named():

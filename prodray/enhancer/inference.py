@@ -13,7 +13,7 @@ import torch
 
 from prodray.config import parse_strength
 from prodray.enhancer.model import build_enhancer
-from prodray.enhancer.strength import StrengthModels, auto_strength, snap
+from prodray.enhancer.strength import StrengthModels, auto_strength, identity_partner, snap
 from prodray.enhancer.white import keep_white
 from prodray.io.artifacts import load_export, shipped_name_of
 from prodray.io.images import from_uint8_hwc, imresize_uint8
@@ -54,7 +54,12 @@ class Enhancer:
         self.config = config
         self.scale = int(config["scale"])
         self.model_id = config.get("model_id", "unknown")
-        self.tile, self.pad, self.max_batch = tile, pad, max_batch
+        # `pad` counts the body's pixels: a folded (unshuffled) body sees u times further, and tiles
+        # must start on the fold's grid.
+        fold = getattr(model, "unshuffle", 1)
+        if tile % fold:
+            raise ValueError(f"tile {tile} must be a multiple of the model's unshuffle {fold}")
+        self.tile, self.pad, self.max_batch = tile, pad * fold, max_batch
         self.self_ensemble = self_ensemble
         self.strengths = None
         if clean_model is not None:
@@ -68,8 +73,11 @@ class Enhancer:
     def load(cls, reference: str, device: str = "cpu", clean: str | None = None, **kwargs) -> "Enhancer":
         """`clean`: the partner for strength; by default the shipped model this one was trained from."""
         model, config = load_export(reference, build_enhancer)
-        clean = clean or shipped_name_of(config.get("init_model_id"))
-        clean_model = load_export(clean, build_enhancer)[0] if clean else None
+        if int(config["scale"]) == 1 and not clean:
+            clean_model = identity_partner(model)  # strength 0 at the same size: the input unchanged
+        else:
+            clean = clean or shipped_name_of(config.get("init_model_id"))
+            clean_model = load_export(clean, build_enhancer)[0] if clean else None
         return cls(model, config, device=device, clean_model=clean_model, **kwargs)
 
     @property

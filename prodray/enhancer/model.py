@@ -25,20 +25,26 @@ class ResidualPixelShuffleNet(nn.Module):
     """Features at LR resolution, PixelShuffle upsampling, plus a bilinear global skip.
 
     The global skip means the body learns only the missing detail, which trains much
-    faster on small compute than predicting the whole image.
+    faster on small compute than predicting the whole image. `unshuffle` folds each u x u block
+    of input pixels into channels first (Real-ESRGAN does this at x1 and x2), so the body runs on
+    1/u^2 of the pixels with a u times wider view; the output is unfolded back by the upsampler.
     """
 
-    def __init__(self, scale: int = 2, channels: int = 48, blocks: int = 8, res_scale: float = 1.0):
+    def __init__(self, scale: int = 2, channels: int = 48, blocks: int = 8, res_scale: float = 1.0,
+                 unshuffle: int = 1):
         super().__init__()
         if scale not in (1, 2, 3, 4):
             raise ValueError(f"scale must be 1, 2, 3 or 4, got {scale}")
-        self.scale = scale
-        self.head = nn.Conv2d(3, channels, 3, padding=1)
+        if unshuffle not in (1, 2, 4):
+            raise ValueError(f"unshuffle must be 1, 2 or 4, got {unshuffle}")
+        self.scale, self.unshuffle = scale, unshuffle
+        self.head = nn.Conv2d(3 * unshuffle * unshuffle, channels, 3, padding=1)
         self.body = nn.Sequential(*[ResidualBlock(channels, res_scale) for _ in range(blocks)])
         self.body_tail = nn.Conv2d(channels, channels, 3, padding=1)
+        out_factor = scale * unshuffle
         self.upsample = nn.Sequential(
-            nn.Conv2d(channels, 3 * scale * scale, 3, padding=1),
-            nn.PixelShuffle(scale),
+            nn.Conv2d(channels, 3 * out_factor * out_factor, 3, padding=1),
+            nn.PixelShuffle(out_factor),
         )
         # Start as "bilinear upscaling": the residual branch outputs ~0 at init.
         nn.init.zeros_(self.upsample[0].weight)
@@ -46,9 +52,15 @@ class ResidualPixelShuffleNet(nn.Module):
 
     def forward(self, x):
         # x: (B, 3, H, W) in [0, 1] -> (B, 3, H*s, W*s) in [0, 1] (not clamped: losses see raw values)
-        features = self.head(x - 0.5)
+        height, width = x.shape[-2:]
+        folded = x - 0.5
+        if self.unshuffle > 1:
+            u = self.unshuffle
+            folded = F.pad(folded, (0, -width % u, 0, -height % u), mode="replicate")
+            folded = F.pixel_unshuffle(folded, u)
+        features = self.head(folded)
         features = features + self.body_tail(self.body(features))
-        detail = self.upsample(features)
+        detail = self.upsample(features)[..., :height * self.scale, :width * self.scale]
         if self.scale == 1:
             base = x
         else:
@@ -56,12 +68,12 @@ class ResidualPixelShuffleNet(nn.Module):
         return base + detail
 
     def flops_per_input_pixel(self) -> int:
-        """Multiply-adds x 2 per input (LR) pixel: every layer here is a 3x3 conv at LR size."""
+        """Multiply-adds x 2 per input (LR) pixel: every layer is a 3x3 conv on the (folded) input."""
         total = 0
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 total += 2 * module.in_channels * module.out_channels * module.kernel_size[0] * module.kernel_size[1]
-        return total
+        return total // (self.unshuffle * self.unshuffle)
 
 
 ARCHS = {
@@ -78,4 +90,5 @@ def build_model(arch: str, **kwargs):
 
 def build_enhancer(config: dict) -> nn.Module:
     """The network an enhancer config (or an export's config.json) describes."""
-    return build_model(config["arch"], scale=config["scale"], channels=config["channels"], blocks=config["blocks"])
+    return build_model(config["arch"], scale=config["scale"], channels=config["channels"], blocks=config["blocks"],
+                       unshuffle=config.get("unshuffle", 1))

@@ -25,7 +25,7 @@ from prodray.io.codec import decode_image, encode_image
 from prodray.io.images import from_uint8_hwc, image_grid, imresize_uint8, to_uint8_hwc
 from prodray.training import count_parameters, make_ema, set_lr
 
-INIT_MODEL_FIELDS = ("arch", "scale", "channels", "blocks")  # what an init model must share with model.*
+INIT_MODEL_FIELDS = ("arch", "scale", "channels", "blocks", "unshuffle")  # what an init model must share with model.*
 
 
 def read_init_model(reference: str, field: str, model: EnhancerModelConfig) -> dict:
@@ -36,6 +36,7 @@ def read_init_model(reference: str, field: str, model: EnhancerModelConfig) -> d
         init = json.loads(storage.get_bytes(config_uri))
     except (FileNotFoundError, OSError) as exc:
         raise ConfigError(f"config field {field}: {exc}") from None
+    init = {"unshuffle": 1, **init}  # exports from before `unshuffle` existed
     for name in INIT_MODEL_FIELDS:
         if init.get(name) != getattr(model, name):
             raise ConfigError(f"config field model.{name}: {getattr(model, name)!r} differs from the "

@@ -154,9 +154,9 @@ def test_training_pool_holds_each_image_at_every_hr_scale_that_fits_the_patch():
     assert np.array_equal(pool[0], large) and np.array_equal(pool[1], imresize_uint8(large, 0.5))
 
 
-def _trained_like_model(scale=2):
+def _trained_like_model(scale=2, unshuffle=1):
     torch.manual_seed(0)
-    model = build_model("rpsnet", scale=scale, channels=8, blocks=2)
+    model = build_model("rpsnet", scale=scale, channels=8, blocks=2, unshuffle=unshuffle)
     for parameter in model.parameters():  # non-trivial weights: the zero-initialised tail too
         torch.nn.init.normal_(parameter, std=0.05)
     return model
@@ -171,6 +171,23 @@ def test_tiled_output_equals_whole_image_output():
     whole = Enhancer(model, config, tile=512).enhance(smooth).rgb
     tiled = Enhancer(model, config, tile=48, pad=24).enhance(smooth).rgb
     assert whole.shape == tiled.shape == (300, 340, 3)
+    assert np.abs(whole.astype(int) - tiled.astype(int)).max() <= 1
+
+
+def test_a_folded_same_size_model_starts_as_the_identity_and_tiles_like_the_whole_image():
+    """unshuffle 2: the body sees 2x2-folded pixels, so its view (and the tiles' context) is twice as
+    wide in image pixels, and odd sizes are padded to the fold and cropped back."""
+    untrained = build_model("rpsnet", scale=1, channels=8, blocks=2, unshuffle=2)
+    image = torch.rand(1, 3, 37, 41)
+    assert torch.equal(untrained(image), image)
+    model = _trained_like_model(scale=1, unshuffle=2)
+    config = {**SMALL, "scale": 1, "blocks": 2, "unshuffle": 2}
+    yy, xx = np.mgrid[0:151, 0:171]
+    smooth = np.stack([(yy + xx) * 0.7, 128 + 60 * np.sin(xx / 20), 200 - yy * 0.5],
+                      axis=2).clip(0, 255).astype(np.uint8)
+    whole = Enhancer(model, config, tile=512).enhance(smooth).rgb
+    tiled = Enhancer(model, config, tile=48, pad=7).enhance(smooth).rgb
+    assert whole.shape == tiled.shape == (151, 171, 3)
     assert np.abs(whole.astype(int) - tiled.astype(int)).max() <= 1
 
 

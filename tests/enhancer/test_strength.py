@@ -85,6 +85,24 @@ def test_a_restoration_export_finds_its_shipped_clean_partner(tmp_path):
     assert np.array_equal(restore.enhance(image).rgb, shipped.enhance(image).rgb)
 
 
+def test_a_same_size_restoration_model_at_strength_0_returns_the_input(tmp_path):
+    """A scale-1 model's partner is itself with the last layer zeroed: strength s adds s x its detail."""
+    torch.manual_seed(2)
+    model = build_enhancer({**CONFIG, "scale": 1, "unshuffle": 2})
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    export = str(tmp_path / "restore-same-size")
+    export_model(export, "enhancer", model, {**CONFIG, "scale": 1, "unshuffle": 2, "model_id": "restore-x1-test"})
+    image = textured_image(48)
+    restore = Enhancer.load(export, precision="fp32")
+    at = {s: restore.enhance_many([image], [s])[0].astype(float) for s in (0.0, 0.5, 1.0)}
+    assert restore.restores and np.array_equal(at[0.0], image)
+    assert np.abs(at[1.0] - image).mean() > 2
+    unclipped = (at[1.0] > 0) & (at[1.0] < 255)
+    assert unclipped.mean() > 0.9 and np.abs(at[0.5] - (image + at[1.0]) / 2)[unclipped].max() <= 1
+
+
 @pytest.mark.parametrize("sigma", [3.0, 6.0, 12.0])
 def test_noise_estimate_reads_the_added_noise(sigma):
     rng = np.random.default_rng(int(sigma))
