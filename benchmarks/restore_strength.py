@@ -18,13 +18,12 @@ import torch
 
 from prodray.enhancer.evaluation import STANDARD_SUITE, bicubic_upscale, evaluate_suite
 from prodray.enhancer.inference import Enhancer
-
-STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+from prodray.enhancer.strength import GRID
 
 
 def upscalers(enhancer: Enhancer) -> dict:
     methods = {"bicubic": bicubic_upscale}
-    for strength in STRENGTHS:
+    for strength in GRID:
         methods[f"s{strength:g}"] = lambda lr, s, v=strength: enhancer.enhance_many([lr], [v])[0]
 
     def auto(lr, s, jpeg_quality=None):
@@ -50,7 +49,7 @@ def main() -> None:
     methods = upscalers(enhancer)
     result = evaluate_suite(args.data, enhancer.scale, methods, limit=args.limit, only=args.damages.split(","),
                              skip=args.skip)
-    fixed = [f"s{v:g}" for v in STRENGTHS]
+    fixed = [f"s{v:g}" for v in GRID]
     print(f"{enhancer.model_id} x{enhancer.scale}, {result['images']} images of {args.data}; PSNR-Y dB")
     print(f"{'damage':<9}" + "".join(f"{m:>9}" for m in methods) + f"{'best':>7}{'auto gap':>10}")
     for damage, row in result["suite"].items():

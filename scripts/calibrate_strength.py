@@ -24,12 +24,10 @@ import torch
 
 from prodray.enhancer.evaluation import blur_damage, chain_damages, jpeg_damage, list_images, noise_damage
 from prodray.enhancer.inference import Enhancer
-from prodray.enhancer.strength import block_edges, choose_strength, estimate_noise
+from prodray.enhancer.strength import GRID, block_edges, choose_strength, estimate_noise
 from prodray.io.codec import decode_image
 from prodray.io.images import imresize_uint8
 from prodray.metrics import psnr_ssim_y
-
-STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def damage_grid() -> dict:
@@ -64,11 +62,11 @@ def auto_psnr(records: list, **ranges) -> tuple[float, list]:
 
 
 def fixed_psnr(records: list) -> dict:
-    return {f"{s:g}": sum(r["psnr"][f"{s:g}"] for r in records) / len(records) for s in STRENGTHS}
+    return {f"{s:g}": sum(r["psnr"][f"{s:g}"] for r in records) / len(records) for s in GRID}
 
 
 def report(path: str) -> None:
-    print(f"{'damage':<34}{'images':>7}" + "".join(f"{'s' + format(s, 'g'):>8}" for s in STRENGTHS)
+    print(f"{'damage':<34}{'images':>7}" + "".join(f"{'s' + format(s, 'g'):>8}" for s in GRID)
           + f"{'auto':>8}{'best':>6}{'gap':>7}  auto's choices")
     for damage, records in read_records(path).items():
         fixed = fixed_psnr(records)
@@ -127,7 +125,7 @@ def main() -> None:
             for number, (damage, apply) in enumerate(grid.items()):
                 lr, quality = apply(clean, np.random.default_rng([1, args.skip + index, number]))
                 psnr = {f"{s:g}": psnr_ssim_y(enhancer.enhance_many([lr], [s])[0], hr, shave=scale)[0]
-                        for s in STRENGTHS}
+                        for s in GRID}
                 out.write(json.dumps({"image": path.name, "damage": damage, "quality": quality,
                                       "noise": estimate_noise(lr), "blocks": block_edges(lr), "psnr": psnr}) + "\n")
             out.flush()

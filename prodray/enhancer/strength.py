@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 STEP = 0.25  # strengths are rounded to this grid, so `auto` batches share a few weight sets
+GRID = tuple(i * STEP for i in range(round(1 / STEP) + 1))  # every strength a model runs at
 # The file's JPEG quality -> strength, linear between the points.
 QUALITY_POINTS = ((60, 1.0), (75, 0.75), (90, 0.5), (95, 0.25), (100, 0.0))
 NONE_BELOW_BLOCKS, FULL_AT_BLOCKS = 0.06, 0.08  # block_edges of a JPEG file
