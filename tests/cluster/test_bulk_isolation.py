@@ -99,6 +99,38 @@ def test_auto_strength_is_chosen_per_image_and_recorded(tmp_path):
     assert all("/x2-png-q90-sauto/" in key for key in result["output_key"])
 
 
+def test_a_same_size_restoration_model_writes_same_size_results_and_leaves_clean_inputs_alone(tmp_path):
+    """A scale-1 model (as restore-x1): strength auto gives a clean PNG strength 0, which is the input
+    unchanged, and a JPEG q30 full strength."""
+    from prodray.enhancer.model import build_enhancer
+    from prodray.io.artifacts import export_model
+    from prodray.io.codec import decode_image
+    config = {"arch": "rpsnet", "scale": 1, "channels": 8, "blocks": 1, "unshuffle": 2, "kind": "enhancer"}
+    torch.manual_seed(0)
+    model = build_enhancer(config)
+    torch.nn.init.normal_(model.upsample[0].weight, std=0.05)
+    export_model(str(tmp_path / "restore-x1"), "enhancer", model, {**config, "model_id": "restore-x1-test"})
+    inputs, output = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    yy, xx = np.mgrid[0:40, 0:30]
+    image = np.stack([yy * 5, xx * 7, yy + xx], axis=2).astype(np.uint8)
+    Image.fromarray(image).save(inputs / "low.jpg", quality=30)
+    Image.fromarray(image).save(inputs / "clean.png")
+    names = ["low.jpg", "clean.png"]
+    batch = fetch_and_decode({"uri": [str(inputs / n) for n in names], "key": names, "etag": ["e", "e"],
+                              "size": [(inputs / n).stat().st_size for n in names]}, max_bytes=10**7, max_pixels=10**7)
+    bulk = BulkConfig(input=str(inputs), output=str(output), model=str(tmp_path / "restore-x1"), scale=1,
+                      strength="auto")
+    result = EnhanceWriter(bulk.model, bulk)(batch)
+    assert result["status"] == ["ok", "ok"] and result["strength"] == [1.0, 0.0]
+    assert all("/x1-png-q90-sauto/" in key for key in result["output_key"])
+    written = {name: decode_image((output / key).read_bytes()).rgb for name, key in zip(names, result["output_key"])}
+    assert written["clean.png"].shape == written["low.jpg"].shape == image.shape
+    assert np.array_equal(written["clean.png"], image)
+    low = decode_image((inputs / "low.jpg").read_bytes()).rgb
+    assert not np.array_equal(written["low.jpg"], low)
+
+
 def test_a_strength_for_a_model_without_a_clean_partner_fails_before_work(tmp_path):
     import pytest
 
