@@ -73,8 +73,8 @@ def cmd_catalog_sample(args) -> None:
 def _upscalers(model_ref: str, scale: int, device: str, self_ensemble: bool = False, precision: str = "auto",
                strength=None):
     from prodray.enhancer.evaluation import bicubic_upscale, unsharp_mask
-    from prodray.enhancer.inference import Enhancer
-    enhancer = Enhancer.load(model_ref or f"enhancer-x{scale}", device=device, self_ensemble=self_ensemble,
+    from prodray.enhancer.inference import Enhancer, default_model
+    enhancer = Enhancer.load(model_ref or default_model(scale), device=device, self_ensemble=self_ensemble,
                              precision=precision, strength=strength)
     if enhancer.scale != scale:
         raise ValueError(f"model {enhancer.model_id} is x{enhancer.scale}, but --scale is {scale}")

@@ -530,8 +530,9 @@ class BulkConfig(Strict):
                                    "comma-separated vocabulary names (any case) or #rrggbb; one result per "
                                    "image and colour (repeats count once)")
     model: Optional[str] = Field(None, description="export folder, s3:// URI or shipped name "
-                                 "(default: the shipped enhancer-x<scale>; for repair, the shipped repair; "
-                                 "for recolour, the shipped recolour; baseline: the classical Lab shift)")
+                                 "(default: the shipped enhancer-x<scale>, at scale 1 restore-x1; for repair, the "
+                                 "shipped repair; for recolour, the shipped recolour; baseline: the classical Lab "
+                                 "shift)")
     scale: Literal[1, 2, 4] = Field(2, description="upscaling factor; must be the model's (repair: 1)")
     format: OutputFormat = Field("png", description="output image format")
     quality: int = Field(90, ge=1, le=100, description="JPEG/WebP quality, 1-100")

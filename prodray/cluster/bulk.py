@@ -327,14 +327,15 @@ def _resolved(value):
 
 
 WRITERS = {"enhance": EnhanceWriter, "repair": RepairWriter, "recolour": RecolourWriter}
-DEFAULT_MODELS = {"repair": "repair", "recolour": "recolour"}  # enhance: enhancer-x<scale>
+DEFAULT_MODELS = {"repair": "repair", "recolour": "recolour"}  # enhance: default_model(scale)
 
 
 # ---------------------------------------------------------------- driver
 
 def resolve_model(config: BulkConfig) -> tuple[str, dict]:
+    from prodray.enhancer.inference import default_model
     from prodray.io.artifacts import resolve_export, shipped_name_of
-    reference = config.model or DEFAULT_MODELS.get(config.task, f"enhancer-x{config.scale}")
+    reference = config.model or DEFAULT_MODELS.get(config.task) or default_model(config.scale)
     if config.task == "recolour":
         from prodray.recolour.inference import BASELINE, BaselineRecolourer
         if reference == BASELINE:  # no export: the classical Lab shift
@@ -350,7 +351,8 @@ def resolve_model(config: BulkConfig) -> tuple[str, dict]:
         return reference, exported
     if int(exported["scale"]) != config.scale:
         raise ValueError(f"model {exported.get('model_id')} is x{exported['scale']}, but --scale is {config.scale}")
-    if config.strength is not None and not shipped_name_of(exported.get("init_model_id")):
+    # A same-size model's partner is itself (the input unchanged); larger ones need their clean model.
+    if config.strength is not None and config.scale != 1 and not shipped_name_of(exported.get("init_model_id")):
         raise ValueError(f"--strength {config.strength}: model {exported.get('model_id')} is not a restoration "
                          "model with a shipped clean partner")
     return reference, exported

@@ -36,6 +36,11 @@ def _axis_tiles(length: int, tile: int, pad: int):
     return spans
 
 
+def default_model(scale: int) -> str:
+    """The shipped model for a scale: same size is restoration; x2 / x4 the clean enhancers."""
+    return "restore-x1" if scale == 1 else f"enhancer-x{scale}"
+
+
 class Enhancer:
     """An enhancer network ready for inference on uint8 images.
 

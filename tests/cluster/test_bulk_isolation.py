@@ -121,6 +121,8 @@ def test_a_same_size_restoration_model_writes_same_size_results_and_leaves_clean
                               "size": [(inputs / n).stat().st_size for n in names]}, max_bytes=10**7, max_pixels=10**7)
     bulk = BulkConfig(input=str(inputs), output=str(output), model=str(tmp_path / "restore-x1"), scale=1,
                       strength="auto")
+    from prodray.cluster.bulk import resolve_model
+    assert resolve_model(bulk)[1]["scale"] == 1  # the driver's check before work accepts a strength
     result = EnhanceWriter(bulk.model, bulk)(batch)
     assert result["status"] == ["ok", "ok"] and result["strength"] == [1.0, 0.0]
     assert all("/x1-png-q90-sauto/" in key for key in result["output_key"])
