@@ -18,11 +18,18 @@ body fetched back from the proxy, FastAPI, the response); handle call = model ca
 replica other = model replica - wait - forward; added = client time - forward. Medians are per
 part, so they need not add up to the median total.
 
+`--direct-ingress` starts its Ray with RAY_SERVE_ENABLE_DIRECT_INGRESS=1 (Ray Serve's experimental
+direct ingress, a cluster-wide flag read when each process imports Serve): each app's ingress replica
+then also serves HTTP itself on a port of its own (30000-31000, bound to Serve's http host, 127.0.0.1
+here), while the proxy still runs. Each variant is then measured both ways, interleaved: `NAME` through
+the proxy and `NAME DI` straight to the ingress replica's port.
+
 `--clients N` (> 1) then runs N closed-loop clients for `--duration` s per variant (images/s), and
 `--compute` times the forward alone in this process: batches of 1, 4 and 8 at `--size` and 256 px,
 to tell whether batching pays on this machine.
 
     .venv/bin/python benchmarks/serve_latency.py [--requests 150] [--size 16] [--clients 4] [--compute]
+        [--direct-ingress] [--variants default,unbatched]
 """
 
 import argparse
@@ -31,9 +38,11 @@ import io
 import json
 import os
 import re
+import socket
 import statistics
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -93,15 +102,17 @@ def variants(model: str, threads: int) -> dict:
             "unbatched": app(EnhancerDeployment, config(max_batch_size=1))}
 
 
-def sequential(port: int, names: list[str], body: bytes, requests: int, warmup: int) -> dict:
-    """name -> [(client ms, response headers)] of `requests` rotated single requests."""
-    conns = {name: http.client.HTTPConnection("127.0.0.1", port, timeout=120) for name in names}
+def sequential(routes: dict, body: bytes, requests: int, warmup: int) -> dict:
+    """label -> [(client ms, response headers)] of `requests` rotated single requests; routes: label ->
+    (port, path prefix)."""
+    names = list(routes)
+    conns = {name: http.client.HTTPConnection("127.0.0.1", routes[name][0], timeout=120) for name in names}
     out = {name: [] for name in names}
     for index in range(warmup + requests):
         order = names[index % len(names):] + names[:index % len(names)]
         for name in order:
             time.sleep(PAUSE_S)
-            result = post(conns[name], f"/{name}/v1/enhance", body)
+            result = post(conns[name], f"{routes[name][1]}/v1/enhance", body)
             if index >= warmup:
                 out[name].append(result)
     for conn in conns.values():
@@ -135,14 +146,14 @@ def breakdown(total: float, headers: dict, logged: dict) -> dict:
             "wait": h["wait"], "forward": h["forward"], "added": total - h["forward"]}
 
 
-def closed_loop(port: int, name: str, body: bytes, clients: int, duration: float) -> dict:
+def closed_loop(route: tuple[int, str], body: bytes, clients: int, duration: float) -> dict:
     done, lock = [0], threading.Lock()
     deadline = time.perf_counter() + duration
 
     def run():
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        conn = http.client.HTTPConnection("127.0.0.1", route[0], timeout=300)
         while time.perf_counter() < deadline:
-            post(conn, f"/{name}/v1/enhance", body)
+            post(conn, f"{route[1]}/v1/enhance", body)
             with lock:
                 done[0] += 1
         conn.close()
@@ -154,6 +165,27 @@ def closed_loop(port: int, name: str, body: bytes, clients: int, duration: float
     for t in threads:
         t.join()
     return {"completed": done[0], "images_per_s": done[0] / (time.perf_counter() - start)}
+
+
+def direct_ports(names: list[str]) -> dict:
+    """app name -> the HTTP port its ingress replica serves on itself (direct ingress)."""
+    from prodray.cluster.serve import direct_ingress_urls
+
+    return {name: urllib.parse.urlsplit(direct_ingress_urls(name)[0]).port for name in names}
+
+
+def listening(port: int) -> list[str]:
+    """The addresses this machine listens on at TCP `port` (from /proc/net/tcp, tcp6)."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:
+                raw = bytes.fromhex(address)
+                words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                found.append(socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, words))
+    return found
 
 
 def compute(model: str, sizes: list[int], threads: int, seconds: float = 3.0) -> dict:
@@ -188,7 +220,16 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=0, help="> 1: closed-loop clients per variant after")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per closed-loop variant")
     parser.add_argument("--compute", action="store_true", help="also time batch 1/4/8 forwards in this process")
+    parser.add_argument("--direct-ingress", action="store_true",
+                        help="start Ray with RAY_SERVE_ENABLE_DIRECT_INGRESS=1 and measure each variant through "
+                        "the proxy and straight to its ingress replica, side by side")
+    parser.add_argument("--variants", default="always-batched,default,unbatched",
+                        help="comma-separated subset of the variants")
     args = parser.parse_args()
+    if args.direct_ingress:
+        # Read by each Ray process when it imports Serve: set before Ray starts, so the controller,
+        # proxy and replicas (children of this process's raylet) all see it.
+        os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
 
     import ray
     from ray import serve
@@ -201,18 +242,27 @@ def main() -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     body = png(args.size, 0)
     try:
-        apps = variants(args.model, args.threads)
+        wanted = args.variants.split(",")
+        apps = {name: app for name, app in variants(args.model, args.threads).items() if name in wanted}
         for name, app in apps.items():
             serve.run(app, name=name, route_prefix=f"/{name}")
-        names = list(apps)
-        measured = sequential(port, names, body, args.requests, args.warmup)
+        routes = {name: (port, f"/{name}") for name in apps}
+        if args.direct_ingress:
+            result["direct_ports"] = direct_ports(list(apps))
+            result["direct_listening"] = {name: listening(p) for name, p in result["direct_ports"].items()}
+            if any(addr != ["127.0.0.1"] for addr in result["direct_listening"].values()):
+                raise RuntimeError(f"direct ingress not on 127.0.0.1 only: {result['direct_listening']}")
+            for name in apps:
+                routes[f"{name} DI"] = (result["direct_ports"][name], f"/{name}")
+        names = list(routes)
+        measured = sequential(routes, body, args.requests, args.warmup)
         time.sleep(2)  # access logs are written as they happen; let the last lines land
         logged = serve_logs(session)
         result["loadavg_sequential"] = open("/proc/loadavg").read().split()[:3]
         result["sequential"] = {name: summary([breakdown(ms, h, logged.get(h.get("x-request-id"), {}))
                                                 for ms, h in rows]) for name, rows in measured.items()}
         if args.clients > 1:
-            result["closed_loop"] = {name: closed_loop(port, name, body, args.clients, args.duration)
+            result["closed_loop"] = {name: closed_loop(routes[name], body, args.clients, args.duration)
                                      for name in names}
     finally:
         serve.shutdown()
@@ -236,6 +286,9 @@ def report(r: dict) -> None:
     print(f"\n{a['size']}x{a['size']} PNG -> /v1/enhance, model {a['model']}, {a['requests']} sequential requests "
           f"per variant after {a['warmup']} warm-up, {a['threads']} OMP threads, nproc {os.cpu_count()}, "
           f"loadavg {' '.join(r['loadavg_start'])} -> {' '.join(r['loadavg_end'])}")
+    if "direct_ports" in r:
+        print("direct ingress (RAY_SERVE_ENABLE_DIRECT_INGRESS=1): ingress replicas listen on",
+              ", ".join(f"{n} {r['direct_listening'][n]}:{p}" for n, p in r["direct_ports"].items()))
     names = list(r["sequential"])
     print(f"{'p50 ms (mean)':16}" + "".join(f"{n:>22}" for n in names))
     for part in PARTS:

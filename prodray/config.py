@@ -759,6 +759,12 @@ class ServeJobConfig(ServeConfig):
     timeout: float = Field(300.0, gt=0, description="seconds to wait for /healthz to answer")
     request_timeout_s: float = Field(120.0, gt=0, description="Serve's proxy answers 408 to a request still "
                                      "unanswered after this many seconds")
+    direct_ingress: bool = Field(
+        False, description="also serve straight from each ingress replica, on a port of its own (30000-30999, "
+        "bound to --host like the proxy), skipping the proxy hop (Ray Serve's experimental direct ingress, "
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS=1; figures in BENCHMARKS.md). Cluster-wide: it takes effect "
+        "on a Ray this job starts itself, or one whose `ray start` had that variable set; the job fails otherwise. "
+        "The proxy on --port keeps answering; an ingress replica that stops drains for 30 s first")
 
     def app_config(self) -> ServeConfig:
         return ServeConfig(**self.model_dump(include=set(ServeConfig.model_fields)))

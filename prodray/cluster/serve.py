@@ -371,6 +371,32 @@ def app_builder(args: dict) -> Application:
 app = build_app()
 
 
+def direct_ingress_urls(app_name: str, host: str = "127.0.0.1", timeout: float = 60.0) -> list[str]:
+    """The URLs at which `app_name`'s ingress replicas answer themselves (Ray Serve's direct ingress,
+    RAY_SERVE_ENABLE_DIRECT_INGRESS=1 on the cluster), one per running replica. The replicas bind
+    Serve's http host; `host` is where to reach them (the controller reports the node's IP, not the
+    bound address). Raises RuntimeError when the cluster has no direct ingress for the app."""
+    import ray
+    from ray.serve._private.common import RequestProtocol
+    from ray.serve.context import _get_global_client
+
+    controller = _get_global_client()._controller
+    proxy_port = ray.get(controller.get_http_config.remote()).port
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    deadline = time.monotonic() + timeout
+    while True:
+        for group in ray.get(controller.get_target_groups.remote(app_name)):
+            # Without direct ingress (or before a replica runs) the controller answers the proxies.
+            ports = [target.port for target in group.targets if target.port != proxy_port]
+            if group.protocol == RequestProtocol.HTTP and group.app_name == app_name and ports:
+                prefix = "" if group.route_prefix == "/" else group.route_prefix
+                return [f"http://{host}:{port}{prefix}" for port in ports]
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no direct ingress for {app_name!r}: was the cluster started with "
+                               "RAY_SERVE_ENABLE_DIRECT_INGRESS=1?")
+        time.sleep(1)
+
+
 def deploy(config: ServeJobConfig) -> str:
     """Start Serve on config.host:port, run the app as "prodray" at /, wait for /healthz; -> its URL.
     Serve's controller is detached, so the app outlives the job that deployed it."""

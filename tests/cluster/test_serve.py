@@ -117,6 +117,14 @@ def _start_local_ray(ray, attempts: int = 3) -> None:
                 raise
 
 
+def _direct_url() -> str:
+    """The prodray app's ingress replica's own URL (direct ingress); it changes when the replica does."""
+    from prodray.cluster.serve import direct_ingress_urls
+
+    (url,) = direct_ingress_urls("prodray")
+    return url
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     import ray
@@ -134,6 +142,12 @@ def server(tmp_path_factory):
     recolourer, recolour_id = _export_recolourer(root / "recolour")
     assert id_a != id_b and gen_id_a != gen_id_b
     port = free_port()
+    # PRODRAY_TEST_DIRECT_INGRESS=1: the same tests against Ray Serve's direct ingress (ServeJobConfig.
+    # direct_ingress), straight to the ingress replica's own port instead of through the proxy.
+    direct = os.environ.get("PRODRAY_TEST_DIRECT_INGRESS") == "1"
+    saved_flag = os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS")
+    if direct:
+        os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"  # inherited by the Ray started here
     _start_local_ray(ray)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -143,7 +157,10 @@ def server(tmp_path_factory):
                              repair=repairer, repair_replicas=ONE_REPLICA,
                              recolour=recolourer, recolour_replicas=ONE_REPLICA)
         serve.run(build_app(config), name="prodray", route_prefix="/")
-        yield {"url": f"http://127.0.0.1:{port}", "votes": root / "votes",
+        proxy_url = f"http://127.0.0.1:{port}"
+        url = _direct_url() if direct else proxy_url
+        assert url != proxy_url or not direct
+        yield {"url": url, "proxy_url": proxy_url, "direct": direct, "votes": root / "votes",
                "model_a": model_a, "id_a": id_a, "model_b": model_b, "id_b": id_b,
                "gen_a": gen_a, "gen_id_a": gen_id_a, "gen_b": gen_b, "gen_id_b": gen_id_b,
                "repair": repairer, "repair_id": repair_id, "recolour_id": recolour_id}
@@ -152,6 +169,10 @@ def server(tmp_path_factory):
             serve.shutdown()
         finally:
             ray.shutdown()
+            if saved_flag is None:
+                os.environ.pop("RAY_SERVE_ENABLE_DIRECT_INGRESS", None)
+            else:
+                os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = saved_flag
 
 
 def _post(server, data: bytes, params=None, **kw) -> requests.Response:
@@ -1228,6 +1249,7 @@ def test_enhancer_overload_gives_json_503(server):
     from prodray.cluster.serve import build_app
     from prodray.config import ServeConfig
 
+    server = {**server, "url": server["proxy_url"]}  # another app: the proxy routes to it, a replica's own port not
     tight = {**ONE_REPLICA, "max_ongoing_requests": 1, "max_queued_requests": 1}
     wide = {**INGRESS_REPLICAS, "max_ongoing_requests": 32, "max_queued_requests": 32}
     config = ServeConfig(model=server["model_a"], generator="none", repair="none", recolour="none", max_bytes=MAX_BYTES,
@@ -1310,6 +1332,8 @@ def test_serve_deploy_config_reconfigures_in_place(server):
 
     client = _get_global_client()
     client.deploy_apps(config(server["model_a"], server["gen_a"]), _blocking=True)  # a code change: full rollout
+    if server["direct"]:
+        server["url"] = _direct_url()  # a new ingress replica, on a port of its own
     _wait_for_model(server, server["id_a"])
     _wait_for_model(server, server["gen_id_a"], index=1)
 
@@ -1479,6 +1503,28 @@ def test_a_model_call_that_never_answers_is_a_504_after_the_timeout():
     with pytest.raises(http.Refused) as refused:
         asyncio.run(call(Stuck, 1, timeout_s=0.2))
     assert refused.value.status == 504 and refused.value.body["error"] == "model_timeout"
+
+
+def test_direct_ingress_is_opt_in_and_set_before_ray_starts(monkeypatch):
+    """ServeJobConfig.direct_ingress (off by default) sets Ray Serve's cluster-wide flag before the job
+    starts or joins Ray, and the job then names the replicas' own URLs."""
+    import importlib.util
+
+    from prodray.cluster import serve as serve_module
+    from prodray.config import ServeJobConfig
+    assert ServeJobConfig().direct_ingress is False
+
+    spec = importlib.util.spec_from_file_location("serve_job", ROOT / "jobs" / "serve.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    seen = {}
+    monkeypatch.delenv("RAY_SERVE_ENABLE_DIRECT_INGRESS", raising=False)
+    monkeypatch.setattr(job, "connect_ray",
+                        lambda: seen.setdefault("flag", os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS")))
+    monkeypatch.setattr(serve_module, "deploy", lambda config: "http://127.0.0.1:8000")
+    monkeypatch.setattr(serve_module, "direct_ingress_urls", lambda app, host: ["http://127.0.0.1:30000"])
+    job.main(["--direct-ingress", "--generator", "none"])
+    assert seen["flag"] == "1"
 
 
 def test_serve_job_passes_the_request_timeout_to_serve():
