@@ -162,14 +162,17 @@ def _trained_like_model(scale=2, unshuffle=1):
     return model
 
 
-def test_tiled_output_equals_whole_image_output():
-    model = _trained_like_model()
-    config = {**SMALL, "scale": 2, "blocks": 2}
-    yy, xx = np.mgrid[0:150, 0:170]
+def _whole_and_tiled(model, config, height: int, width: int, pad: int):
+    """A smooth image through the model whole and in 48 px tiles with `pad` context."""
+    yy, xx = np.mgrid[0:height, 0:width]
     smooth = np.stack([(yy + xx) * 0.7, 128 + 60 * np.sin(xx / 20), 200 - yy * 0.5],
                       axis=2).clip(0, 255).astype(np.uint8)
     whole = Enhancer(model, config, tile=512).enhance(smooth).rgb
-    tiled = Enhancer(model, config, tile=48, pad=24).enhance(smooth).rgb
+    return whole, Enhancer(model, config, tile=48, pad=pad).enhance(smooth).rgb
+
+
+def test_tiled_output_equals_whole_image_output():
+    whole, tiled = _whole_and_tiled(_trained_like_model(), {**SMALL, "scale": 2, "blocks": 2}, 150, 170, pad=24)
     assert whole.shape == tiled.shape == (300, 340, 3)
     assert np.abs(whole.astype(int) - tiled.astype(int)).max() <= 1
 
@@ -180,13 +183,8 @@ def test_a_folded_same_size_model_starts_as_the_identity_and_tiles_like_the_whol
     untrained = build_model("rpsnet", scale=1, channels=8, blocks=2, unshuffle=2)
     image = torch.rand(1, 3, 37, 41)
     assert torch.equal(untrained(image), image)
-    model = _trained_like_model(scale=1, unshuffle=2)
     config = {**SMALL, "scale": 1, "blocks": 2, "unshuffle": 2}
-    yy, xx = np.mgrid[0:151, 0:171]
-    smooth = np.stack([(yy + xx) * 0.7, 128 + 60 * np.sin(xx / 20), 200 - yy * 0.5],
-                      axis=2).clip(0, 255).astype(np.uint8)
-    whole = Enhancer(model, config, tile=512).enhance(smooth).rgb
-    tiled = Enhancer(model, config, tile=48, pad=7).enhance(smooth).rgb
+    whole, tiled = _whole_and_tiled(_trained_like_model(scale=1, unshuffle=2), config, 151, 171, pad=7)
     assert whole.shape == tiled.shape == (151, 171, 3)
     assert np.abs(whole.astype(int) - tiled.astype(int)).max() <= 1
 
