@@ -333,8 +333,8 @@ DEFAULT_MODELS = {"repair": "repair", "recolour": "recolour"}  # enhance: defaul
 # ---------------------------------------------------------------- driver
 
 def resolve_model(config: BulkConfig) -> tuple[str, dict]:
-    from prodray.enhancer.inference import default_model
-    from prodray.io.artifacts import resolve_export, shipped_name_of
+    from prodray.enhancer.inference import default_model, runs_at_a_strength
+    from prodray.io.artifacts import resolve_export
     reference = config.model or DEFAULT_MODELS.get(config.task) or default_model(config.scale)
     if config.task == "recolour":
         from prodray.recolour.inference import BASELINE, BaselineRecolourer
@@ -351,8 +351,7 @@ def resolve_model(config: BulkConfig) -> tuple[str, dict]:
         return reference, exported
     if int(exported["scale"]) != config.scale:
         raise ValueError(f"model {exported.get('model_id')} is x{exported['scale']}, but --scale is {config.scale}")
-    # A same-size model's partner is itself (the input unchanged); larger ones need their clean model.
-    if config.strength is not None and config.scale != 1 and not shipped_name_of(exported.get("init_model_id")):
+    if config.strength is not None and not runs_at_a_strength(exported):
         raise ValueError(f"--strength {config.strength}: model {exported.get('model_id')} is not a restoration "
                          "model with a shipped clean partner")
     return reference, exported

@@ -41,6 +41,12 @@ def default_model(scale: int) -> str:
     return "restore-x1" if scale == 1 else f"enhancer-x{scale}"
 
 
+def runs_at_a_strength(config: dict) -> bool:
+    """Whether an export has a clean partner for strength: a same-size model is its own (the input
+    unchanged), a larger one the shipped model it was trained from."""
+    return int(config["scale"]) == 1 or bool(shipped_name_of(config.get("init_model_id")))
+
+
 class Enhancer:
     """An enhancer network ready for inference on uint8 images.
 

@@ -46,7 +46,10 @@ class ResidualPixelShuffleNet(nn.Module):
             nn.Conv2d(channels, 3 * out_factor * out_factor, 3, padding=1),
             nn.PixelShuffle(out_factor),
         )
-        # Start as "bilinear upscaling": the residual branch outputs ~0 at init.
+        self.zero_detail()  # start as "bilinear upscaling" (the identity at scale 1)
+
+    def zero_detail(self) -> None:
+        """Zero the last layer: the network then returns its global skip, whatever the body computes."""
         nn.init.zeros_(self.upsample[0].weight)
         nn.init.zeros_(self.upsample[0].bias)
 

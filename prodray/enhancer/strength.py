@@ -102,8 +102,7 @@ def identity_partner(model: torch.nn.Module) -> torch.nn.Module:
     """A same-size (scale 1) model's clean partner: the same network with its last layer zeroed, which
     returns the input unchanged. Only that layer differs, so strength s outputs input + s * detail."""
     partner = copy.deepcopy(model)
-    torch.nn.init.zeros_(partner.upsample[0].weight)
-    torch.nn.init.zeros_(partner.upsample[0].bias)
+    partner.zero_detail()
     return partner
 
 
