@@ -97,6 +97,21 @@ def _strength(value: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _count(least: int):
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+        if number < least:
+            raise argparse.ArgumentTypeError(f"{number} is below {least}")
+        return number
+    return parse
+
+
+_non_negative, _positive = _count(0), _count(1)
+
+
 def cmd_eval_sr(args) -> None:
     from prodray.enhancer.evaluation import evaluate_sr
     enhancer, upscalers = _upscalers(args.model, args.scale, args.device, args.self_ensemble, args.precision)
@@ -115,7 +130,7 @@ def cmd_eval_sr(args) -> None:
 
 
 def cmd_eval_catalog(args) -> None:
-    from prodray.enhancer.evaluation import evaluate_catalog, evaluate_suite
+    from prodray.enhancer.evaluation import default_reference_downscale, evaluate_catalog, evaluate_suite
     enhancer, upscalers = _upscalers(args.model, args.scale, args.device, args.self_ensemble, args.precision,
                                      args.strength)
     if args.suite:
@@ -124,7 +139,9 @@ def cmd_eval_catalog(args) -> None:
             compared, compare_upscalers = _upscalers(args.compare, args.scale, args.device, args.self_ensemble,
                                                      args.precision, args.compare_strength)
             upscalers["compare"] = compare_upscalers["model"]
+        downscale = args.reference_downscale or default_reference_downscale(args.scale)
         result = evaluate_suite(args.data, args.scale, upscalers, args.suite, seed=args.seed, limit=args.limit,
+                                skip=args.skip, reference_downscale=downscale,
                                 log=lambda msg: print(msg, file=sys.stderr, flush=True))
         if args.compare:
             result["compare_id"] = compared.model_id
@@ -357,6 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
                              help="average the model over the 8 flips/turns of each input (8x the compute)")
     catalog_eval.add_argument("--seed", type=int, default=0)
     catalog_eval.add_argument("--limit", type=int, default=50)
+    catalog_eval.add_argument("--skip", type=_non_negative, default=0,
+                              help="with --suite: leave out the first N images (the rest keep their seeds)")
+    catalog_eval.add_argument("--reference-downscale", type=_positive, metavar="N",
+                              help="with --suite: score against the original downscaled by N, so that its own "
+                                   "JPEG blocking is not taken as truth (default: 2 at --scale 1, else 1)")
     catalog_eval.add_argument("--suite", choices=["standard"],
                               help="score every damage of the suite (clean, jpeg30/50/75, noise5/10, blur1.0/1.5, "
                                    "chain) instead of the single noise + JPEG q75 damage")

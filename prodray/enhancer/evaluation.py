@@ -215,21 +215,39 @@ def _accepts_quality(upscale) -> bool:
         return False
 
 
+def reference_image(original: np.ndarray, downscale: int, scale: int) -> np.ndarray:
+    """The image a method is scored against: the original, first downscaled by `downscale` (MATLAB
+    bicubic) when its own compression must not count as truth, cropped to a multiple of `scale`."""
+    if downscale > 1:
+        original = original[:original.shape[0] - original.shape[0] % downscale,
+                            :original.shape[1] - original.shape[1] % downscale]
+        original = imresize_uint8(original, 1.0 / downscale)
+    return original[:original.shape[0] - original.shape[0] % scale, :original.shape[1] - original.shape[1] % scale]
+
+
+def default_reference_downscale(scale: int) -> int:
+    """Same-size restoration is scored against the original halved: photos arrive as JPEGs, and a
+    model that removes the original's own 8x8 blocking must not be scored as damaging it. Upscalers
+    see a downscaled input, which has no such grid, so the original itself is their reference."""
+    return 2 if scale == 1 else 1
+
+
 def evaluate_suite(folder, scale: int, upscalers: dict, suite: str = "standard", seed: int = 0,
-                   limit: int = 50, log=None, only: list[str] | None = None, skip: int = 0) -> dict:
-    """Every image of `folder`, downscaled by `scale` (MATLAB bicubic), then damaged each way of the
-    suite (seeded per image and damage; `only` some of them), restored by each upscaler and scored
-    against the original: PSNR-Y / SSIM-Y (`scale` pixels shaved), mean CIEDE2000, and the pure-white
-    pixels kept / made. An upscaler with a `jpeg_quality` parameter is told the damaged file's quality.
-    `skip` leaves out the first images (each image keeps its seeds)."""
+                   limit: int = 50, log=None, only: list[str] | None = None, skip: int = 0,
+                   reference_downscale: int = 1) -> dict:
+    """Every image of `folder` (made a reference by `reference_image`), downscaled by `scale` (MATLAB
+    bicubic), then damaged each way of the suite (seeded per image and damage; `only` some of them),
+    restored by each upscaler and scored against the reference: PSNR-Y / SSIM-Y (`scale` pixels
+    shaved), mean CIEDE2000, and the pure-white pixels kept / made. An upscaler with a `jpeg_quality`
+    parameter is told the damaged file's quality. `skip` leaves out the first images (each image
+    keeps its seeds)."""
     numbers = {name: number for number, name in enumerate(SUITES[suite])}  # seeds stay per damage under `only`
     damages = {name: SUITES[suite][name] for name in (only or SUITES[suite])}
     informed = {name for name, upscale in upscalers.items() if _accepts_quality(upscale)}
     paths = list_images(folder)[skip:skip + limit]
     tallies = {damage: {name: _Tally() for name in upscalers} for damage in damages}
     for index, path in enumerate(paths, start=skip):
-        hr = decode_image(path.read_bytes()).rgb
-        hr = hr[:hr.shape[0] - hr.shape[0] % scale, :hr.shape[1] - hr.shape[1] % scale]
+        hr = reference_image(decode_image(path.read_bytes()).rgb, reference_downscale, scale)
         clean = imresize_uint8(hr, 1.0 / scale) if scale > 1 else hr
         for damage, apply in damages.items():
             lr, quality = apply(clean, np.random.default_rng([seed, index, numbers[damage]]))
@@ -238,5 +256,6 @@ def evaluate_suite(folder, scale: int, upscalers: dict, suite: str = "standard",
                 tallies[damage][name].add(out, hr, shave=scale)
         if log:
             log(f"{index + 1 - skip}/{len(paths)} images scored")
-    return {"images": len(paths), "scale": scale, "suite_name": suite, "seed": seed,
+    return {"images": len(paths), "scale": scale, "suite_name": suite, "seed": seed, "skip": skip,
+            "reference_downscale": reference_downscale,
             "suite": {damage: {name: t.result() for name, t in row.items()} for damage, row in tallies.items()}}

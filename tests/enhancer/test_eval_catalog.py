@@ -138,3 +138,33 @@ def test_eval_suite_skip_scores_the_later_images_with_their_own_seeds(photos):
     second = evaluate_suite(photos, 2, upscalers, limit=1, skip=1, only=only)
     assert second["images"] == 1 and second["suite"]["noise5"]["bicubic"]["psnr_y"] != first
     assert abs((first + second["suite"]["noise5"]["bicubic"]["psnr_y"]) / 2 - both) < 1e-3
+
+
+def test_same_size_suite_does_not_take_the_originals_own_jpeg_as_truth(tmp_path):
+    """A q75 JPEG original saved again at q75 is nearly itself: scored against that original, doing
+    nothing looks perfect and removing its blocking looks like damage. Against the original halved,
+    the second save is real damage and the identity is scored as such."""
+    import io
+
+    from prodray.enhancer.evaluation import default_reference_downscale, evaluate_suite, reference_image
+    buffer = io.BytesIO()
+    Image.fromarray(product_photo(size=128, seed=5)).save(buffer, format="JPEG", quality=75)
+    (tmp_path / "supplier.jpg").write_bytes(buffer.getvalue())
+    identity = {"input": lambda lr, scale: lr}
+
+    def jpeg75(downscale):
+        result = evaluate_suite(tmp_path, 1, identity, limit=1, only=["jpeg75"], reference_downscale=downscale)
+        assert result["reference_downscale"] == downscale
+        return result["suite"]["jpeg75"]["input"]["psnr_y"]
+    assert jpeg75(1) > jpeg75(2) + 8
+    assert default_reference_downscale(1) == 2 and default_reference_downscale(2) == 1
+    original = np.asarray(Image.open(tmp_path / "supplier.jpg").convert("RGB"))
+    assert reference_image(original[:127, :125], 2, 1).shape == (63, 62, 3)
+    assert reference_image(original[:127, :125], 1, 4).shape == (124, 124, 3)
+
+
+@pytest.mark.parametrize("flag,value", [("--reference-downscale", "0"), ("--skip", "-1"), ("--skip", "x")])
+def test_eval_catalog_rejects_bad_counts_before_any_work(photos, flag, value):
+    completed = subprocess.run([sys.executable, "-m", "prodray.cli", "eval", "catalog", "--data", str(photos),
+                                "--suite", "standard", flag, value], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 2 and flag in completed.stderr, completed.stderr[-1000:]
