@@ -153,11 +153,7 @@ class EnhancerTrainConfig(Strict):
         return self
 
     def _resolved_update(self) -> dict:
-        """Local paths made absolute (workers run elsewhere) and checked to exist, in the driver."""
-        data = self.data.model_copy(update={
-            "sources": [resolve_local(s, f"data.sources[{i}]") for i, s in enumerate(self.data.sources)],
-            "val_folder": resolve_local(self.data.val_folder, "data.val_folder") if self.data.val_folder else None})
-        return {"data": data, "run": self.run.resolved()}
+        return {"data": resolved_photo_data(self.data), "run": self.run.resolved()}
 
     def resolved(self):
         update = self._resolved_update()
@@ -178,6 +174,14 @@ class AdversarialTrainConfig(EnhancerTrainConfig):
         vgg = resolve_local(adv.vgg19_weights, "adversarial.vgg19_weights") if adv.vgg19_weights else None
         return self.model_copy(update={**self._resolved_update(), "adversarial": adv.model_copy(update={
             "init_from": resolve_model(adv.init_from, "adversarial.init_from"), "vgg19_weights": vgg})})
+
+
+def resolved_photo_data(data):
+    """A photo family's data section with its local paths made absolute (workers run elsewhere) and
+    checked to exist, in the driver."""
+    return data.model_copy(update={
+        "sources": [resolve_local(s, f"data.sources[{i}]") for i, s in enumerate(data.sources)],
+        "val_folder": resolve_local(data.val_folder, "data.val_folder") if data.val_folder else None})
 
 
 def resolve_model(reference: str, field: str) -> str:
@@ -314,9 +318,7 @@ class RepairTrainConfig(Strict):
         return self
 
     def resolved(self):
-        data = self.data.model_copy(update={
-            "sources": [resolve_local(s, f"data.sources[{i}]") for i, s in enumerate(self.data.sources)],
-            "val_folder": resolve_local(self.data.val_folder, "data.val_folder") if self.data.val_folder else None})
+        data = resolved_photo_data(self.data)
         loss = self.loss.model_copy(update={"vgg19_weights": resolve_local(
             self.loss.vgg19_weights, "loss.vgg19_weights") if self.loss.vgg19_weights else None})
         return self.model_copy(update={"data": data, "loss": loss, "run": self.run.resolved()})
@@ -384,10 +386,7 @@ class RecolourTrainConfig(Strict):
         return self
 
     def resolved(self):
-        data = self.data.model_copy(update={
-            "sources": [resolve_local(s, f"data.sources[{i}]") for i, s in enumerate(self.data.sources)],
-            "val_folder": resolve_local(self.data.val_folder, "data.val_folder") if self.data.val_folder else None})
-        return self.model_copy(update={"data": data, "run": self.run.resolved()})
+        return self.model_copy(update={"data": resolved_photo_data(self.data), "run": self.run.resolved()})
 
 
 # ---------------------------------------------------------------- loading
