@@ -213,21 +213,15 @@ class Ingress:
         if self.repairer is None:
             raise http.Refused(404, "no_repair_model", "this deployment serves no repair model")
         data, mask_field = await http.read_repair_upload(request, self.max_bytes)
-        start = time.perf_counter()
-        image = await asyncio.to_thread(http.decode_upload, data, self.max_bytes, self.max_pixels)
-        mask = await asyncio.to_thread(http.parse_repair_mask, mask_field, image.rgb.shape[:2], self.max_bytes)
+        image, mask, start = await self._decode_with_mask(data, mask_field)
         decoded = time.perf_counter()
         result = await call(self.repairer.repair, image.rgb, mask)
         repaired = time.perf_counter()
         if result.get("failed"):
             raise http.Refused(500, "repair_failed", result["failed"])
-        http.check_fits_format(*result["rgb"].shape[:2], fmt)
-        answer = {"rgb": result["rgb"], "alpha": image.alpha, "scale": 1}
-        payload = await asyncio.to_thread(http.encode_enhanced, answer, image, fmt, quality)
-        return Response(payload, media_type=content_type(fmt), headers={
-            "x-model-id": result["model_id"], "x-repaired-pixels": str(int(mask.sum())),
-            **http.timing_headers(decode=(start, decoded), repair=(decoded, repaired),
-                             encode=(repaired, time.perf_counter()))})
+        return await self._same_size_response(result["rgb"], image, fmt, quality, {
+            "x-model-id": result["model_id"], "x-repaired-pixels": str(int(mask.sum()))},
+            decode=(start, decoded), repair=(decoded, repaired))
 
     @api.post("/v1/recolour")
     async def recolour(
@@ -244,12 +238,7 @@ class Ingress:
             raise http.Refused(404, "no_recolour_model", "this deployment serves no recolouring model")
         fields = await http.read_image_upload(request, self.max_bytes, ("image", "colour"), ("mask",))
         name, target = http.parse_colour_field(fields.get("colour"))
-        start = time.perf_counter()
-        image = await asyncio.to_thread(http.decode_upload, fields["image"], self.max_bytes, self.max_pixels)
-        mask = None
-        if "mask" in fields:
-            mask = await asyncio.to_thread(http.parse_repair_mask, fields["mask"], image.rgb.shape[:2],
-                                           self.max_bytes)
+        image, mask, start = await self._decode_with_mask(fields["image"], fields.get("mask"))
         decoded = time.perf_counter()
         result = await call(self.recolourer.recolour, image.rgb, image.alpha, mask, target)
         recoloured = time.perf_counter()
@@ -257,12 +246,29 @@ class Ingress:
             raise http.Refused(422, result["refused"], "no product was found on a plain background; send a mask")
         if result.get("failed"):
             raise http.Refused(500, "recolour_failed", result["failed"])
-        answer = {"rgb": result["rgb"], "alpha": image.alpha, "scale": 1}
-        payload = await asyncio.to_thread(http.encode_enhanced, answer, image, fmt, quality)
+        return await self._same_size_response(result["rgb"], image, fmt, quality, {
+            "x-model-id": result["model_id"], "x-colour": name, "x-product-pixels": str(result["product_pixels"])},
+            decode=(start, decoded), recolour=(decoded, recoloured))
+
+    async def _decode_with_mask(self, data: bytes, mask_field):
+        """The upload and its optional mask (None when not sent), decoded under the limits; and
+        when decoding started."""
+        start = time.perf_counter()
+        image = await asyncio.to_thread(http.decode_upload, data, self.max_bytes, self.max_pixels)
+        mask = None
+        if mask_field is not None:
+            mask = await asyncio.to_thread(http.parse_repair_mask, mask_field, image.rgb.shape[:2], self.max_bytes)
+        return image, mask, start
+
+    async def _same_size_response(self, rgb, image, fmt: str, quality: int, headers: dict, **steps) -> Response:
+        """An edit the size of the upload, encoded as asked (with the upload's alpha), its timings
+        (`steps`: name -> (start, end)) and encoding's in the headers."""
+        http.check_fits_format(*rgb.shape[:2], fmt)
+        encoding = time.perf_counter()
+        payload = await asyncio.to_thread(http.encode_enhanced, {"rgb": rgb, "alpha": image.alpha, "scale": 1},
+                                          image, fmt, quality)
         return Response(payload, media_type=content_type(fmt), headers={
-            "x-model-id": result["model_id"], "x-colour": name, "x-product-pixels": str(result["product_pixels"]),
-            **http.timing_headers(decode=(start, decoded), recolour=(decoded, recoloured),
-                                  encode=(recoloured, time.perf_counter()))})
+            **headers, **http.timing_headers(**steps, encode=(encoding, time.perf_counter()))})
 
     @api.post("/v1/generate")
     async def generate(self, request: Request):
