@@ -130,11 +130,18 @@ def cmd_eval_sr(args) -> None:
 
 
 def cmd_eval_catalog(args) -> None:
-    from prodray.enhancer.evaluation import default_reference_downscale, evaluate_catalog, evaluate_suite
+    from prodray.enhancer.evaluation import (
+        default_reference_downscale,
+        evaluate_catalog,
+        evaluate_suite,
+        nlmeans_denoise,
+    )
     enhancer, upscalers = _upscalers(args.model, args.scale, args.device, args.self_ensemble, args.precision,
                                      args.strength)
     if args.suite:
         upscalers["unsharp"] = upscalers.pop("bicubic+unsharp")
+        if args.scale == 1:
+            upscalers["nlmeans"] = lambda lr, s: nlmeans_denoise(lr)
         if args.compare:
             compared, compare_upscalers = _upscalers(args.compare, args.scale, args.device, args.self_ensemble,
                                                      args.precision, args.compare_strength)

@@ -91,6 +91,13 @@ def unsharp_mask(image: np.ndarray, amount: float = 0.6, sigma: float = 1.0) -> 
     return to_uint8_hwc((x + amount * (x - blurred))[0])
 
 
+def nlmeans_denoise(image: np.ndarray) -> np.ndarray:
+    """The classical same-size baseline: OpenCV's non-local means for colour images, at its default
+    strengths (h = hColor = 3), so that no setting is tuned on the photos it is scored on."""
+    import cv2
+    return cv2.fastNlMeansDenoisingColored(np.ascontiguousarray(image))
+
+
 def evaluate_catalog(folder, scale: int, upscalers: dict, seed: int = 0, limit: int = 50) -> dict:
     """Degrade real product photos at fixed seeds (downscale + noise + JPEG q75) and score
     PSNR/SSIM (Y) and mean CIEDE2000 against the original, for each upscaler."""

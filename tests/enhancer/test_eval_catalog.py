@@ -168,3 +168,29 @@ def test_eval_catalog_rejects_bad_counts_before_any_work(photos, flag, value):
     completed = subprocess.run([sys.executable, "-m", "prodray.cli", "eval", "catalog", "--data", str(photos),
                                 "--suite", "standard", flag, value], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 2 and flag in completed.stderr, completed.stderr[-1000:]
+
+
+def test_nlmeans_baseline_removes_noise_from_a_photo():
+    """The same-size suite's classical baseline does what it is there for: less noise, not more."""
+    from prodray.enhancer.evaluation import nlmeans_denoise
+    from prodray.metrics import psnr_ssim_y
+    photo = product_photo(size=128, seed=2)
+    noisy = (photo + np.random.default_rng(0).normal(0, 10, photo.shape)).round().clip(0, 255).astype(np.uint8)
+    assert psnr_ssim_y(nlmeans_denoise(noisy), photo, shave=1)[0] > psnr_ssim_y(noisy, photo, shave=1)[0] + 1
+
+
+def test_eval_catalog_at_scale_1_scores_against_the_halved_original_beside_nlmeans(photos, tmp_path):
+    from prodray.enhancer.model import build_enhancer
+    from prodray.io.artifacts import export_model
+    config = {"arch": "rpsnet", "scale": 1, "channels": 8, "blocks": 1, "unshuffle": 2}
+    export = str(tmp_path / "same-size")
+    export_model(export, "enhancer", build_enhancer(config), {**config, "model_id": "same-size-test"})
+    completed = subprocess.run([sys.executable, "-m", "prodray.cli", "eval", "catalog", "--data", str(photos),
+                                "--scale", "1", "--suite", "standard", "--model", export, "--strength", "1",
+                                "--limit", "1", "--json"], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    result = json.loads(completed.stdout)
+    assert result["reference_downscale"] == 2 and result["scale"] == 1
+    noise10 = result["suite"]["noise10"]
+    assert set(noise10) == {"model", "bicubic", "unsharp", "nlmeans"}
+    assert noise10["nlmeans"]["psnr_y"] > noise10["bicubic"]["psnr_y"]
