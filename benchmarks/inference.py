@@ -17,7 +17,7 @@ from prodray.enhancer.inference import Enhancer
 from prodray.metrics import psnr
 from prodray.precision import cpu_flags, resolve
 
-SHIPPED = ("enhancer-x2", "enhancer-x4", "restore-x2")
+SHIPPED = ("enhancer-x2", "enhancer-x4", "restore-x2", "restore-x4")
 
 
 def arms(device: str) -> list[tuple[str, str, bool]]:
