@@ -433,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
                                help="attribute classifier whose baseColour head judges the results ('none': skip)")
     recolour_eval.add_argument("--json", action="store_true")
     recolour_eval.set_defaults(func=cmd_eval_recolour)
-    preference = evaluate.add_parser("preference", help="blind A/B votes (GET /ab): win rates with 95% intervals "
+    preference = evaluate.add_parser("preference", help="blind A/B votes (GET /ab): win rates with 95%% intervals "
                                      "per pair of arms")
     preference.add_argument("uri", help="the serve app's votes prefix (s3:// or local folder) or a part of it")
     preference.add_argument("--json", action="store_true")
