@@ -2,6 +2,8 @@
 trained on (scikit-image's coffee, CC0): on a JPEG-damaged low-resolution copy they beat both
 bicubic and their clean partner, and strength 0 gives the clean partner's result."""
 
+from functools import cache
+
 import numpy as np
 import pytest
 
@@ -15,6 +17,12 @@ skimage_data = pytest.importorskip("skimage.data")
 PAIRS = [("restore-x2", "enhancer-x2", 2), ("restore-x4", "enhancer-x4", 4)]
 
 
+@cache
+def shipped(name: str) -> Enhancer:
+    """Each shipped model loaded once for the module's tests."""
+    return Enhancer.load(name, precision="fp32")
+
+
 @pytest.fixture(scope="module")
 def photo():
     return np.ascontiguousarray(imresize_uint8(skimage_data.coffee(), 0.5))  # halved: no sensor noise or grid
@@ -25,10 +33,10 @@ def test_restore_model_beats_bicubic_and_its_clean_partner_on_a_jpeg(photo, rest
     height, width = (side - side % scale for side in photo.shape[:2])
     truth = photo[:height, :width]
     damaged = decode_image(encode_image(imresize_uint8(truth, 1 / scale), fmt="jpeg", quality=50)).rgb
-    restorer = Enhancer.load(restore, precision="fp32")
+    restorer = shipped(restore)
     assert restorer.restores and restorer.config["scale"] == scale
     restored = restorer.enhance_many([damaged], [restorer.strength_for(damaged, jpeg_quality=50)])[0]
-    clean_result = Enhancer.load(clean, precision="fp32").enhance_many([damaged])[0]
+    clean_result = shipped(clean).enhance_many([damaged])[0]
     bicubic = imresize_uint8(damaged, scale)
     scores = {name: psnr_ssim_y(image, truth, shave=scale)[0]
               for name, image in (("restore", restored), ("clean", clean_result), ("bicubic", bicubic))}
@@ -39,6 +47,6 @@ def test_restore_model_beats_bicubic_and_its_clean_partner_on_a_jpeg(photo, rest
 @pytest.mark.parametrize("restore, clean, scale", PAIRS)
 def test_restore_model_at_strength_zero_is_its_clean_partner(photo, restore, clean, scale):
     image = photo[:96, :128]
-    at_zero = Enhancer.load(restore, precision="fp32").enhance_many([image], [0.0])[0]
-    clean_result = Enhancer.load(clean, precision="fp32").enhance_many([image])[0]
+    at_zero = shipped(restore).enhance_many([image], [0.0])[0]
+    clean_result = shipped(clean).enhance_many([image])[0]
     assert np.abs(at_zero.astype(int) - clean_result.astype(int)).max() <= 1
