@@ -192,12 +192,14 @@ class _Tally:
     def __init__(self):
         self.sums = np.zeros(3)
         self.images = 0
+        self.psnr_min = math.inf  # the worst image: a mean is infinite once one image is unchanged
         self.white = self.white_kept = self.other = self.false_white = self.product = self.product_whitened = 0
 
     def add(self, out: np.ndarray, hr: np.ndarray, shave: int) -> None:
         p, s = psnr_ssim_y(out, hr, shave=shave)
         self.sums += (p, s, mean_ciede2000(out, hr))
         self.images += 1
+        self.psnr_min = min(self.psnr_min, p)
         was_white, is_white = np.all(hr == 255, axis=2), np.all(out == 255, axis=2)
         self.white += int(was_white.sum())
         self.white_kept += int((was_white & is_white).sum())
@@ -209,7 +211,8 @@ class _Tally:
 
     def result(self) -> dict:
         p, s, de = self.sums / max(1, self.images)
-        return {"psnr_y": round(p, 4), "ssim_y": round(s, 5), "de00": round(de, 4),
+        return {"psnr_y": round(p, 4), "psnr_y_min": round(self.psnr_min, 4), "ssim_y": round(s, 5),
+                "de00": round(de, 4),
                 "white_kept": round(self.white_kept / self.white, 5) if self.white else None,
                 "false_white": round(self.false_white / self.other, 6) if self.other else None,
                 "product_whitened": round(self.product_whitened / self.product, 6) if self.product else None}

@@ -77,7 +77,7 @@ def test_pure_white_background_stays_255(scale):
 
 
 SUITE_DAMAGES = ("clean", "jpeg30", "jpeg50", "jpeg75", "noise5", "noise10", "blur1.0", "blur1.5", "chain")
-SUITE_METRICS = {"psnr_y", "ssim_y", "de00", "white_kept", "false_white", "product_whitened"}
+SUITE_METRICS = {"psnr_y", "psnr_y_min", "ssim_y", "de00", "white_kept", "false_white", "product_whitened"}
 
 
 def test_eval_catalog_suite_json_has_every_damage_method_and_metric(photos, tmp_path):
@@ -138,6 +138,25 @@ def test_eval_suite_skip_scores_the_later_images_with_their_own_seeds(photos):
     second = evaluate_suite(photos, 2, upscalers, limit=1, skip=1, only=only)
     assert second["images"] == 1 and second["suite"]["noise5"]["bicubic"]["psnr_y"] != first
     assert abs((first + second["suite"]["noise5"]["bicubic"]["psnr_y"]) / 2 - both) < 1e-3
+
+
+def test_eval_suite_reports_the_worst_image(photos):
+    """psnr_y_min is the lowest image's PSNR-Y: finite where the mean is not (an unchanged image)."""
+    from prodray.enhancer.evaluation import bicubic_upscale, evaluate_suite
+    only = ["noise5"]
+    scores = [evaluate_suite(photos, 2, {"bicubic": bicubic_upscale}, limit=1, skip=i, only=only)
+              ["suite"]["noise5"]["bicubic"]["psnr_y"] for i in range(2)]
+    both = evaluate_suite(photos, 2, {"bicubic": bicubic_upscale}, limit=2, only=only)["suite"]["noise5"]["bicubic"]
+    assert scores[0] != scores[1] and abs(both["psnr_y_min"] - min(scores)) < 1e-3
+
+
+    calls = []
+
+    def first_untouched(image, scale):  # the first photo comes back as it went in, the second brightened
+        calls.append(1)
+        return image if len(calls) == 1 else np.clip(image.astype(np.int16) + 2, 0, 255).astype(np.uint8)
+    clean = evaluate_suite(photos, 1, {"edit": first_untouched}, limit=2, only=["clean"])["suite"]["clean"]["edit"]
+    assert math.isinf(clean["psnr_y"]) and 35 < clean["psnr_y_min"] < 50
 
 
 def test_same_size_suite_does_not_take_the_originals_own_jpeg_as_truth(tmp_path):
