@@ -7,7 +7,9 @@ One local Ray (`address="local"`, Serve on 127.0.0.1), several apps built like
   Serve did before a request that finds the model idle skipped the batch wait;
 - `default`: ServeConfig's defaults (a request that finds the model idle, after a forward of one
   request, runs at once);
-- `unbatched`: max_batch_size 1.
+- `unbatched`: max_batch_size 1;
+- `in-ingress`: ServeConfig's defaults with `enhancer_in_ingress`: the ingress replica holds the
+  enhancer itself (no handle call, no model replica).
 
 One client sends `--requests` sequential PNGs of `--size` px (after `--warmup`), rotating through the
 variants so drift hits all alike, with a short pause between requests. Each answer's headers give
@@ -15,7 +17,8 @@ decode, the model call, encode (ingress) and the wait and forward (model replica
 logs of the two replicas (joined on x-request-id) give each replica's own total, so: proxy + HTTP =
 client time - ingress replica; ingress other = ingress replica - decode - model call - encode (the
 body fetched back from the proxy, FastAPI, the response); handle call = model call - model replica;
-replica other = model replica - wait - forward; added = client time - forward. Medians are per
+replica other = model replica - wait - forward; model call other = model call - wait - forward (the
+two before together, or the in-process call's own cost); added = client time - forward. Medians are per
 part, so they need not add up to the median total.
 
 `--direct-ingress` starts its Ray with RAY_SERVE_ENABLE_DIRECT_INGRESS=1 (Ray Serve's experimental
@@ -53,7 +56,7 @@ from prodray.local.stack import free_port
 PAUSE_S = 0.05  # between sequential requests: lets the replicas' OpenMP threads go idle
 LOG_LINE = re.compile(r" ([0-9a-f-]{36}) -- (?:POST \S+ \d+|CALL enhance OK) ([\d.]+)ms")
 PARTS = ["total", "proxy + HTTP", "ingress other", "decode", "encode", "handle call",
-         "replica other", "wait", "forward", "added"]
+         "replica other", "model call other", "wait", "forward", "added"]
 
 
 def png(size: int, seed: int) -> bytes:
@@ -78,15 +81,15 @@ def post(conn: http.client.HTTPConnection, path: str, body: bytes) -> tuple[floa
 
 def variants(model: str, threads: int) -> dict:
     """Variant name -> bound app."""
-    from prodray.cluster.serve import Ingress, _model_deployment, deployment_options
+    from prodray.cluster.serve import Ingress, _ingress, _model_deployment, deployment_options
     from prodray.cluster.serve_models import EnhancerDeployment
     from prodray.config import ServeConfig
 
     one = {"min_replicas": 1, "max_replicas": 1}
 
-    def config(**enhancer):
+    def config(held: bool = False, **enhancer):
         return ServeConfig(model=model, generator="none", repair="none", recolour="none",
-                           ingress_replicas={"num_cpus": 0, **one},
+                           enhancer_in_ingress=held, ingress_replicas={"num_cpus": 0, **one},
                            enhancer_replicas={"num_cpus": 0, **one, **enhancer})
 
     class AlwaysBatched(EnhancerDeployment.func_or_class):
@@ -96,10 +99,15 @@ def variants(model: str, threads: int) -> dict:
         enhancer = _model_deployment(deployment, cfg.model, cfg.enhancer_replicas, cfg)
         return Ingress.options(**deployment_options(cfg.ingress_replicas)).bind(enhancer, None)
 
+    def in_ingress(cfg):
+        ingress, _, held = _ingress(cfg)
+        return ingress.bind(None, None, held_enhancer=held)
+
     always = EnhancerDeployment.options(name="AlwaysBatched", func_or_class=AlwaysBatched)
     return {"always-batched": app(always, config(max_batch_size=8, batch_wait_timeout_s=0.01)),
             "default": app(EnhancerDeployment, config()),
-            "unbatched": app(EnhancerDeployment, config(max_batch_size=1))}
+            "unbatched": app(EnhancerDeployment, config(max_batch_size=1)),
+            "in-ingress": in_ingress(config(held=True))}
 
 
 def sequential(routes: dict, body: bytes, requests: int, warmup: int) -> dict:
@@ -143,6 +151,7 @@ def breakdown(total: float, headers: dict, logged: dict) -> dict:
             "decode": h["decode"], "encode": h["encode"],
             "handle call": None if model is None else h["enhance"] - model,
             "replica other": None if model is None else model - h["wait"] - h["forward"],
+            "model call other": h["enhance"] - h["wait"] - h["forward"],
             "wait": h["wait"], "forward": h["forward"], "added": total - h["forward"]}
 
 
@@ -223,7 +232,7 @@ def main() -> None:
     parser.add_argument("--direct-ingress", action="store_true",
                         help="start Ray with RAY_SERVE_ENABLE_DIRECT_INGRESS=1 and measure each variant through "
                         "the proxy and straight to its ingress replica, side by side")
-    parser.add_argument("--variants", default="always-batched,default,unbatched",
+    parser.add_argument("--variants", default="always-batched,default,unbatched,in-ingress",
                         help="comma-separated subset of the variants")
     args = parser.parse_args()
     if args.direct_ingress:
@@ -277,7 +286,8 @@ def summary(rows: list[dict]) -> dict:
     out = {}
     for part in PARTS:
         values = [row[part] for row in rows if row[part] is not None]
-        out[part] = {"p50": statistics.median(values), "mean": statistics.mean(values), "n": len(values)}
+        out[part] = ({"p50": statistics.median(values), "mean": statistics.mean(values), "n": len(values)}
+                     if values else None)  # None: no such part (an in-ingress model has no replica of its own)
     return out
 
 
@@ -293,7 +303,8 @@ def report(r: dict) -> None:
     print(f"{'p50 ms (mean)':16}" + "".join(f"{n:>22}" for n in names))
     for part in PARTS:
         cells = [r["sequential"][n][part] for n in names]
-        print(f"{part:16}" + "".join(f"{c['p50']:>13.2f} ({c['mean']:6.2f})" for c in cells))
+        print(f"{part:16}" + "".join(f"{'-':>22}" if c is None else f"{c['p50']:>13.2f} ({c['mean']:6.2f})"
+                                     for c in cells))
     for name, x in r.get("closed_loop", {}).items():
         print(f"{a['clients']} clients, {name:15}: {x['images_per_s']:7.2f} images/s ({x['completed']} done)")
     if "compute" in r:

@@ -720,6 +720,9 @@ class ServeConfig(Strict):
                           "serves no recolouring")
     votes: Optional[str] = Field(None, description="s3:// prefix (or local folder) where the blind A/B page "
                                  "(GET /ab) stores one JSONL object per vote; unset: no A/B page")
+    enhancer_in_ingress: bool = Field(
+        False, description="run the enhancer inside the ingress replicas (sized, scaled and batched by "
+        "enhancer_replicas) instead of a deployment of its own: one hop less per request")
     ingress_replicas: IngressReplicaConfig = IngressReplicaConfig()
     enhancer_replicas: ModelReplicaConfig = ModelReplicaConfig()
     generator_replicas: GeneratorReplicaConfig = GeneratorReplicaConfig()

@@ -28,7 +28,13 @@ from ray.serve.handle import DeploymentHandle
 
 from prodray.catalog import preference
 from prodray.cluster import http
-from prodray.cluster.serve_models import EnhancerDeployment, GeneratorDeployment, RecolourDeployment, RepairDeployment
+from prodray.cluster.serve_models import (
+    EnhancerDeployment,
+    GeneratorDeployment,
+    InProcess,
+    RecolourDeployment,
+    RepairDeployment,
+)
 from prodray.config import (
     SERVE_MAX_BYTES,
     SERVE_MAX_OUTPUT_PIXELS,
@@ -108,11 +114,15 @@ class Ingress:
     and images travel to it as arrays through Ray's object store, not as JSON. Refusals are
     raised as http.Refused and answered as JSON by the app's handler."""
 
-    def __init__(self, enhancer: DeploymentHandle, generator: DeploymentHandle | None = None,
+    def __init__(self, enhancer: DeploymentHandle | None, generator: DeploymentHandle | None = None,
                  max_bytes: int = SERVE_MAX_BYTES, max_pixels: int = SERVE_MAX_PIXELS,
                  max_output_pixels: int = SERVE_MAX_OUTPUT_PIXELS, votes: str | None = None,
                  vote_secret: str | None = None, repairer: DeploymentHandle | None = None,
-                 recolourer: DeploymentHandle | None = None):
+                 recolourer: DeploymentHandle | None = None, held_enhancer: dict | None = None):
+        # held_enhancer (EnhancerDeployment's init kwargs), with enhancer None: this replica holds the
+        # enhancer itself; its user_config then reaches the model through `reconfigure`.
+        if held_enhancer is not None:
+            enhancer = InProcess(EnhancerDeployment.func_or_class(**held_enhancer))
         self.enhancer, self.generator = enhancer, generator  # generator None: enhancer-only app
         self.repairer = repairer  # None: no /v1/repair
         self.recolourer = recolourer  # None: no /v1/recolour
@@ -122,6 +132,11 @@ class Ingress:
         web = resources.files("prodray") / "web"
         self.page = (web / "index.html").read_text(encoding="utf-8")
         self.ab_page = (web / "ab.html").read_text(encoding="utf-8")
+
+    async def reconfigure(self, user_config: dict | None) -> None:
+        """The held enhancer's user_config (model, batching): set only when this replica holds it."""
+        if isinstance(self.enhancer, InProcess):
+            await self.enhancer.instance.reconfigure(user_config)
 
     @api.get("/", response_class=HTMLResponse)
     async def index(self) -> HTMLResponse:
@@ -336,26 +351,40 @@ def deployment_options(replicas: ReplicaConfig) -> dict:
             "max_queued_requests": replicas.max_queued_requests}
 
 
-def _model_deployment(deployment, reference: str, replicas: ModelReplicaConfig, config: ServeConfig):
+def model_user_config(reference: str, replicas: ModelReplicaConfig) -> dict:
     # The model and batching are the deployment's user_config, so `serve deploy` can change them in place.
-    user_config = {"model": reference, "max_batch_size": replicas.max_batch_size,
-                   "batch_wait_timeout_s": replicas.batch_wait_timeout_s}
-    return deployment.options(user_config=user_config, **deployment_options(replicas)).bind(
-        reference, config.device, config.precision)
+    return {"model": reference, "max_batch_size": replicas.max_batch_size,
+            "batch_wait_timeout_s": replicas.batch_wait_timeout_s}
+
+
+def _model_deployment(deployment, reference: str, replicas: ModelReplicaConfig, config: ServeConfig):
+    return deployment.options(user_config=model_user_config(reference, replicas),
+                              **deployment_options(replicas)).bind(reference, config.device, config.precision)
+
+
+def _ingress(config: ServeConfig):
+    """The ingress deployment and the enhancer handle it binds (None when it holds the enhancer)."""
+    if config.enhancer_in_ingress:
+        held = {"model": config.model, "device": config.device, "precision": config.precision}
+        ingress = Ingress.options(user_config=model_user_config(config.model, config.enhancer_replicas),
+                                  **deployment_options(config.enhancer_replicas))
+        return ingress, None, held
+    enhancer = _model_deployment(EnhancerDeployment, config.model, config.enhancer_replicas, config)
+    return Ingress.options(**deployment_options(config.ingress_replicas)), enhancer, None
 
 
 def build_app(config: ServeConfig | None = None) -> Application:
     """The bound Serve application (nothing is loaded until Serve starts the replicas). With
-    generator "none" there is no generator replica, and /v1/generate answers 404."""
+    generator "none" there is no generator replica, and /v1/generate answers 404; with
+    enhancer_in_ingress the ingress replicas hold the enhancer and there is no enhancer deployment."""
     config = config or ServeConfig()
-    enhancer = _model_deployment(EnhancerDeployment, config.model, config.enhancer_replicas, config)
+    ingress, enhancer, held_enhancer = _ingress(config)
     generator = (_model_deployment(GeneratorDeployment, config.generator, config.generator_replicas, config)
                  if config.serves_generator else None)
     repairer = (_model_deployment(RepairDeployment, config.repair, config.repair_replicas, config)
                 if config.serves_repair else None)
     recolourer = (_model_deployment(RecolourDeployment, config.recolour, config.recolour_replicas, config)
                   if config.serves_recolour else None)
-    ingress = Ingress.options(**deployment_options(config.ingress_replicas))
     # Every ingress replica gets the same init kwargs, so all of them verify each other's trial
     # tokens. The secret is drawn per build: Serve keeps it in its controller's checkpoint (readable
     # by whoever can reach the cluster's GCS), and a deploy that rebuilds the app draws a new one,
@@ -363,7 +392,7 @@ def build_app(config: ServeConfig | None = None) -> Application:
     vote_secret = secrets.token_hex(32) if config.votes else None
     return ingress.bind(enhancer, generator, max_bytes=config.max_bytes, max_pixels=config.max_pixels,
                         max_output_pixels=config.max_output_pixels, votes=config.votes, vote_secret=vote_secret,
-                        repairer=repairer, recolourer=recolourer)
+                        repairer=repairer, recolourer=recolourer, held_enhancer=held_enhancer)
 
 
 def app_builder(args: dict) -> Application:

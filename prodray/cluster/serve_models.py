@@ -66,6 +66,26 @@ class SwappableModel:
             logger.info("serving %s from %s on %s in %s", model.model_id, reference, device, model.precision)
 
 
+class InProcess:
+    """A model deployment's class run inside the calling replica, called like its DeploymentHandle
+    (`held.method.remote(*args)` is awaitable): the ingress holding the enhancer itself answers a
+    request with no actor call and no second replica between it and the forward."""
+
+    def __init__(self, instance: SwappableModel):
+        self.instance = instance
+
+    def __getattr__(self, name: str):
+        return _LocalMethod(getattr(self.instance, name))
+
+
+class _LocalMethod:
+    def __init__(self, method):
+        self._method = method
+
+    def remote(self, *args, **kwargs):
+        return self._method(*args, **kwargs)
+
+
 def _default_device() -> str:
     import torch
     return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1309,6 +1309,53 @@ def test_reconfigure_swaps_model_in_process(server, tmp_path):
     assert swapped == {"id": server["id_b"], "scale": 2}
 
 
+def test_an_ingress_holding_the_enhancer_answers_as_the_enhancer_deployment_does(server):
+    """enhancer_in_ingress: a second app whose ingress replica holds the enhancer (no enhancer
+    deployment) answers an upload with the same pixels, model id and timing headers as the main app,
+    and refuses a bad one with a reason."""
+    from ray import serve
+
+    from prodray.cluster.serve import build_app
+    from prodray.config import ServeConfig
+
+    config = ServeConfig(model=server["model_a"], generator="none", repair="none", recolour="none",
+                         enhancer_in_ingress=True, max_bytes=MAX_BYTES, max_output_pixels=MAX_OUTPUT_PIXELS,
+                         enhancer_replicas=ONE_REPLICA)
+    serve.run(build_app(config), name="held", route_prefix="/held")  # a replica's own port serves only its app
+    try:
+        assert set(serve.status().applications["held"].deployments) == {"Ingress"}
+        data = _png(40, 30)
+        held = requests.post(server["proxy_url"] + "/held/v1/enhance", data=data, timeout=60)
+        own = _post(server, data)
+        assert held.status_code == 200 and own.status_code == 200, held.text
+        assert held.headers["x-model-id"] == own.headers["x-model-id"] == server["id_a"]
+        assert np.array_equal(np.asarray(_decode(held)), np.asarray(_decode(own)))
+        assert float(held.headers["x-forward-ms"]) > 0 and float(held.headers["x-wait-ms"]) >= 0
+        refused = requests.post(server["proxy_url"] + "/held/v1/enhance", data=b"not an image", timeout=60)
+        assert 400 <= refused.status_code < 500 and refused.json()["error"], refused.text
+    finally:
+        serve.delete("held")
+
+
+def test_an_ingress_holding_the_enhancer_passes_its_user_config_to_the_model(server):
+    """The ingress class alone (no Ray): its reconfigure swaps the held model and retunes its batching."""
+    from prodray.cluster.serve import Ingress
+
+    wrapper, ours = Ingress.func_or_class.__mro__[:2]  # Serve's ASGI wrapper subclasses our class
+    assert ours.__module__ == "prodray.cluster.serve" and wrapper is not ours
+    ingress = ours(None, held_enhancer={"model": server["model_a"]})
+
+    async def run():
+        await ingress.reconfigure({"model": server["model_a"]})
+        before = await ingress.enhancer.info.remote()
+        await ingress.reconfigure({"model": server["model_b"], "max_batch_size": 1})
+        return before, await ingress.enhancer.info.remote()
+
+    before, after = asyncio.run(run())
+    assert before["id"] == server["id_a"] and after["id"] == server["id_b"]
+    assert ingress.enhancer.instance._enhance_batch._get_max_batch_size() == 1
+
+
 def test_serve_deploy_config_reconfigures_in_place(server):
     """serve_config.yaml as `serve deploy` sends it (same controller call as the dashboard's
     REST API): the typed builder with the file's args; then adding only a user_config.model to each
