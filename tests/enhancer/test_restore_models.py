@@ -50,3 +50,17 @@ def test_restore_model_at_strength_zero_is_its_clean_partner(photo, restore, cle
     at_zero = shipped(restore).enhance_many([image], [0.0])[0]
     clean_result = shipped(clean).enhance_many([image])[0]
     assert np.abs(at_zero.astype(int) - clean_result.astype(int)).max() <= 1
+
+
+def test_same_size_restore_model_cleans_a_jpeg_and_leaves_a_clean_photo_nearly_alone(photo):
+    """restore-x1: on the halved photo saved at JPEG q50 it gains over the damaged input; on the
+    clean photo (a PNG: no tables) `auto` changes it invisibly at most; at strength 0 it is the input."""
+    restorer = shipped("restore-x1")
+    assert restorer.restores and restorer.config["scale"] == 1
+    damaged = decode_image(encode_image(photo, fmt="jpeg", quality=50)).rgb
+    restored = restorer.enhance_many([damaged], [restorer.strength_for(damaged, 50, requested="auto")])[0]
+    gain = psnr_ssim_y(restored, photo, shave=1)[0] - psnr_ssim_y(damaged, photo, shave=1)[0]
+    assert gain > 0.5, gain
+    clean = restorer.enhance_many([photo], [restorer.strength_for(photo, None, requested="auto")])[0]
+    assert psnr_ssim_y(clean, photo, shave=1)[0] >= 45
+    assert np.array_equal(restorer.enhance_many([photo[:96, :128]], [0.0])[0], photo[:96, :128])
