@@ -1484,8 +1484,17 @@ def test_app_builder_builds_from_args():
     assert deployments["Ingress"].init_kwargs == {"max_bytes": 1234, "max_pixels": 4096 * 4096,
                                                   "max_output_pixels": 64_000_000, "votes": None,
                                                   "vote_secret": None, "repairer": None,
-                                                  "recolourer": None}  # no A/B page, no repair, no recolour
+                                                  "recolourer": None, "held_enhancer": None}
+    # no A/B page, no repair, no recolour, and the enhancer in its own replicas
     assert deployments["Ingress"].ray_actor_options["num_cpus"] == 0.5
+    held = _deployments(app_builder({"model": "enhancer-x4", "generator": "none", "repair": "none",
+                                     "recolour": "none", "precision": "fp32", "enhancer_in_ingress": True,
+                                     "enhancer_replicas": {"num_cpus": 2, "max_replicas": 3}}))
+    assert set(held) == {"Ingress"}  # the ingress holds the enhancer: no enhancer deployment
+    assert held["Ingress"].init_kwargs["held_enhancer"] == {"model": "enhancer-x4", "device": "auto",
+                                                           "precision": "fp32"}
+    assert held["Ingress"].ray_actor_options["num_cpus"] == 2.0  # it takes the enhancer's replica section
+    assert held["Ingress"]._deployment_config.autoscaling_config.max_replicas == 3
     voting = _deployments(app_builder({"votes": "relative/votes", "generator": "none"}))["Ingress"].init_kwargs
     assert voting["votes"] == str(Path("relative/votes").absolute())  # replicas run elsewhere
     assert len(voting["vote_secret"]) == 64 and int(voting["vote_secret"], 16) >= 0
