@@ -308,6 +308,9 @@ class RepairTrainConfig(Strict):
     optim: OptimConfig = OptimConfig()
     run: RunConfig = RunConfig(name="repair")
     export_name: str = Field("repair", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # model id = <name>-<hash>
+    # Start from an exported repair model (shipped name, export folder or s3:// URI) instead of
+    # random weights: to continue a shipped model. The discriminator starts fresh.
+    init_from: Optional[str] = None
 
     def check(self):
         if self.data.patch_size % 8:
@@ -321,7 +324,9 @@ class RepairTrainConfig(Strict):
         data = resolved_photo_data(self.data)
         loss = self.loss.model_copy(update={"vgg19_weights": resolve_local(
             self.loss.vgg19_weights, "loss.vgg19_weights") if self.loss.vgg19_weights else None})
-        return self.model_copy(update={"data": data, "loss": loss, "run": self.run.resolved()})
+        init_from = resolve_model(self.init_from, "init_from") if self.init_from else None
+        return self.model_copy(update={"data": data, "loss": loss, "run": self.run.resolved(),
+                                       "init_from": init_from})
 
 
 # ---------------------------------------------------------------- recolour

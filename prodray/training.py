@@ -8,6 +8,7 @@ of them the same way: prepare in the driver, load the pool, step, tick, checkpoi
 
 import copy
 import hashlib
+import json
 import math
 import time
 from pathlib import Path
@@ -15,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prodray.io import artifacts
+from prodray.config import ConfigError
+from prodray.io import artifacts, storage
 from prodray.precision import autocast
 from prodray.precision import resolve as resolve_precision
 
@@ -233,6 +235,24 @@ def torch_threads(cfg, world: int, cpus: int | None) -> int:
 
 
 # ---------------------------------------------------------------- schedules, EMA, RNG
+
+def read_init_model(reference: str, field: str, model) -> dict:
+    """In the driver, before any work: the exported model `reference` (shipped name, export folder
+    or s3:// URI) exists and has the network `model` (the config's model section) describes; -> its
+    config. Errors name the config field. A field an older export lacks counts as the field's default
+    (fields are added with a default that keeps the older behaviour)."""
+    try:
+        _, config_uri = artifacts.resolve_export(reference)
+        init = json.loads(storage.get_bytes(config_uri))
+    except (FileNotFoundError, OSError) as exc:
+        raise ConfigError(f"config field {field}: {exc}") from None
+    for name, info in type(model).model_fields.items():
+        init.setdefault(name, info.default)
+        if init[name] != getattr(model, name):
+            raise ConfigError(f"config field model.{name}: {getattr(model, name)!r} differs from the "
+                              f"{field} model's {init[name]!r} ({reference})")
+    return init
+
 
 def lr_at(images_seen: int, base_lr: float, warmup_images: int, total_images: int) -> float:
     """Linear warm-up then cosine decay to 1% of the base rate, counted in images seen."""

@@ -5,13 +5,12 @@ PSNR model). Both share the data, validation and sample grid of `EnhancerStage`.
 the runners (cluster/trainer.py, local/runner.py) drive them.
 """
 
-import json
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from prodray.config import ConfigError, EnhancerModelConfig
+from prodray.config import ConfigError
 from prodray.enhancer import data
 from prodray.enhancer.degradations import DegradationRanges
 from prodray.enhancer.discriminator import build_discriminator
@@ -23,25 +22,7 @@ from prodray.image_training import PhotoCropTraining
 from prodray.io import artifacts, storage
 from prodray.io.codec import decode_image, encode_image
 from prodray.io.images import from_uint8_hwc, image_grid, imresize_uint8, to_uint8_hwc
-from prodray.training import count_parameters, make_ema, set_lr
-
-INIT_MODEL_FIELDS = ("arch", "scale", "channels", "blocks", "unshuffle")  # what an init model must share with model.*
-
-
-def read_init_model(reference: str, field: str, model: EnhancerModelConfig) -> dict:
-    """In the driver, before any work: the exported model `reference` exists and has the network
-    `model` describes; -> its config. Errors name the config field."""
-    try:
-        _, config_uri = artifacts.resolve_export(reference)
-        init = json.loads(storage.get_bytes(config_uri))
-    except (FileNotFoundError, OSError) as exc:
-        raise ConfigError(f"config field {field}: {exc}") from None
-    init = {"unshuffle": 1, **init}  # exports from before `unshuffle` existed
-    for name in INIT_MODEL_FIELDS:
-        if init.get(name) != getattr(model, name):
-            raise ConfigError(f"config field model.{name}: {getattr(model, name)!r} differs from the "
-                              f"{field} model's {init.get(name)!r} ({reference})")
-    return init
+from prodray.training import count_parameters, make_ema, read_init_model, set_lr
 
 
 def upscale_with(model: torch.nn.Module, device) -> callable:

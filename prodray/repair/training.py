@@ -19,7 +19,7 @@ from prodray.repair.evaluation import blur_fill, masked_scores, suite_mask
 from prodray.repair.inference import Repairer
 from prodray.repair.masks import training_mask
 from prodray.repair.model import build_repairer
-from prodray.training import count_parameters
+from prodray.training import count_parameters, read_init_model
 
 VAL_KINDS = ("thick", "large")  # validation masks: where learning shows first
 
@@ -32,8 +32,18 @@ def show_mask(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
 class RepairTraining(ImageToImageTraining):
     name = "repair"
 
+    @classmethod
+    def prepare(cls, cfg) -> dict:
+        if not cfg.init_from:
+            return {}
+        init = read_init_model(cfg.init_from, "init_from", cfg.model)
+        return {"init_from": cfg.init_from, "init_model_id": init.get("model_id")}
+
     def __init__(self, cfg, context: dict, device, rank: int = 0):
-        super().__init__(cfg, context, device, rank, build_repairer(cfg.model.model_dump()), cfg.loss.discriminator)
+        # From init_from the network is the same (checked in `prepare`); a checkpoint, when there is one, wins.
+        model = (artifacts.load_export(cfg.init_from, build_repairer)[0].train() if cfg.init_from
+                 else build_repairer(cfg.model.model_dump()))
+        super().__init__(cfg, context, device, rank, model, cfg.loss.discriminator)
         loss = cfg.loss
         self.edge = EdgeLoss().to(self.device)
         self.perceptual, self.perceptual_name = None, "none"
@@ -67,7 +77,8 @@ class RepairTraining(ImageToImageTraining):
     def describe(self) -> str:
         return (f"repair {self.cfg.model.arch}: {count_parameters(self.model):,} parameters, "
                 f"{self.model.flops_per_pixel() / 1e3:.0f} kFLOP per pixel; {self.describe_discriminator()}; "
-                f"perceptual: {self.perceptual_name}")
+                f"perceptual: {self.perceptual_name}"
+                + (f"; started from {self.cfg.init_from}" if self.cfg.init_from else ""))
 
     def train_step(self, images: torch.Tensor, holes: torch.Tensor, world: int = 1) -> dict:
         loss = self.cfg.loss
@@ -124,4 +135,5 @@ class RepairTraining(ImageToImageTraining):
     def export(self, export_uri: str) -> str:
         return artifacts.export_model(export_uri, self.cfg.export_name, self.ema, {
             **self.cfg.model.model_dump(), "kind": "repair", "images_seen": self.images_seen,
-            "perceptual": self.perceptual_name, "adversarial_weight": self.cfg.loss.adversarial_weight})
+            "perceptual": self.perceptual_name, "adversarial_weight": self.cfg.loss.adversarial_weight,
+            **self.context})

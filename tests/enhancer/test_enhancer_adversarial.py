@@ -173,7 +173,7 @@ def test_init_model_must_match_the_model_section(tmp_path):
 
 
 def test_psnr_init_from_is_checked_before_any_work(tmp_path):
-    from prodray.enhancer.training import read_init_model
+    from prodray.training import read_init_model
     base = [f"data.sources=[{tmp_path}]"]
     cfg = load_config(EnhancerTrainConfig, None, [*base, "init_from=enhancer-x4", "model.scale=4"]).resolved()
     assert cfg.init_from == "enhancer-x4"  # shipped names pass through

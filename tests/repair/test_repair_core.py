@@ -235,6 +235,30 @@ def test_the_local_runner_trains_validates_and_exports_the_repair_kind(tmp_path)
         Repairer.load("enhancer-x2")
 
 
+def test_repair_training_continues_from_an_exported_model(tmp_path):
+    first = RepairTraining(repair_config(tmp_path), {}, "cpu")
+    first.pool = [photo(64, 80, seed=i) for i in range(3)]
+    first.train_step(*first.next_batch())
+    first.export(str(tmp_path / "first"))
+    cfg = repair_config(tmp_path, f"init_from={tmp_path / 'first'}").resolved()
+    context = RepairTraining.prepare(cfg)
+    assert context["init_model_id"] == Repairer.load(str(tmp_path / "first")).model_id
+    torch.manual_seed(3)  # a fresh network would differ from the export
+    second = RepairTraining(cfg, context, "cpu")
+    assert all(torch.equal(a, b) for a, b in zip(second.model.state_dict().values(),
+                                                  first.ema.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(second.ema.state_dict().values(),
+                                                  first.ema.state_dict().values()))
+    second.export(str(tmp_path / "second"))
+    exported = json.loads((tmp_path / "second" / "config.json").read_text())
+    assert exported["init_model_id"] == context["init_model_id"]
+    with pytest.raises(ConfigError, match="model.channels"):  # a different network fails before any work
+        RepairTraining.prepare(repair_config(tmp_path, f"init_from={tmp_path / 'first'}", "model.channels=16"))
+    with pytest.raises(ConfigError, match="init_from"):
+        repair_config(tmp_path, f"init_from={tmp_path / 'missing'}").resolved()
+    assert repair_config(tmp_path, "init_from=repair").resolved().init_from == "repair"  # shipped name
+
+
 def test_a_wider_mask_canvas_gives_larger_holes_per_crop(tmp_path):
     def hole_width(canvas):
         training = RepairTraining(repair_config(tmp_path, "data.patch_size=64", f"data.mask_canvas={canvas}",
