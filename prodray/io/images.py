@@ -24,7 +24,10 @@ def to_uint8_hwc(image: torch.Tensor) -> np.ndarray:
 
 def from_uint8_hwc(image: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float32 in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+    array = np.ascontiguousarray(image)
+    if not array.flags.writeable:  # e.g. Ray Data's Arrow-backed arrays: torch will not alias read-only memory
+        array = array.copy()
+    return torch.from_numpy(array).permute(2, 0, 1).float() / 255.0
 
 
 # ---------------------------------------------------------------- MATLAB-compatible bicubic

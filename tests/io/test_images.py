@@ -41,3 +41,16 @@ def test_weights_cache_is_bounded_in_bytes(monkeypatch):
     held = sum(t.numel() * t.element_size() for value in images._CACHE.values() for t in value)
     assert held == images.cache_bytes() <= 2**20
     assert len(images._CACHE) > 0
+
+
+
+
+def test_a_read_only_array_is_copied_before_torch_sees_it(monkeypatch):
+    # torch warns (once per process) and leaves undefined behaviour on read-only memory
+    seen = []
+    real = torch.from_numpy
+    monkeypatch.setattr(images.torch, "from_numpy", lambda a: seen.append(a.flags.writeable) or real(a))
+    array = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    array.flags.writeable = False  # as Ray Data hands Arrow-backed images over
+    tensor = images.from_uint8_hwc(array)
+    assert seen == [True] and np.array_equal(images.to_uint8_hwc(tensor), array)
