@@ -5,7 +5,6 @@ PSNR model). Both share the data, validation and sample grid of `EnhancerStage`.
 the runners (cluster/trainer.py, local/runner.py) drive them.
 """
 
-
 import numpy as np
 import torch
 import torch.nn.functional as F
