@@ -1378,7 +1378,7 @@ def test_serve_deploy_config_reconfigures_in_place(server):
         return ServeDeploySchema.model_validate(doc)
 
     client = _get_global_client()
-    client.deploy_apps(config(server["model_a"], server["gen_a"]), _blocking=True)  # a code change: full rollout
+    _deploy(client, config(server["model_a"], server["gen_a"]))  # a code change: full rollout
     if server["direct"]:
         server["url"] = _direct_url()  # a new ingress replica, on a port of its own
     _wait_for_model(server, server["id_a"])
@@ -1406,7 +1406,7 @@ def test_serve_deploy_config_reconfigures_in_place(server):
     try:
         time.sleep(0.5)
         # Only user_config changed (both models): `reconfigure` on the running replicas.
-        client.deploy_apps(config(server["model_b"], server["gen_b"]), _blocking=True)
+        _deploy(client, config(server["model_b"], server["gen_b"]))
         _wait_for_model(server, server["id_b"])
         _wait_for_model(server, server["gen_id_b"], index=1)
         time.sleep(0.5)
@@ -1417,6 +1417,24 @@ def test_serve_deploy_config_reconfigures_in_place(server):
     assert not failures, failures
     assert seen[0] == server["id_a"] and seen[-1] == server["id_b"], seen
     assert generated[0] == server["gen_id_a"] and generated[-1] == server["gen_id_b"], generated
+
+
+def _deploy(client, config, timeout=300):
+    """`serve deploy`'s controller call, then wait until every app in `config` runs: Ray's own
+    `_blocking=True` gives up after a fixed 60 s, which a full rollout on a loaded 2-core machine
+    can pass."""
+    from ray.serve.schema import ApplicationStatus
+
+    client.deploy_apps(config)
+    names, deadline = {app.name for app in config.applications}, time.time() + timeout
+    while True:
+        statuses = {status.name: status.app_status.status for status in client.list_serve_statuses()
+                    if status.name in names}
+        if len(statuses) == len(names) and set(statuses.values()) == {ApplicationStatus.RUNNING}:
+            break
+        assert time.time() < deadline, f"apps not running within {timeout} s: {statuses}"
+        time.sleep(0.5)
+    client.wait_for_proxies_serving(wait_for_applications_running=True)
 
 
 def _wait_for_model(server, model_id, timeout=90, index=0):
