@@ -135,7 +135,7 @@ def imresize_uint8(image: np.ndarray, scale: float, dtype=torch.float64) -> np.n
     """MATLAB imresize on a uint8 HWC (or HW) array, rounded back to uint8 as MATLAB does.
     float32 (`dtype`) halves the memory and still rounds to the same uint8 but for rare ties."""
     grey = image.ndim == 2
-    tensor = torch.from_numpy(image).to(dtype)
+    tensor = torch.from_numpy(image if image.flags.writeable else image.copy()).to(dtype)  # torch warns on read-only
     tensor = tensor[None, None] if grey else tensor.permute(2, 0, 1)[None]
     out = imresize(tensor, scale)[0]
     out = out[0] if grey else out.permute(1, 2, 0)
