@@ -54,3 +54,5 @@ def test_a_read_only_array_is_copied_before_torch_sees_it(monkeypatch):
     array.flags.writeable = False  # as Ray Data hands Arrow-backed images over
     tensor = images.from_uint8_hwc(array)
     assert seen == [True] and np.array_equal(images.to_uint8_hwc(tensor), array)
+    seen.clear()
+    assert images.imresize_uint8(array, 1).shape == array.shape and seen == [True]
