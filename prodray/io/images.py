@@ -22,12 +22,15 @@ def to_uint8_hwc(image: torch.Tensor) -> np.ndarray:
     return (image.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
+def as_tensor(array: np.ndarray) -> torch.Tensor:
+    """torch.from_numpy, copying first when `array` is read-only (e.g. Ray Data's Arrow-backed images):
+    torch warns on read-only memory and leaves writes through the tensor undefined."""
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
 def from_uint8_hwc(image: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float32 in [0, 1]."""
-    array = np.ascontiguousarray(image)
-    if not array.flags.writeable:  # e.g. Ray Data's Arrow-backed arrays: torch will not alias read-only memory
-        array = array.copy()
-    return torch.from_numpy(array).permute(2, 0, 1).float() / 255.0
+    return as_tensor(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
 
 
 # ---------------------------------------------------------------- MATLAB-compatible bicubic
@@ -135,7 +138,7 @@ def imresize_uint8(image: np.ndarray, scale: float, dtype=torch.float64) -> np.n
     """MATLAB imresize on a uint8 HWC (or HW) array, rounded back to uint8 as MATLAB does.
     float32 (`dtype`) halves the memory and still rounds to the same uint8 but for rare ties."""
     grey = image.ndim == 2
-    tensor = torch.from_numpy(image if image.flags.writeable else image.copy()).to(dtype)  # torch warns on read-only
+    tensor = as_tensor(image).to(dtype)
     tensor = tensor[None, None] if grey else tensor.permute(2, 0, 1)[None]
     out = imresize(tensor, scale)[0]
     out = out[0] if grey else out.permute(1, 2, 0)
