@@ -7,7 +7,7 @@ starts, with the offending field named.
 import math
 import typing
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, ClassVar, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -266,6 +266,10 @@ class RepairModelConfig(Strict):
     arch: Literal["fourier-unet"] = "fourier-unet"
     channels: int = Field(32, ge=8, le=256)  # width at full resolution, x2 and x4 further down
     blocks: int = Field(4, ge=1, le=32)  # Fourier blocks at 1/8 resolution
+    # How the decoder upsamples (repair/model.py). No weights: a continuation may change it.
+    upsample: Literal["nearest", "bilinear"] = "nearest"
+
+    weight_free_fields: ClassVar[tuple[str, ...]] = ("upsample",)
 
 
 class RepairDataConfig(Strict):

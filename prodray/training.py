@@ -240,15 +240,17 @@ def read_init_model(reference: str, field: str, model) -> dict:
     """In the driver, before any work: the exported model `reference` (shipped name, export folder
     or s3:// URI) exists and has the network `model` (the config's model section) describes; -> its
     config. Errors name the config field. A field an older export lacks counts as the field's default
-    (fields are added with a default that keeps the older behaviour)."""
+    (fields are added with a default that keeps the older behaviour); fields the model section lists
+    as `weight_free_fields` (no weights depend on them) may differ."""
     try:
         _, config_uri = artifacts.resolve_export(reference)
         init = json.loads(storage.get_bytes(config_uri))
     except (FileNotFoundError, OSError) as exc:
         raise ConfigError(f"config field {field}: {exc}") from None
+    weight_free = getattr(model, "weight_free_fields", ())
     for name, info in type(model).model_fields.items():
         init.setdefault(name, info.default)
-        if init[name] != getattr(model, name):
+        if name not in weight_free and init[name] != getattr(model, name):
             raise ConfigError(f"config field model.{name}: {getattr(model, name)!r} differs from the "
                               f"{field} model's {init[name]!r} ({reference})")
     return init

@@ -71,12 +71,17 @@ def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 
 class RepairNet(nn.Module):
     """U-Net (3 stride-2 stages) over [push-pull fill, mask], Fourier blocks at 1/8 resolution,
-    output = fill + correction inside the mask, the input outside it."""
+    output = fill + correction inside the mask, the input outside it. `upsample` is how the decoder
+    brings coarse features up ("nearest" leaves an 8 px block pattern on large holes that training
+    must learn away; "bilinear" does not); it has no weights, so either loads the same export."""
 
     downsampling = 8  # inputs are padded to a multiple of this
 
-    def __init__(self, channels: int = 32, blocks: int = 4):
+    def __init__(self, channels: int = 32, blocks: int = 4, upsample: str = "nearest"):
         super().__init__()
+        if upsample not in UPSAMPLING:
+            raise ValueError(f"unknown upsampling {upsample!r}; known: {list(UPSAMPLING)}")
+        self.upsample = upsample
         c = channels
         self.head = _conv(4, c)
         self.down1, self.down2, self.down3 = _conv(c, 2 * c, 2), _conv(2 * c, 4 * c, 2), _conv(4 * c, 4 * c, 2)
@@ -94,9 +99,9 @@ class RepairNet(nn.Module):
         x1 = self.down1(x0)
         x2 = self.down2(x1)
         x3 = self.body(self.down3(x2))
-        y = self.up3(torch.cat([_up(x3, x2), x2], dim=1))
-        y = self.up2(torch.cat([_up(y, x1), x1], dim=1))
-        y = self.up1(torch.cat([_up(y, x0), x0], dim=1))
+        y = self.up3(torch.cat([self._up(x3, x2), x2], dim=1))
+        y = self.up2(torch.cat([self._up(y, x1), x1], dim=1))
+        y = self.up1(torch.cat([self._up(y, x0), x0], dim=1))
         filled = fill + self.tail(y).to(fill.dtype)
         return image * known + filled * mask
 
@@ -113,11 +118,11 @@ class RepairNet(nn.Module):
                 total += 2 * module.in_channels * module.out_channels * module.kernel_size[0] ** 2 / stride
         return int(total)
 
+    def _up(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, size=like.shape[-2:], **UPSAMPLING[self.upsample])
 
-def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(x, size=like.shape[-2:], mode="nearest")
 
-
+UPSAMPLING = {"nearest": {"mode": "nearest"}, "bilinear": {"mode": "bilinear", "align_corners": False}}
 ARCHS = {"fourier-unet": RepairNet}
 
 
@@ -126,4 +131,6 @@ def build_repairer(config: dict) -> nn.Module:
     arch = config.get("arch", "fourier-unet")
     if arch not in ARCHS:
         raise ValueError(f"unknown repair architecture {arch!r}; known: {sorted(ARCHS)}")
-    return ARCHS[arch](channels=config["channels"], blocks=config["blocks"])
+    # Exports made before `upsample` existed used nearest.
+    return ARCHS[arch](channels=config["channels"], blocks=config["blocks"],
+                       upsample=config.get("upsample", "nearest"))

@@ -40,9 +40,10 @@ class RepairTraining(ImageToImageTraining):
         return {"init_from": cfg.init_from, "init_model_id": init.get("model_id")}
 
     def __init__(self, cfg, context: dict, device, rank: int = 0):
-        # From init_from the network is the same (checked in `prepare`); a checkpoint, when there is one, wins.
-        model = (artifacts.load_export(cfg.init_from, build_repairer)[0].train() if cfg.init_from
-                 else build_repairer(cfg.model.model_dump()))
+        # From init_from the weights fit cfg.model's network (checked in `prepare`), which is built
+        # as cfg.model says (its weight-free fields may differ from the export's); a checkpoint wins.
+        model = (artifacts.load_export(cfg.init_from, lambda _: build_repairer(cfg.model.model_dump()))[0].train()
+                 if cfg.init_from else build_repairer(cfg.model.model_dump()))
         super().__init__(cfg, context, device, rank, model, cfg.loss.discriminator)
         loss = cfg.loss
         self.edge = EdgeLoss().to(self.device)
