@@ -259,6 +259,33 @@ def test_repair_training_continues_from_an_exported_model(tmp_path):
     assert repair_config(tmp_path, "init_from=repair").resolved().init_from == "repair"  # shipped name
 
 
+def test_a_continuation_may_switch_the_decoder_upsampling_and_the_export_keeps_it(tmp_path):
+    first = RepairTraining(repair_config(tmp_path), {}, "cpu")
+    first.pool = [photo(64, 80, seed=i) for i in range(3)]
+    first.train_step(*first.next_batch())
+    first.export(str(tmp_path / "first"))
+    config = json.loads((tmp_path / "first" / "config.json").read_text())
+    assert config.pop("upsample") == "nearest"  # an export made before the field existed
+    (tmp_path / "first" / "config.json").write_text(json.dumps(config))
+    assert Repairer.load(str(tmp_path / "first")).model.upsample == "nearest"
+
+    cfg = repair_config(tmp_path, f"init_from={tmp_path / 'first'}", "model.upsample=bilinear").resolved()
+    second = RepairTraining(cfg, RepairTraining.prepare(cfg), "cpu")
+    assert second.model.upsample == "bilinear"
+    assert all(torch.equal(a, b) for a, b in zip(second.model.state_dict().values(),
+                                                  first.ema.state_dict().values()))
+    second.export(str(tmp_path / "second"))
+    nearest, bilinear = Repairer.load(str(tmp_path / "first")), Repairer.load(str(tmp_path / "second"))
+    assert bilinear.model.upsample == "bilinear"
+    torch.nn.init.normal_(nearest.model.tail.weight, std=0.5)  # a visible correction, the same in both
+    bilinear.model.tail.weight.data.copy_(nearest.model.tail.weight)
+    image, mask = photo(64, 64), np.zeros((64, 64), bool)
+    mask[16:48, 16:48] = True
+    assert not np.array_equal(nearest.network(image, mask), bilinear.network(image, mask))
+    with pytest.raises(ConfigError, match="model.upsample"):
+        load_config(RepairTrainConfig, None, ["data.sources=[x]", "model.upsample=bicubic"])
+
+
 def test_a_wider_mask_canvas_gives_larger_holes_per_crop(tmp_path):
     def hole_width(canvas):
         training = RepairTraining(repair_config(tmp_path, "data.patch_size=64", f"data.mask_canvas={canvas}",
