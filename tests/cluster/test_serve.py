@@ -426,12 +426,10 @@ class OneThreadGenerator:
         self.generator = generator
 
     def generate(self, *args, **kwargs):
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        from prodray.gan.classifier import torch_threads
+
+        with torch_threads(1):
             return self.generator.generate(*args, **kwargs)
-        finally:
-            torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
