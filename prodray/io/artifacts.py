@@ -45,13 +45,18 @@ def load_state_bytes(data: bytes) -> dict:
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
-def export_model(export_uri: str, name: str, model: torch.nn.Module, config: dict) -> str:
+def export_model(export_uri: str, name: str, model: torch.nn.Module, config: dict,
+                 id_fields: tuple[str, ...] = ()) -> str:
     """Write `<export_uri>/<name>.safetensors` and `<export_uri>/config.json`; returns the model id.
 
-    The model id is `<name>-<first 12 hex of the weights' sha256>`, so it names the exact weights.
+    The model id is `<name>-<first 12 hex of a sha256>` of the weights and of the config's
+    `id_fields` (settings that change the output with the same weights), so it names what runs.
     """
     data = weights_bytes(model)
-    model_id = f"{name}-{hashlib.sha256(data).hexdigest()[:12]}"
+    digest = hashlib.sha256(data)
+    if id_fields:
+        digest.update(json.dumps({field: config[field] for field in id_fields}, sort_keys=True).encode())
+    model_id = f"{name}-{digest.hexdigest()[:12]}"
     storage.put_bytes(storage.join(export_uri, f"{name}.safetensors"), data)
     storage.put_bytes(storage.join(export_uri, "config.json"),
                       json.dumps({**config, "name": name, "model_id": model_id}, indent=2).encode())

@@ -137,4 +137,4 @@ class RepairTraining(ImageToImageTraining):
         return artifacts.export_model(export_uri, self.cfg.export_name, self.ema, {
             **self.cfg.model.model_dump(), "kind": "repair", "images_seen": self.images_seen,
             "perceptual": self.perceptual_name, "adversarial_weight": self.cfg.loss.adversarial_weight,
-            **self.context})
+            **self.context}, id_fields=self.cfg.model.weight_free_fields)
