@@ -40,9 +40,16 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message names the field and the problem."""
 
 
+class ModelSection(Strict):
+    """A config's `model` section: the network. `weight_free_fields` name settings no weights depend
+    on (a continuation may change them); an export's model id hashes them with the weights."""
+
+    weight_free_fields: ClassVar[tuple[str, ...]] = ()
+
+
 # ---------------------------------------------------------------- enhancer
 
-class EnhancerModelConfig(Strict):
+class EnhancerModelConfig(ModelSection):
     arch: str = "rpsnet"
     scale: Literal[1, 2, 4] = 2
     channels: int = Field(48, ge=4, le=512)
@@ -202,7 +209,7 @@ def resolve_local(uri: str, field: str, must_exist: bool = True) -> str:
 
 # ---------------------------------------------------------------- product GAN
 
-class GanModelConfig(Strict):
+class GanModelConfig(ModelSection):
     z_dim: int = Field(128, ge=1, le=1024)
     embed_dim: int = Field(64, ge=1, le=1024)  # per attribute
     g_channels: int = Field(256, ge=8, le=2048)  # generator width at 4x4, halved per upsampling
@@ -262,7 +269,7 @@ class GanTrainConfig(Strict):
 
 # ---------------------------------------------------------------- repair (inpainting)
 
-class RepairModelConfig(Strict):
+class RepairModelConfig(ModelSection):
     arch: Literal["fourier-unet"] = "fourier-unet"
     channels: int = Field(32, ge=8, le=256)  # width at full resolution, x2 and x4 further down
     blocks: int = Field(4, ge=1, le=32)  # Fourier blocks at 1/8 resolution
@@ -335,7 +342,7 @@ class RepairTrainConfig(Strict):
 
 # ---------------------------------------------------------------- recolour
 
-class RecolourModelConfig(Strict):
+class RecolourModelConfig(ModelSection):
     arch: Literal["bilateral-grid"] = "bilateral-grid"
     channels: int = Field(16, ge=8, le=256)  # width of the low-resolution view's first layer
     grid_depth: int = Field(8, ge=2, le=32)  # lightness levels of the bilateral grid

@@ -103,6 +103,12 @@ class Training:
     def export(self, export_uri: str) -> str:
         raise NotImplementedError
 
+    def export_network(self, export_uri: str, name: str, network: torch.nn.Module, config: dict) -> str:
+        """Write `network` and `config` as an export; the model id hashes the weights and the model
+        section's weight-free fields, so the same weights run another way get another id."""
+        return artifacts.export_model(export_uri, name, network, config,
+                                      id_fields=self.cfg.model.weight_free_fields)
+
     def configured_hyperparameters(self) -> dict[str, dict]:
         """Optimizer settings the config sets and a resume must not take from the checkpoint."""
         return {}

@@ -137,7 +137,7 @@ class PsnrTraining(EnhancerStage):
         return {"loss": loss.detach()}
 
     def export(self, export_uri: str) -> str:
-        return artifacts.export_model(export_uri, "enhancer", self.ema, {
+        return self.export_network(export_uri, "enhancer", self.ema, {
             **self.cfg.model.model_dump(), "kind": "enhancer", "images_seen": self.images_seen, **self.context})
 
 
@@ -217,7 +217,7 @@ class AdversarialTraining(EnhancerStage):
 
     def export(self, export_uri: str) -> str:
         adv = self.cfg.adversarial
-        return artifacts.export_model(export_uri, adv.export_name, self.ema, {
+        return self.export_network(export_uri, adv.export_name, self.ema, {
             **self.cfg.model.model_dump(), "kind": "enhancer", "stage": "adversarial", "images_seen": self.images_seen,
             "init_from": adv.init_from, "init_model_id": self.context.get("init_model_id"),
             "perceptual": self.perceptual_name, "discriminator": adv.discriminator})

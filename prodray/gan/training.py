@@ -18,7 +18,6 @@ from prodray.gan import data
 from prodray.gan.augment import diff_augment, parse_policy
 from prodray.gan.losses import class_loss, d_loss, g_loss, mode_seeking_loss, r1_penalty
 from prodray.gan.model import build_discriminator, build_generator
-from prodray.io import artifacts
 from prodray.io.images import image_grid
 from prodray.training import Training, count_parameters, linear_decay_factor, make_ema, set_lr, update_ema
 
@@ -172,8 +171,11 @@ class GanTraining(Training):
         return {"augment": self.cfg.optim.augment}
 
     def export(self, export_uri: str) -> str:
-        return export_generator(export_uri, self.generator_ema, self.mconfig, self.images_seen,
-                                self.context.get("dataset"))
+        """The endpoint's artifact: the EMA generator's weights + config.json (sizes, vocabularies,
+        images seen, the dataset's source line); returns the model id."""
+        config = {k: v for k, v in self.mconfig.items() if k != "dataset"}
+        return self.export_network(export_uri, "generator", self.generator_ema.eval(), {
+            **config, "kind": "generator", "images_seen": self.images_seen, "dataset": self.context.get("dataset")})
 
     def judge(self, discriminator, images: torch.Tensor, attributes: dict) -> tuple[torch.Tensor, dict | None]:
         """(scores, class logits or None): D's output in one shape whether or not it classifies."""
@@ -265,12 +267,3 @@ class GanTraining(Training):
                    self.images_seen)
         self.step += 1
         return stats
-
-
-def export_generator(export_uri: str, generator_ema: torch.nn.Module, mconfig: dict, images_seen: int,
-                     dataset: str | None) -> str:
-    """The endpoint's artifact: the EMA generator's weights + config.json (sizes, vocabularies,
-    images seen, the dataset's source line); returns the model id."""
-    config = {k: v for k, v in mconfig.items() if k != "dataset"}
-    return artifacts.export_model(export_uri, "generator", generator_ema.eval(),
-                                  {**config, "kind": "generator", "images_seen": images_seen, "dataset": dataset})

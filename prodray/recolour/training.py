@@ -16,7 +16,6 @@ from prodray.enhancer.evaluation import list_images
 from prodray.gan.data import pad_square_resize
 from prodray.gan.losses import g_loss
 from prodray.image_training import ImageToImageTraining
-from prodray.io import artifacts
 from prodray.io.codec import decode_image
 from prodray.io.images import image_grid
 from prodray.recolour import colour_space, losses
@@ -131,6 +130,6 @@ class RecolourTraining(ImageToImageTraining):
         return image_grid(rows)
 
     def export(self, export_uri: str) -> str:
-        return artifacts.export_model(export_uri, self.cfg.export_name, self.ema, {
+        return self.export_network(export_uri, self.cfg.export_name, self.ema, {
             **self.cfg.model.model_dump(), "kind": "recolour", "images_seen": self.images_seen,
             "adversarial_weight": self.cfg.loss.adversarial_weight})

@@ -134,7 +134,7 @@ class RepairTraining(ImageToImageTraining):
         return image_grid(rows)
 
     def export(self, export_uri: str) -> str:
-        return artifacts.export_model(export_uri, self.cfg.export_name, self.ema, {
+        return self.export_network(export_uri, self.cfg.export_name, self.ema, {
             **self.cfg.model.model_dump(), "kind": "repair", "images_seen": self.images_seen,
             "perceptual": self.perceptual_name, "adversarial_weight": self.cfg.loss.adversarial_weight,
-            **self.context}, id_fields=self.cfg.model.weight_free_fields)
+            **self.context})
