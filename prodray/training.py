@@ -242,12 +242,13 @@ def torch_threads(cfg, world: int, cpus: int | None) -> int:
 
 # ---------------------------------------------------------------- schedules, EMA, RNG
 
-def read_init_model(reference: str, field: str, model) -> dict:
+def read_init_model(reference: str, field: str, model, growable: tuple[str, ...] = ()) -> dict:
     """In the driver, before any work: the exported model `reference` (shipped name, export folder
     or s3:// URI) exists and has the network `model` (the config's model section) describes; -> its
     config. Errors name the config field. A field an older export lacks counts as the field's default
     (fields are added with a default that keeps the older behaviour); fields the model section lists
-    as `weight_free_fields` (no weights depend on them) may differ."""
+    as `weight_free_fields` (no weights depend on them) may differ, and `growable` ones (the caller
+    grows the network without changing its function) may be larger."""
     try:
         _, config_uri = artifacts.resolve_export(reference)
         init = json.loads(storage.get_bytes(config_uri))
@@ -256,9 +257,12 @@ def read_init_model(reference: str, field: str, model) -> dict:
     weight_free = getattr(model, "weight_free_fields", ())
     for name, info in type(model).model_fields.items():
         init.setdefault(name, info.default)
-        if name not in weight_free and init[name] != getattr(model, name):
-            raise ConfigError(f"config field model.{name}: {getattr(model, name)!r} differs from the "
-                              f"{field} model's {init[name]!r} ({reference})")
+        wanted = getattr(model, name)
+        if name in weight_free or wanted == init[name] or (name in growable and wanted > init[name]):
+            continue
+        may = " (it may only grow)" if name in growable else ""
+        raise ConfigError(f"config field model.{name}: {wanted!r} differs from the "
+                          f"{field} model's {init[name]!r} ({reference}){may}")
     return init
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from prodray.config import parse_strength
-from prodray.enhancer.model import build_enhancer
+from prodray.enhancer.model import build_enhancer, deepen
 from prodray.enhancer.strength import StrengthModels, auto_strength, identity_partner, snap
 from prodray.enhancer.white import keep_white
 from prodray.io.artifacts import load_export, shipped_name_of
@@ -89,6 +89,8 @@ class Enhancer:
         else:
             clean = clean or shipped_name_of(config.get("init_model_id"))
             clean_model = load_export(clean, build_enhancer)[0] if clean else None
+            if clean_model is not None and len(clean_model.body) < len(model.body):
+                clean_model = deepen(clean_model, len(model.body), template=model)  # trained from it, grown
         return cls(model, config, device=device, clean_model=clean_model, **kwargs)
 
     @property

@@ -81,6 +81,29 @@ class ResidualPixelShuffleNet(nn.Module):
         return total // (self.unshuffle * self.unshuffle)
 
 
+def deepen(model: ResidualPixelShuffleNet, blocks: int,
+           template: ResidualPixelShuffleNet | None = None) -> ResidualPixelShuffleNet:
+    """`model` with `blocks` residual blocks and the same function: its own blocks first, then new
+    blocks whose second convolution is zero, so they add nothing until trained (a continuation may
+    grow a network this way). `template`, a network of the grown shape, gives the new blocks' first
+    convolutions: a deeper restoration model's clean partner is the clean model grown with the
+    restoration model's own new blocks, so their weights interpolate."""
+    have = len(model.body)
+    if blocks < have:
+        raise ValueError(f"a network of {have} blocks cannot be deepened to {blocks}")
+    grown = ResidualPixelShuffleNet(scale=model.scale, channels=model.head.out_channels, blocks=blocks,
+                                    res_scale=model.body[0].res_scale, unshuffle=model.unshuffle)
+    state = grown.state_dict()
+    if template is not None:
+        state.update(template.state_dict())
+    state.update(model.state_dict())
+    grown.load_state_dict(state)
+    for block in grown.body[have:]:
+        nn.init.zeros_(block.conv2.weight)
+        nn.init.zeros_(block.conv2.bias)
+    return grown.train(model.training)
+
+
 ARCHS = {
     "rpsnet": ResidualPixelShuffleNet,
 }

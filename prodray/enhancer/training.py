@@ -15,7 +15,7 @@ from prodray.enhancer.degradations import DegradationRanges
 from prodray.enhancer.discriminator import build_discriminator
 from prodray.enhancer.evaluation import bicubic_upscale, list_images, load_benchmark_image, score_sr
 from prodray.enhancer.losses import build_perceptual, charbonnier
-from prodray.enhancer.model import build_enhancer
+from prodray.enhancer.model import build_enhancer, deepen
 from prodray.gan.losses import g_loss
 from prodray.image_training import PhotoCropTraining
 from prodray.io import artifacts, storage
@@ -97,13 +97,13 @@ class PsnrTraining(EnhancerStage):
     def prepare(cls, cfg) -> dict:
         if not cfg.init_from:
             return {}
-        init = read_init_model(cfg.init_from, "init_from", cfg.model)
+        init = read_init_model(cfg.init_from, "init_from", cfg.model, growable=("blocks",))
         return {"init_from": cfg.init_from, "init_model_id": init.get("model_id")}
 
     def __init__(self, cfg, context: dict, device, rank: int = 0):
         super().__init__(cfg, context, device, rank)
-        if cfg.init_from:  # same network (checked in `prepare`); a checkpoint, when there is one, wins
-            self.model = artifacts.load_export(cfg.init_from, build_enhancer)[0].train()
+        if cfg.init_from:  # same network or deeper (checked in `prepare`); a checkpoint, when there is one, wins
+            self.model = deepen(artifacts.load_export(cfg.init_from, build_enhancer)[0], cfg.model.blocks).train()
         else:
             self.model = build_enhancer(cfg.model.model_dump())
         self.model = self.model.to(self.device, memory_format=torch.channels_last)
