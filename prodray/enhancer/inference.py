@@ -41,10 +41,20 @@ def default_model(scale: int) -> str:
     return "restore-x1" if scale == 1 else f"enhancer-x{scale}"
 
 
+def clean_partner_id(config: dict) -> str | None:
+    """The model id of an export's clean partner for strength: the shipped model it was trained from,
+    or, when that was itself a restoration model, that model's partner (`clean_model_id`, recorded by
+    the training), so a continued restoration model keeps the clean model it interpolates with."""
+    if config.get("clean_model_id"):
+        return config["clean_model_id"]
+    init_id = config.get("init_model_id")
+    return init_id if shipped_name_of(init_id) else None
+
+
 def runs_at_a_strength(config: dict) -> bool:
     """Whether an export has a clean partner for strength: a same-size model is its own (the input
-    unchanged), a larger one the shipped model it was trained from."""
-    return int(config["scale"]) == 1 or bool(shipped_name_of(config.get("init_model_id")))
+    unchanged), a larger one the shipped model it was trained from (`clean_partner_id`)."""
+    return int(config["scale"]) == 1 or bool(shipped_name_of(clean_partner_id(config)))
 
 
 class Enhancer:
@@ -87,7 +97,7 @@ class Enhancer:
         if int(config["scale"]) == 1 and not clean:
             clean_model = identity_partner(model)  # strength 0 at the same size: the input unchanged
         else:
-            clean = clean or shipped_name_of(config.get("init_model_id"))
+            clean = clean or shipped_name_of(clean_partner_id(config))
             clean_model = load_export(clean, build_enhancer)[0] if clean else None
             if clean_model is not None and len(clean_model.body) < len(model.body):
                 clean_model = deepen(clean_model, len(model.body), template=model)  # trained from it, grown

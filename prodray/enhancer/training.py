@@ -14,6 +14,7 @@ from prodray.enhancer import data
 from prodray.enhancer.degradations import DegradationRanges
 from prodray.enhancer.discriminator import build_discriminator
 from prodray.enhancer.evaluation import bicubic_upscale, list_images, load_benchmark_image, score_sr
+from prodray.enhancer.inference import clean_partner_id
 from prodray.enhancer.losses import build_perceptual, charbonnier
 from prodray.enhancer.model import build_enhancer, deepen
 from prodray.gan.losses import g_loss
@@ -98,7 +99,10 @@ class PsnrTraining(EnhancerStage):
         if not cfg.init_from:
             return {}
         init = read_init_model(cfg.init_from, "init_from", cfg.model, growable=("blocks",))
-        return {"init_from": cfg.init_from, "init_model_id": init.get("model_id")}
+        context = {"init_from": cfg.init_from, "init_model_id": init.get("model_id")}
+        if int(init["scale"]) > 1 and clean_partner_id(init):  # continuing a restoration model: keep its partner
+            context["clean_model_id"] = clean_partner_id(init)
+        return context
 
     def __init__(self, cfg, context: dict, device, rank: int = 0):
         super().__init__(cfg, context, device, rank)

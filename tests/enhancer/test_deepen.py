@@ -10,7 +10,7 @@ from prodray.config import ConfigError, EnhancerTrainConfig, load_config
 from prodray.enhancer.inference import Enhancer
 from prodray.enhancer.model import build_enhancer, deepen
 from prodray.enhancer.training import PsnrTraining
-from prodray.io.artifacts import export_model
+from prodray.io.artifacts import export_model, load_export
 from prodray.training import read_init_model
 
 CONFIG = {"arch": "rpsnet", "scale": 2, "channels": 8, "blocks": 1, "kind": "enhancer"}
@@ -81,3 +81,25 @@ def test_a_deeper_restoration_model_runs_at_any_strength_against_its_shallower_c
     full = Enhancer(restore, {**CONFIG, "blocks": 3}, precision="fp32").enhance_many([picture])[0]
     assert np.array_equal(at[1.0], full)
     assert not np.array_equal(at[0.5], at[0.0]) and not np.array_equal(at[0.5], at[1.0])
+
+
+def test_a_continued_restoration_model_keeps_the_clean_partner_of_the_model_it_continued(tmp_path):
+    # the shipped restore-x2 grown and continued: its partner for strength is still enhancer-x2,
+    # not the restoration model it was trained from
+    shipped = {name: load_export(name, build_enhancer) for name in ("restore-x2", "enhancer-x2")}
+    cfg = load_config(EnhancerTrainConfig, None, [f"data.sources=[{tmp_path}]", "init_from=restore-x2",
+                                                  "model.channels=48", "model.blocks=9"])
+    context = PsnrTraining.prepare(cfg)
+    assert context["init_model_id"] == shipped["restore-x2"][1]["model_id"]
+    assert context["clean_model_id"] == shipped["enhancer-x2"][1]["model_id"]
+    continued = deepen(shipped["restore-x2"][0], 9)
+    with torch.no_grad():
+        for parameter in continued.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    export = str(tmp_path / "continued")
+    config = {**shipped["restore-x2"][1], "blocks": 9, **context, "model_id": "continued-test"}
+    export_model(export, "enhancer", continued, config)
+    enhancer = Enhancer.load(export, precision="fp32")
+    picture = image()
+    clean = Enhancer(shipped["enhancer-x2"][0], shipped["enhancer-x2"][1], precision="fp32")
+    assert np.array_equal(enhancer.enhance_many([picture], [0.0])[0], clean.enhance_many([picture])[0])
