@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from prodray.enhancer.degradations import DegradationRanges, degrade
 from prodray.io.codec import decode_image, encode_image
@@ -184,6 +185,10 @@ def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
 # An original pixel whose darkest channel is below this is product, not a JPEG-disturbed background:
 # "false white" counts every non-255 original pixel made 255, "product whitened" only these.
 PRODUCT_DARKEST = 235
+# "white kept (interior)" counts only the white pixels this far (chessboard) from any non-white
+# original pixel: at an outline, x2 / x4 input pixels mix product and white, and on thumbnails such
+# outline pixels are a large share of the background.
+INTERIOR_DISTANCE = 3
 
 
 class _Tally:
@@ -194,6 +199,7 @@ class _Tally:
         self.images = 0
         self.psnr_min = math.inf  # the worst image: a mean is infinite once one image is unchanged
         self.white = self.white_kept = self.other = self.false_white = self.product = self.product_whitened = 0
+        self.interior = self.interior_kept = 0
 
     def add(self, out: np.ndarray, hr: np.ndarray, shave: int) -> None:
         p, s = psnr_ssim_y(out, hr, shave=shave)
@@ -205,6 +211,10 @@ class _Tally:
         self.white_kept += int((was_white & is_white).sum())
         self.other += int((~was_white).sum())
         self.false_white += int((~was_white & is_white).sum())
+        size = 2 * INTERIOR_DISTANCE - 1
+        interior = ndimage.binary_erosion(was_white, np.ones((size, size), bool), border_value=1)
+        self.interior += int(interior.sum())
+        self.interior_kept += int((interior & is_white).sum())
         product = hr.min(axis=2) < PRODUCT_DARKEST
         self.product += int(product.sum())
         self.product_whitened += int((product & is_white).sum())
@@ -214,6 +224,7 @@ class _Tally:
         return {"psnr_y": round(p, 4), "psnr_y_min": round(self.psnr_min, 4), "ssim_y": round(s, 5),
                 "de00": round(de, 4),
                 "white_kept": round(self.white_kept / self.white, 5) if self.white else None,
+                "white_kept_interior": round(self.interior_kept / self.interior, 5) if self.interior else None,
                 "false_white": round(self.false_white / self.other, 6) if self.other else None,
                 "product_whitened": round(self.product_whitened / self.product, 6) if self.product else None}
 

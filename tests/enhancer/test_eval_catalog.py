@@ -77,7 +77,8 @@ def test_pure_white_background_stays_255(scale):
 
 
 SUITE_DAMAGES = ("clean", "jpeg30", "jpeg50", "jpeg75", "noise5", "noise10", "blur1.0", "blur1.5", "chain")
-SUITE_METRICS = {"psnr_y", "psnr_y_min", "ssim_y", "de00", "white_kept", "false_white", "product_whitened"}
+SUITE_METRICS = {"psnr_y", "psnr_y_min", "ssim_y", "de00", "white_kept", "white_kept_interior", "false_white",
+                  "product_whitened"}
 
 
 def test_eval_catalog_suite_json_has_every_damage_method_and_metric(photos, tmp_path):
@@ -157,6 +158,26 @@ def test_eval_suite_reports_the_worst_image(photos):
         return image if len(calls) == 1 else np.clip(image.astype(np.int16) + 2, 0, 255).astype(np.uint8)
     clean = evaluate_suite(photos, 1, {"edit": first_untouched}, limit=2, only=["clean"])["suite"]["clean"]["edit"]
     assert math.isinf(clean["psnr_y"]) and 35 < clean["psnr_y_min"] < 50
+
+
+def test_white_kept_interior_leaves_out_only_the_white_next_to_the_product():
+    """A result that loses the white ring around the product keeps every interior white pixel; one
+    that loses a pixel far from the product does not."""
+    from prodray.enhancer.evaluation import _Tally
+    original = np.full((20, 20, 3), 255, np.uint8)
+    original[8:12, 8:12] = 40  # the product
+    ring = original.copy()
+    ring[6:14, 6:14][original[6:14, 6:14].min(axis=2) == 255] = 250  # white within 2 px of it lost
+    far = original.copy()
+    far[1, 1] = 250
+    results = {}
+    for name, out in {"ring": ring, "far": far}.items():
+        tally = _Tally()
+        tally.add(out, original, shave=0)
+        results[name] = tally.result()
+    assert results["ring"]["white_kept"] < 0.9 and results["ring"]["white_kept_interior"] == 1.0
+    interior = 20 * 20 - 8 * 8  # white at chessboard distance 3 or more from the product
+    assert results["far"]["white_kept_interior"] == round(1 - 1 / interior, 5)
 
 
 def test_same_size_suite_does_not_take_the_originals_own_jpeg_as_truth(tmp_path):
