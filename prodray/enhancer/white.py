@@ -19,7 +19,7 @@ from scipy import ndimage
 CORE_MEAN = 250.0  # 5x5 local mean (all channels) inside a disturbed white area
 CORE_DARKEST = 240.0  # ... and of its darkest channel: a pastel colour is not white
 MIN_CLIPPED_SHARE = 0.3  # share of pixels whose median channel is 255
-BACKGROUND_MEAN = 252.0  # a border-touching area this bright on average is a white background
+BACKGROUND_MEAN = 251.0  # a border-touching area this bright on average is a white background
 BACKGROUND_SHARE = 0.01  # ... when it covers at least this share of the image
 MIN_REGION_PIXELS = 16
 EDGE_MEAN = 242.0  # 3x3 local mean of the darkest channel of the pixels a white area grows into
