@@ -100,8 +100,9 @@ class PsnrTraining(EnhancerStage):
             return {}
         init = read_init_model(cfg.init_from, "init_from", cfg.model, growable=("blocks",))
         context = {"init_from": cfg.init_from, "init_model_id": init.get("model_id")}
-        if int(init["scale"]) > 1 and clean_partner_id(init):  # continuing a restoration model: keep its partner
-            context["clean_model_id"] = clean_partner_id(init)
+        partner = clean_partner_id(init) if int(init["scale"]) > 1 else None
+        if partner:  # continuing a restoration model: keep its partner
+            context["clean_model_id"] = partner
         return context
 
     def __init__(self, cfg, context: dict, device, rank: int = 0):
