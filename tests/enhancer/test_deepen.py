@@ -87,17 +87,18 @@ def test_a_continued_restoration_model_keeps_the_clean_partner_of_the_model_it_c
     # the shipped restore-x2 grown and continued: its partner for strength is still enhancer-x2,
     # not the restoration model it was trained from
     shipped = {name: load_export(name, build_enhancer) for name in ("restore-x2", "enhancer-x2")}
+    blocks = shipped["restore-x2"][1]["blocks"] + 1
     cfg = load_config(EnhancerTrainConfig, None, [f"data.sources=[{tmp_path}]", "init_from=restore-x2",
-                                                  "model.channels=48", "model.blocks=9"])
+                                                  "model.channels=48", f"model.blocks={blocks}"])
     context = PsnrTraining.prepare(cfg)
     assert context["init_model_id"] == shipped["restore-x2"][1]["model_id"]
     assert context["clean_model_id"] == shipped["enhancer-x2"][1]["model_id"]
-    continued = deepen(shipped["restore-x2"][0], 9)
+    continued = deepen(shipped["restore-x2"][0], blocks)
     with torch.no_grad():
         for parameter in continued.parameters():
             parameter.add_(0.01 * torch.randn_like(parameter))
     export = str(tmp_path / "continued")
-    config = {**shipped["restore-x2"][1], "blocks": 9, **context, "model_id": "continued-test"}
+    config = {**shipped["restore-x2"][1], "blocks": blocks, **context, "model_id": "continued-test"}
     export_model(export, "enhancer", continued, config)
     enhancer = Enhancer.load(export, precision="fp32")
     picture = image()
