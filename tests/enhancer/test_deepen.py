@@ -87,9 +87,9 @@ def test_a_continued_restoration_model_keeps_the_clean_partner_of_the_model_it_c
     # the shipped restore-x2 grown and continued: its partner for strength is still enhancer-x2,
     # not the restoration model it was trained from
     shipped = {name: load_export(name, build_enhancer) for name in ("restore-x2", "enhancer-x2")}
-    blocks = shipped["restore-x2"][1]["blocks"] + 1
+    channels, blocks = shipped["restore-x2"][1]["channels"], shipped["restore-x2"][1]["blocks"] + 1
     cfg = load_config(EnhancerTrainConfig, None, [f"data.sources=[{tmp_path}]", "init_from=restore-x2",
-                                                  "model.channels=48", f"model.blocks={blocks}"])
+                                                  f"model.channels={channels}", f"model.blocks={blocks}"])
     context = PsnrTraining.prepare(cfg)
     assert context["init_model_id"] == shipped["restore-x2"][1]["model_id"]
     assert context["clean_model_id"] == shipped["enhancer-x2"][1]["model_id"]
