@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from prodray.enhancer.interpolation import blend_states, check_same_network
+
 STEP = 0.25  # strengths are rounded to this grid, so `auto` batches share a few weight sets
 GRID = tuple(i * STEP for i in range(round(1 / STEP) + 1))  # every strength a model runs at
 # The file's JPEG quality -> strength, linear between the points.
@@ -113,16 +115,16 @@ class StrengthModels:
         self.restore = restore
         self.clean_state = {k: v.detach().clone() for k, v in clean.state_dict().items()}
         self.restore_state = {k: v.detach().clone() for k, v in restore.state_dict().items()}
-        if self.clean_state.keys() != self.restore_state.keys() or any(
-                self.clean_state[k].shape != v.shape for k, v in self.restore_state.items()):
-            raise ValueError("the clean model is not the same network as the restoration model")
+        try:
+            check_same_network(self.clean_state, self.restore_state)
+        except ValueError as exc:
+            raise ValueError(f"the clean model is not the same network as the restoration model: {exc}") from None
         self.models: dict[float, torch.nn.Module] = {1.0: restore}
 
     def at(self, strength: float) -> torch.nn.Module:
         strength = snap(strength)
         if strength not in self.models:
             model = copy.deepcopy(self.restore)
-            model.load_state_dict({k: c + strength * (self.restore_state[k] - c) if c.is_floating_point() else c
-                                   for k, c in self.clean_state.items()})
+            model.load_state_dict(blend_states(self.clean_state, self.restore_state, strength))
             self.models[strength] = model.eval()
         return self.models[strength]
