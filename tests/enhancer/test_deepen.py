@@ -5,6 +5,7 @@ runs at any strength against its shallower clean partner."""
 import numpy as np
 import pytest
 import torch
+from enhancer_networks import CONFIG, nudge, random_enhancer
 
 from prodray.config import ConfigError, EnhancerTrainConfig, load_config
 from prodray.enhancer.inference import Enhancer
@@ -13,24 +14,13 @@ from prodray.enhancer.training import PsnrTraining
 from prodray.io.artifacts import export_model, load_export
 from prodray.training import read_init_model
 
-CONFIG = {"arch": "rpsnet", "scale": 2, "channels": 8, "blocks": 1, "kind": "enhancer"}
-
-
-def random_network(seed: int, blocks: int = 1) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = build_enhancer({**CONFIG, "blocks": blocks})
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    return model.eval()
-
 
 def image(seed: int = 0, side: int = 24) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
 
 
 def test_a_deepened_network_computes_the_same_function_and_its_new_blocks_learn():
-    small = random_network(0)
+    small = random_enhancer(0)
     grown = deepen(small, 3)
     assert len(grown.body) == 3
     batch = torch.rand(2, 3, 12, 12)
@@ -46,7 +36,7 @@ def test_a_deepened_network_computes_the_same_function_and_its_new_blocks_learn(
 
 def test_a_psnr_continuation_may_grow_blocks_but_not_shrink_them(tmp_path):
     export = str(tmp_path / "clean")
-    export_model(export, "enhancer", random_network(0, blocks=2), {**CONFIG, "blocks": 2, "model_id": "clean-test"})
+    export_model(export, "enhancer", random_enhancer(0, blocks=2), {**CONFIG, "blocks": 2, "model_id": "clean-test"})
     base = [f"data.sources=[{tmp_path}]", "data.patch_size=16", "data.batch_size=2", "model.channels=8",
             f"init_from={export}"]
     deeper = load_config(EnhancerTrainConfig, None, [*base, "model.blocks=4"])
@@ -60,17 +50,15 @@ def test_a_psnr_continuation_may_grow_blocks_but_not_shrink_them(tmp_path):
     assert len(training.model.body) == 4
     lr = torch.rand(1, 3, 10, 10).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
-        assert torch.allclose(training.model(lr), random_network(0, blocks=2)(lr), atol=1e-6)
+        assert torch.allclose(training.model(lr), random_enhancer(0, blocks=2)(lr), atol=1e-6)
 
 
 def test_a_deeper_restoration_model_runs_at_any_strength_against_its_shallower_clean_partner(tmp_path):
-    clean = random_network(0)
+    clean = random_enhancer(0)
     clean_export = str(tmp_path / "clean")
     export_model(clean_export, "enhancer", clean, {**CONFIG, "model_id": "clean-test"})
     restore = deepen(clean, 3)
-    with torch.no_grad():
-        for parameter in restore.parameters():  # "trained": every weight moved, the new blocks too
-            parameter.add_(0.05 * torch.randn_like(parameter))
+    nudge(restore)  # "trained": every weight moved, the new blocks too
     restore_export = str(tmp_path / "restore")
     export_model(restore_export, "enhancer", restore, {**CONFIG, "blocks": 3, "model_id": "restore-test",
                                                        "init_model_id": "clean-test"})
@@ -94,9 +82,7 @@ def test_a_continued_restoration_model_keeps_the_clean_partner_of_the_model_it_c
     assert context["init_model_id"] == shipped["restore-x2"][1]["model_id"]
     assert context["clean_model_id"] == shipped["enhancer-x2"][1]["model_id"]
     continued = deepen(shipped["restore-x2"][0], blocks)
-    with torch.no_grad():
-        for parameter in continued.parameters():
-            parameter.add_(0.01 * torch.randn_like(parameter))
+    nudge(continued, 0.01)
     export = str(tmp_path / "continued")
     config = {**shipped["restore-x2"][1], "blocks": blocks, **context, "model_id": "continued-test"}
     export_model(export, "enhancer", continued, config)

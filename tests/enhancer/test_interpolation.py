@@ -7,25 +7,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from enhancer_networks import CONFIG, random_enhancer
 from safetensors.torch import load_file
 
 from prodray.enhancer.inference import Enhancer
 from prodray.enhancer.interpolation import interpolate_exports
-from prodray.enhancer.model import build_enhancer
 from prodray.io.artifacts import export_model
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG = {"arch": "rpsnet", "scale": 2, "channels": 8, "blocks": 1, "kind": "enhancer"}
 
 
 def random_export(folder: Path, seed: int, **config) -> Path:
-    torch.manual_seed(seed)
-    config = {**CONFIG, **config}
-    model = build_enhancer(config)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    export_model(str(folder), "enhancer", model, config)
+    export_model(str(folder), "enhancer", random_enhancer(seed, **config), {**CONFIG, **config})
     return folder
 
 

@@ -4,11 +4,11 @@ quality, the block edges and the noise in the pixels."""
 import numpy as np
 import pytest
 import torch
+from enhancer_networks import CONFIG, random_enhancer
 
 from prodray.config import parse_strength
 from prodray.enhancer.evaluation import gaussian_blur
 from prodray.enhancer.inference import Enhancer
-from prodray.enhancer.model import build_enhancer
 from prodray.enhancer.strength import (
     FULL_AT_BLOCKS,
     NONE_BELOW_BLOCKS,
@@ -19,17 +19,6 @@ from prodray.enhancer.strength import (
 )
 from prodray.io.artifacts import export_model
 from prodray.io.codec import decode_image, encode_image
-
-CONFIG = {"arch": "rpsnet", "scale": 2, "channels": 8, "blocks": 1, "kind": "enhancer"}
-
-
-def random_network(seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = build_enhancer(CONFIG)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    return model.eval()
 
 
 def smooth_image(size: int = 64) -> np.ndarray:
@@ -49,11 +38,11 @@ def test_bad_strength_is_refused_with_the_reason(value):
 
 
 def test_strength_interpolates_between_the_clean_and_the_restoration_model():
-    clean, restore = random_network(0), random_network(1)
+    clean, restore = random_enhancer(0), random_enhancer(1)
     image = smooth_image(24)
     enhancer = Enhancer(restore, {**CONFIG, "model_id": "restore-test"}, clean_model=clean, precision="fp32")
-    plain_clean = Enhancer(random_network(0), CONFIG, precision="fp32").enhance_many([image])[0]
-    plain_restore = Enhancer(random_network(1), CONFIG, precision="fp32").enhance_many([image])[0]
+    plain_clean = Enhancer(random_enhancer(0), CONFIG, precision="fp32").enhance_many([image])[0]
+    plain_restore = Enhancer(random_enhancer(1), CONFIG, precision="fp32").enhance_many([image])[0]
     at = {s: enhancer.enhance_many([image], [s])[0] for s in (0.0, 0.5, 1.0)}
     assert np.array_equal(at[0.0], plain_clean)
     assert np.array_equal(at[1.0], plain_restore)
@@ -69,8 +58,8 @@ def test_strength_interpolates_between_the_clean_and_the_restoration_model():
 
 def test_strength_on_a_model_without_a_clean_partner_is_refused():
     with pytest.raises(ValueError, match="restoration"):
-        Enhancer(random_network(0), CONFIG, strength=0.5)
-    assert Enhancer(random_network(0), CONFIG).strength_for(smooth_image()) is None
+        Enhancer(random_enhancer(0), CONFIG, strength=0.5)
+    assert Enhancer(random_enhancer(0), CONFIG).strength_for(smooth_image()) is None
 
 
 def test_a_restoration_export_finds_its_shipped_clean_partner(tmp_path):
@@ -87,11 +76,7 @@ def test_a_restoration_export_finds_its_shipped_clean_partner(tmp_path):
 
 def test_a_same_size_restoration_model_at_strength_0_returns_the_input(tmp_path):
     """A scale-1 model's partner is itself with the last layer zeroed: strength s adds s x its detail."""
-    torch.manual_seed(2)
-    model = build_enhancer({**CONFIG, "scale": 1, "unshuffle": 2})
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
+    model = random_enhancer(2, scale=1, unshuffle=2)
     export = str(tmp_path / "restore-same-size")
     export_model(export, "enhancer", model, {**CONFIG, "scale": 1, "unshuffle": 2, "model_id": "restore-x1-test"})
     image = textured_image(48)
