@@ -4,6 +4,7 @@ that bulk, Serve and eval use. Prints images/s, the ratio to the baseline, achie
 core (from the model's own FLOP count) and how far each path's 8-bit output is from fp32's.
 
     .venv/bin/python benchmarks/inference.py [--images 4] [--size 256] [--threads 2] [--repeats 3] [--device cpu]
+        [--models restore-x2 /path/to/candidate/export]
 """
 
 import argparse
@@ -47,6 +48,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--models", nargs="+", default=list(SHIPPED),
+                        help="shipped names or export folders (default: every shipped enhancer)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
@@ -59,7 +62,7 @@ def main() -> None:
     print(f"device {args.device} ({card}); torch {torch.__version__}; {args.threads} threads; CPU flags {flags}; "
           f"auto resolves to {resolve('auto', args.device)}")
     print(f"{args.images} images of {args.size}x{args.size}, best of {args.repeats}")
-    for name in SHIPPED:
+    for name in args.models:
         reference, baseline = None, None
         for label, precision, channels_last in arms(args.device):
             enhancer = Enhancer.load(name, device=args.device, precision=precision, channels_last=channels_last)
