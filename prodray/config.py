@@ -142,12 +142,22 @@ class AdversarialConfig(Strict):
     vgg19_weights: Optional[str] = None  # torchvision vgg19 state dict (.pth or .safetensors); None = edge loss
 
 
+class PixelLossConfig(Strict):
+    """The PSNR stage's loss: `kind` on RGB, plus `luma_weight` x the same loss on luma (BT.601 Y,
+    what PSNR-Y and the eye weigh most): JPEG keeps colour at a quarter of the resolution, and
+    a colour error the eye barely sees would otherwise weigh as much as a luma error."""
+
+    kind: Literal["charbonnier", "mse"] = "charbonnier"  # charbonnier ~ L1; mse is what PSNR scores
+    luma_weight: float = Field(0.0, ge=0)
+
+
 class EnhancerTrainConfig(Strict):
     kind: Literal["enhancer"] = "enhancer"
     model: EnhancerModelConfig = EnhancerModelConfig()
     degradation: DegradationConfig = DegradationConfig()
     data: EnhancerDataConfig
     optim: OptimConfig = OptimConfig()
+    loss: PixelLossConfig = PixelLossConfig()
     run: RunConfig = RunConfig()
     # Start the PSNR training from an exported enhancer (shipped name, export folder or s3:// URI)
     # instead of random weights: to continue a shipped model on more or other data.
@@ -174,6 +184,7 @@ class AdversarialTrainConfig(EnhancerTrainConfig):
 
     kind: Literal["enhancer-adversarial"] = "enhancer-adversarial"
     init_from: None = Field(None, description="the adversarial stage starts from adversarial.init_from")
+    loss: None = Field(None, description="the adversarial stage's losses are in adversarial")
     adversarial: AdversarialConfig
 
     def resolved(self):

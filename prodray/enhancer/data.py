@@ -85,10 +85,6 @@ def random_crops(image: np.ndarray, size: int, count: int, rng: np.random.Genera
     return crops
 
 
-def charbonnier(prediction: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
-    return torch.sqrt((prediction - target) ** 2 + eps * eps).mean()
-
-
 def make_batch(pool: list[np.ndarray], data_cfg, scale: int, ranges: DegradationRanges, rng: np.random.Generator,
                generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (lr, hr): random HR crops (B, 3, P, P) in [0, 1] and their degraded LR versions."""

@@ -114,3 +114,24 @@ def build_perceptual(vgg19_weights: bytes | None = None, name: str = "") -> tupl
 
 def charbonnier(prediction: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     return torch.sqrt((prediction - target) ** 2 + eps * eps).mean()
+
+
+# BT.601 luma weights of rgb in [0, 1] (metrics.rgb_to_y without its offset and 255 scale)
+LUMA = (65.481 / 255, 128.553 / 255, 24.966 / 255)
+PIXEL_LOSSES = {"charbonnier": charbonnier, "mse": F.mse_loss}
+
+
+def luma(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB -> (B, 1, H, W) Y (offset-free: differences are what losses see)."""
+    weights = images.new_tensor(LUMA).view(1, 3, 1, 1)
+    return (images * weights).sum(dim=1, keepdim=True)
+
+
+def pixel_loss(prediction: torch.Tensor, target: torch.Tensor, kind: str = "charbonnier",
+               luma_weight: float = 0.0) -> torch.Tensor:
+    """`kind` on RGB plus `luma_weight` x `kind` on luma (config: PixelLossConfig)."""
+    loss_fn = PIXEL_LOSSES[kind]
+    loss = loss_fn(prediction, target)
+    if luma_weight:
+        loss = loss + luma_weight * loss_fn(luma(prediction), luma(target))
+    return loss

@@ -1,4 +1,4 @@
-"""The enhancer's two training stages as `Training` classes: the PSNR stage (Charbonnier loss,
+"""The enhancer's two training stages as `Training` classes: the PSNR stage (a pixel loss,
 kind `enhancer`) and the adversarial stage (kind `enhancer-adversarial`: L1 + perceptual + GAN
 loss against a spectral-norm discriminator, phases `g_step`, `d_step`, `ema`, from an exported
 PSNR model). Both share the data, validation and sample grid of `EnhancerStage`. Pure torch:
@@ -15,7 +15,7 @@ from prodray.enhancer.degradations import DegradationRanges
 from prodray.enhancer.discriminator import build_discriminator
 from prodray.enhancer.evaluation import bicubic_upscale, list_images, load_benchmark_image, score_sr
 from prodray.enhancer.inference import clean_partner_id
-from prodray.enhancer.losses import build_perceptual, charbonnier
+from prodray.enhancer.losses import build_perceptual, pixel_loss
 from prodray.enhancer.model import build_enhancer, deepen
 from prodray.gan.losses import g_loss
 from prodray.image_training import PhotoCropTraining
@@ -90,7 +90,7 @@ class EnhancerStage(PhotoCropTraining):
 
 
 class PsnrTraining(EnhancerStage):
-    """The PSNR stage: the enhancer alone, Charbonnier loss, from random weights or `init_from`."""
+    """The PSNR stage: the enhancer alone, a pixel loss (`loss`), from random weights or `init_from`."""
 
     name = "enhancer"
 
@@ -136,7 +136,8 @@ class PsnrTraining(EnhancerStage):
         """One step on (B, 3, h, w) LR and (B, 3, H, W) HR batches in [0, 1]."""
         set_lr(self.optimizers["enhancer"], self.scheduled_lr())
         with self.autocast():
-            loss = charbonnier(self.train_model(lr_batch).float(), hr_batch)
+            loss = pixel_loss(self.train_model(lr_batch).float(), hr_batch, self.cfg.loss.kind,
+                              self.cfg.loss.luma_weight)
         self.update("enhancer", loss, clip=self.model)
         self.count(world)
         return {"loss": loss.detach()}
