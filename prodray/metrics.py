@@ -12,13 +12,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# BT.601 Y of RGB in [0, 1], as MATLAB's rgb2ycbcr: 16 + these weights . rgb (the torch versions
+# in recolour/colour_space.py and enhancer/losses.py use them too)
+BT601_Y = (65.481, 128.553, 24.966)
+
 
 def rgb_to_y(image: np.ndarray) -> np.ndarray:
     """uint8 (H, W, 3) RGB -> float64 (H, W) Y in [16, 235]; a 2-D array is already Y."""
     if image.ndim == 2:
         return image.astype(np.float64)
     rgb = image.astype(np.float64)
-    return 16.0 + (65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]) / 255.0
+    red, green, blue = BT601_Y
+    return 16.0 + (red * rgb[..., 0] + green * rgb[..., 1] + blue * rgb[..., 2]) / 255.0
 
 
 def _shave(y: np.ndarray, shave: int) -> np.ndarray:

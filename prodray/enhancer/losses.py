@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prodray.metrics import BT601_Y
+
 # ---------------------------------------------------------------- perceptual: offline default
 
 class EdgeLoss(nn.Module):
@@ -116,8 +118,8 @@ def charbonnier(prediction: torch.Tensor, target: torch.Tensor, eps: float = 1e-
     return torch.sqrt((prediction - target) ** 2 + eps * eps).mean()
 
 
-# BT.601 luma weights of rgb in [0, 1] (metrics.rgb_to_y without its offset and 255 scale)
-LUMA = (65.481 / 255, 128.553 / 255, 24.966 / 255)
+# metrics.rgb_to_y's weights for Y in [0, 1] units, without its offset
+LUMA = tuple(weight / 255 for weight in BT601_Y)
 PIXEL_LOSSES = {"charbonnier": charbonnier, "mse": F.mse_loss}
 
 

@@ -5,7 +5,7 @@ the colours it is scored on. Images are (B, 3, H, W) float sRGB in [0, 1].
 
 import torch
 
-from prodray.metrics import D65_WHITE, SRGB_TO_XYZ
+from prodray.metrics import BT601_Y, D65_WHITE, SRGB_TO_XYZ
 
 _EPSILON = (6 / 29) ** 3
 
@@ -39,5 +39,5 @@ def linear_to_srgb(linear: torch.Tensor) -> torch.Tensor:
 
 def luminance(rgb: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) -> (B, 1, H, W) Y of YCbCr (BT.601) in [16, 235], as metrics.rgb_to_y."""
-    weights = _matrix([65.481, 128.553, 24.966], rgb).view(1, 3, 1, 1)
+    weights = _matrix(BT601_Y, rgb).view(1, 3, 1, 1)
     return 16.0 + (rgb * weights).sum(dim=1, keepdim=True)
